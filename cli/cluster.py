@@ -1,0 +1,307 @@
+"""``grapevine cluster up|status|kill|restart|down``: a local cluster of node processes.
+
+Each node is a ``grapevine node`` process in its own session, with its log, data dir and
+``node.json`` under ``DIR/<name>/``; ``DIR/cluster.json`` remembers them. Ports derive
+from ``--base-port P`` (node i: gossip P+3i, client P+3i+1, API P+3i+2); ``--base-port
+0`` lets every node pick free ports and report them in its ``node.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from node.config import PROFILES
+
+from .common import EXIT_OK, CliError, api_request, host_port, print_json, print_table
+
+STATE_FILE = "cluster.json"
+DEFAULT_DIR = ".grapevine/cluster"
+SIGNALS = ("KILL", "TERM", "INT", "STOP", "CONT")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("cluster", help="run a local cluster of node processes")
+    commands = parser.add_subparsers(title="cluster commands", metavar="COMMAND")
+    commands.required = True
+
+    up = commands.add_parser("up", help="start N nodes and wait until they converge")
+    up.add_argument("n", type=int, metavar="N", help="number of nodes")
+    up.add_argument("--base-port", type=int, default=17946, metavar="P",
+                    help="node i uses P+3i (gossip), P+3i+2 (API); 0 picks free ports")
+    up.add_argument("--profile", default="local", choices=PROFILES)
+    up.add_argument("--encrypt", metavar="BASE64KEY", help="gossip key for every node")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    up.set_defaults(run=run_up)
+
+    status = commands.add_parser("status", help="each node's process and state")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=run_status)
+
+    kill = commands.add_parser("kill", help="send a signal to one node")
+    kill.add_argument("name")
+    kill.add_argument("--signal", default="KILL", choices=SIGNALS, type=str.upper)
+    kill.set_defaults(run=run_kill)
+
+    restart = commands.add_parser("restart", help="stop one node (if running) and start it again")
+    restart.add_argument("name")
+    restart.set_defaults(run=run_restart)
+
+    down = commands.add_parser("down", help="stop every node (gracefully, then by force)")
+    down.set_defaults(run=run_down)
+
+    for command in (up, status, kill, restart, down):
+        command.add_argument(
+            "--dir", default=DEFAULT_DIR, help=f"cluster dir (default {DEFAULT_DIR})"
+        )
+
+
+# ---- state ----------------------------------------------------------------------------
+
+
+def _load(directory: str) -> dict[str, Any]:
+    path = Path(directory, STATE_FILE)
+    if not path.exists():
+        raise CliError(f"no cluster in {directory} (start one with: grapevine cluster up N)")
+    return json.loads(path.read_text())
+
+
+def _save(directory: str, state: dict[str, Any]) -> None:
+    path = Path(directory, STATE_FILE)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=1))
+    temporary.replace(path)
+
+
+def _running(pid: int | None) -> bool:
+    """Whether ``pid`` is one of our node processes (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rpartition(")")[2].split()[0] == "Z"
+    return b"cli" in cmdline and b"node" in cmdline and not zombie
+
+
+def _node_file(node: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(node["dir"], "node.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---- starting nodes ---------------------------------------------------------------------
+
+
+def _node_args(state: dict[str, Any], index: int, seeds: list[str]) -> list[str]:
+    base = state["base_port"]
+    gossip, api = (0, 0) if base == 0 else (base + 3 * index, base + 3 * index + 2)
+    name = f"node-{index + 1}"
+    args = [
+        "node", "--name", name, "--bind", f"127.0.0.1:{gossip}", "--api", f"127.0.0.1:{api}",
+        "--profile", state["profile"], "--data-dir", str(Path(state["dir"], name)),
+    ]
+    for seed in seeds:
+        args += ["--join", seed]
+    if state.get("encrypt"):
+        args += ["--encrypt", state["encrypt"]]
+    return args
+
+
+def _spawn(state: dict[str, Any], node: dict[str, Any]) -> None:
+    Path(node["dir"]).mkdir(parents=True, exist_ok=True)
+    Path(node["dir"], "node.json").unlink(missing_ok=True)
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    with open(Path(node["dir"], "node.log"), "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli", *node["args"]], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=log, env=env, start_new_session=True,
+        )
+    node["pid"] = process.pid
+    node["gossip"] = node["api"] = None
+
+
+def _wait_ready(node: dict[str, Any], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        info = _node_file(node)
+        if info is not None and info.get("pid") == node["pid"]:
+            node["gossip"], node["api"] = info["gossip"], info["api"]
+            return
+        if not _running(node["pid"]):
+            tail = _log_tail(node)
+            raise CliError(f"{node['name']} exited during start-up; its log ends:\n{tail}")
+        time.sleep(0.02)
+    raise CliError(f"{node['name']} did not report ready in time (see {node['dir']}/node.log)")
+
+
+def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
+    try:
+        text = Path(node["dir"], "node.log").read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def _print_node(node: dict[str, Any]) -> None:
+    print(f"{node['name']:<8} up  pid={node['pid']}  gossip={node['gossip']}  api={node['api']}",
+          flush=True)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise CliError("N must be at least 1", 2)
+    state_path = Path(args.dir, STATE_FILE)
+    if state_path.exists():
+        existing = json.loads(state_path.read_text())
+        alive = [n["name"] for n in existing["nodes"] if _running(n.get("pid"))]
+        if alive:
+            raise CliError(
+                f"a cluster is already running in {args.dir} ({len(alive)} nodes up); "
+                "stop it with: grapevine cluster down"
+            )
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "dir": str(Path(args.dir).resolve()), "profile": args.profile,
+        "base_port": args.base_port, "encrypt": args.encrypt, "nodes": [],
+    }
+    deadline = time.monotonic() + args.timeout
+    first = _new_node(state, 0, [])
+    _spawn(state, first)
+    _save(args.dir, state)
+    _wait_ready(first, deadline)
+    _print_node(first)
+    others = [_new_node(state, i, [first["gossip"]]) for i in range(1, args.n)]
+    for node in others:
+        _spawn(state, node)
+    _save(args.dir, state)
+    for node in others:
+        _wait_ready(node, deadline)
+        _print_node(node)
+    _save(args.dir, state)
+    started = time.monotonic()
+    names = {n["name"] for n in state["nodes"]}
+    while not _converged(state, names):
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"not converged after {args.timeout:.0f} s; see: grapevine cluster status"
+            )
+        time.sleep(0.02)
+    print(f"converged: {len(names)}/{len(names)} nodes alive "
+          f"({time.monotonic() - started:.2f} s after the last node was up)")
+    return EXIT_OK
+
+
+def _new_node(state: dict[str, Any], index: int, seeds: list[str]) -> dict[str, Any]:
+    name = f"node-{index + 1}"
+    node = {"name": name, "index": index, "dir": str(Path(state["dir"], name)),
+            "args": _node_args(state, index, seeds), "pid": None}
+    state["nodes"].append(node)
+    return node
+
+
+def _converged(state: dict[str, Any], names: set[str]) -> bool:
+    for node in state["nodes"]:
+        try:
+            data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+        except CliError:
+            return False
+        alive = {m["name"] for m in data["members"] if m["state"] == "alive"}
+        if alive != names:
+            return False
+    return True
+
+
+# ---- inspecting and stopping --------------------------------------------------------------
+
+
+def _cluster_view(state: dict[str, Any]) -> dict[str, str]:
+    for node in state["nodes"]:
+        if _running(node.get("pid")) and node.get("api"):
+            try:
+                data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+            except CliError:
+                continue
+            return {m["name"]: m["state"] for m in data["members"]}
+    return {}
+
+
+def run_status(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    view = _cluster_view(state)
+    rows = []
+    for node in state["nodes"]:
+        process = "running" if _running(node.get("pid")) else "stopped"
+        rows.append({"name": node["name"], "pid": node.get("pid"), "process": process,
+                     "gossip": node.get("gossip"), "api": node.get("api"),
+                     "state": view.get(node["name"], "unknown")})
+    if args.json:
+        print_json({"nodes": rows})
+    else:
+        print_table(["NAME", "PID", "PROCESS", "GOSSIP", "API", "STATE"],
+                    [[str(r[k]) for k in ("name", "pid", "process", "gossip", "api", "state")]
+                     for r in rows])
+    return EXIT_OK
+
+
+def _find(state: dict[str, Any], name: str) -> dict[str, Any]:
+    for node in state["nodes"]:
+        if node["name"] == name:
+            return node
+    names = ", ".join(n["name"] for n in state["nodes"])
+    raise CliError(f"no node named {name!r} (nodes: {names})", 2)
+
+
+def run_kill(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    node = _find(state, args.name)
+    if not _running(node.get("pid")):
+        raise CliError(f"{args.name} is not running")
+    os.kill(node["pid"], getattr(signal, f"SIG{args.signal}"))
+    print(f"sent SIG{args.signal} to {args.name} (pid {node['pid']})")
+    return EXIT_OK
+
+
+def _stop(nodes: list[dict[str, Any]], grace: float = 10.0) -> None:
+    live = [n for n in nodes if _running(n.get("pid"))]
+    for node in live:
+        os.kill(node["pid"], signal.SIGCONT)
+        os.kill(node["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_running(n["pid"]) for n in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for node in live:
+        if _running(node["pid"]):
+            os.kill(node["pid"], signal.SIGKILL)
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    node = _find(state, args.name)
+    _stop([node])
+    _spawn(state, node)
+    _save(args.dir, state)
+    _wait_ready(node, time.monotonic() + 30)
+    _save(args.dir, state)
+    _print_node(node)
+    return EXIT_OK
+
+
+def run_down(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    live = [n for n in state["nodes"] if _running(n.get("pid"))]
+    _stop(state["nodes"])
+    Path(args.dir, STATE_FILE).unlink(missing_ok=True)
+    print(f"stopped {len(live)} node{'s' if len(live) != 1 else ''} (logs kept in {args.dir})")
+    return EXIT_OK

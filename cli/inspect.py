@@ -1,0 +1,57 @@
+"""``grapevine members`` and ``grapevine status``: what a node sees."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import EXIT_OK, add_api_arguments, api_request, print_json, print_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    members = sub.add_parser("members", help="list the members a node knows")
+    add_api_arguments(members)
+    members.add_argument("--json", action="store_true", help="print JSON")
+    members.add_argument(
+        "--state", choices=["alive", "suspect", "dead", "left"], help="only members in this state"
+    )
+    members.set_defaults(run=run_members)
+    status = sub.add_parser("status", help="a node's own status")
+    add_api_arguments(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=run_status)
+
+
+def run_members(args: argparse.Namespace) -> int:
+    data = api_request(args.api, "GET", "/v1/members", api_key=args.api_key)
+    members = [m for m in data["members"] if args.state in (None, m["state"])]
+    if args.json:
+        print_json({"members": members})
+        return EXIT_OK
+    rows = [
+        [
+            m["name"], m["address"], m["state"], str(m["incarnation"]),
+            ",".join(f"{k}={v}" for k, v in sorted(m["tags"].items())),
+        ]
+        for m in members
+    ]
+    print_table(["NAME", "ADDRESS", "STATE", "INCARNATION", "TAGS"], rows)
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace) -> int:
+    data = api_request(args.api, "GET", "/v1/status", api_key=args.api_key)
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    members = data["members"]
+    print(f"name:         {data['name']}  (grapevine {data['version']}, profile {data['profile']})")
+    print(f"gossip:       {data['gossip']}  encrypted={str(data['encrypted']).lower()}")
+    print(f"api:          {data['api']}")
+    print(f"incarnation:  {data['incarnation']}  health_score={data['health_score']}")
+    print(
+        f"members:      {members['alive']} alive, {members['suspect']} suspect, "
+        f"{members['dead']} dead, {members['left']} left"
+    )
+    print(f"joined:       {str(data['joined']).lower()}  leaving={str(data['leaving']).lower()}")
+    print(f"uptime:       {data['uptime_seconds']:.0f} s")
+    return EXIT_OK

@@ -1,0 +1,197 @@
+"""``grapevine node``: run one node in the foreground.
+
+Flags fall back to ``GRAPEVINE_*`` environment variables. SIGINT or SIGTERM leaves the
+cluster gracefully (a second signal stops at once). A bad flag or a port in use prints
+one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import logging
+import signal
+import socket
+import sys
+import time
+
+import trio
+
+from gossip.keyring import Keyring, parse_key
+from node.app import Node, run_node
+from node.config import PROFILES, Config
+
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, env, host_port
+
+logger = logging.getLogger("cli.node")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("node", help="run one node", description=__doc__)
+    parser.add_argument("--name", default=env("NAME"), help="unique node name (default: hostname)")
+    parser.add_argument(
+        "--bind", default=env("BIND", "0.0.0.0:7946"), metavar="HOST:PORT",
+        help="gossip address, UDP and TCP (default 0.0.0.0:7946; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--advertise", default=env("ADVERTISE"), metavar="HOST[:PORT]",
+        help="address peers should use, when it differs from --bind",
+    )
+    parser.add_argument(
+        "--join", action="append", default=_env_list("JOIN"), metavar="HOST:PORT",
+        help="a seed to join (repeatable); retried with backoff until one answers",
+    )
+    parser.add_argument(
+        "--api", default=env("API", "127.0.0.1:8080"), metavar="HOST:PORT|off",
+        help="HTTP API address (default 127.0.0.1:8080; 'off' disables it)",
+    )
+    parser.add_argument("--api-key", default=env("API_KEY"), help="bearer key for the HTTP API")
+    parser.add_argument(
+        "--profile", default=env("PROFILE", "lan"), choices=PROFILES,
+        help="timing profile, as memberlist's (default lan)",
+    )
+    parser.add_argument(
+        "--encrypt", action="append", default=_env_list("ENCRYPT"), metavar="BASE64KEY",
+        help="gossip key (serf's format, 16/24/32 bytes); repeat for rotation, first is primary",
+    )
+    parser.add_argument("--label", default=env("LABEL", ""), help="memberlist packet label")
+    parser.add_argument(
+        "--tag", action="append", default=_env_list("TAGS"), metavar="KEY=VALUE",
+        help="node metadata gossiped to everyone (repeatable)",
+    )
+    parser.add_argument("--data-dir", default=env("DATA_DIR"), help="where the node keeps state")
+    parser.add_argument(
+        "--log-level", default=env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.set_defaults(run=run)
+
+
+def _env_list(name: str) -> list[str]:
+    value = env(name)
+    return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
+    """Build the one Config; raise ValueError with a message naming the flag."""
+    name = args.name or socket.gethostname()
+    try:
+        bind_host, bind_port = host_port(args.bind, default_host="0.0.0.0")
+    except ValueError as exc:
+        raise ValueError(f"--bind: {exc}") from None
+    advertise_host, advertise_port = None, None
+    if args.advertise:
+        if ":" in args.advertise and not args.advertise.startswith("["):
+            try:
+                advertise_host, advertise_port = host_port(args.advertise)
+            except ValueError as exc:
+                raise ValueError(f"--advertise: {exc}") from None
+        else:
+            advertise_host = args.advertise.strip("[]")
+    api_host, api_port = "127.0.0.1", None
+    if args.api != "off":
+        try:
+            api_host, api_port = host_port(args.api, default_host="127.0.0.1")
+        except ValueError as exc:
+            raise ValueError(f"--api: {exc}") from None
+    for seed in args.join:
+        try:
+            host_port(seed)
+        except ValueError as exc:
+            raise ValueError(f"--join: {exc}") from None
+    tags = []
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag: {item!r} is not KEY=VALUE")
+        tags.append((key, value))
+    keys = []
+    for text in args.encrypt:
+        try:
+            keys.append(parse_key(text))
+        except ValueError as exc:
+            raise ValueError(f"--encrypt: {exc}") from None
+    try:
+        config = Config.for_profile(
+            args.profile, name, bind_addr=bind_host, bind_port=bind_port,
+            advertise_addr=advertise_host, advertise_port=advertise_port,
+            join=tuple(args.join), api_addr=api_host, api_port=api_port,
+            api_key=args.api_key or None, data_dir=args.data_dir, label=args.label,
+            tags=tuple(tags), keys=tuple(keys),
+        )
+    except ValueError as exc:
+        raise ValueError(_flag_for(str(exc))) from None
+    return config, (Keyring(keys) if keys else None)
+
+
+_FLAG_OF_FIELD = {"name": "--name", "api_key": "--api-key", "label": "--label", "tags": "--tag"}
+
+
+def _flag_for(message: str) -> str:
+    field = message.partition(":")[0]
+    flag = _FLAG_OF_FIELD.get(field)
+    return f"{flag}: {message.partition(':')[2].strip()}" if flag else message
+
+
+def configure_logging(level: str, name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(
+        f"ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s node={name} logger=%(name)s "
+        "event=%(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def serve(config: Config, keyring: Keyring | None) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def run_then_stop(task_status: trio.TaskStatus[Node]) -> None:
+            await run_node(config, keyring=keyring, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        node = await nursery.start(run_then_stop)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if node._stop.is_set():
+                    logger.warning("stopping_now signal=%s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+                logger.info("signal_received signal=%s action=leave", signal.Signals(signum).name)
+                node.request_stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, keyring = config_from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    configure_logging(args.log_level, config.name)
+    failure: OSError | None = None
+    try:
+        trio.run(functools.partial(serve, config, keyring))
+    except* OSError as group:
+        failure = _first(group)
+    if failure is None:
+        return EXIT_OK
+    if failure.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        raise CliError(f"cannot bind: {failure.strerror} ({_which_bind(config)})", EXIT_USAGE)
+    raise CliError(f"node failed: {failure}", EXIT_FAILED)
+
+
+def _first(group: BaseExceptionGroup) -> OSError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, OSError)
+    return exc
+
+
+def _which_bind(config: Config) -> str:
+    api = f", api {config.api_addr}:{config.api_port}" if config.api_port is not None else ""
+    return f"gossip {config.bind_addr}:{config.bind_port}{api}"

@@ -1,0 +1,512 @@
+"""memberlist's wire format: messages, UDP packet layers and TCP stream framing.
+
+The only ``import msgpack`` in the project. memberlist's Go codec writes the old
+msgpack spec (``WriteExt=false``): strings and ``[]byte`` both travel as *raw*, so we
+pack with ``use_bin_type=False`` and unpack with ``raw=True``, decoding string fields
+ourselves. Struct fields are maps keyed by Go field names in alphabetical order.
+
+Packet layers, outermost first (``memberlist-wire.md`` §3): label, encryption, CRC,
+compress, compound, message. :func:`decode_packet` peels them in that order and never
+raises anything but :class:`DecodeError`; one bad part of a compound is counted and the
+other parts still count.
+
+Streams (§6) carry one request and at most one reply: label, encryption frame, compress,
+then a message. :class:`StreamReader` is a sans-IO reader: feed it bytes as they arrive
+and it answers with the message once it is complete.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from . import lzw
+from .errors import DecodeError
+from .keyring import OVERHEAD as ENCRYPTION_OVERHEAD
+from .keyring import Keyring
+from .wire import (
+    CLASS_OF, FIELDS, TYPE_OF, Compress, Kind, Message, MessageType, Ping, PushNodeState, PushPull,
+    PushPullHeader, User, UserMsgHeader,
+)
+
+#: Largest stream we accept or send (memberlist HEAD caps user state at 20 MiB).
+MAX_STREAM_SIZE = 20 * 1024 * 1024
+#: Largest output of one decompression (memberlist HEAD: 40 MiB).
+MAX_DECOMPRESSED = 40 * 1024 * 1024
+#: Largest push-pull memberlist v0.6.0 accepts.
+MAX_PUSH_PULL_NODES = 1_048_576
+#: Compound and compress may nest; deeper than this is an attack, not a peer.
+MAX_NESTING = 4
+#: Bytes a compound adds per part (a u16 length) and in total (type byte and count).
+COMPOUND_PART_OVERHEAD = 2
+COMPOUND_HEADER = 2
+MAX_COMPOUND_PARTS = 255
+CRC_OVERHEAD = 5
+
+_SORTED_FIELDS = {
+    cls: tuple(sorted(specs, key=lambda spec: spec.go_name)) for cls, specs in FIELDS.items()
+}
+
+
+# ---- messages -----------------------------------------------------------------------
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=False)
+
+
+def _to_map(value: object) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for spec in _SORTED_FIELDS[type(value)]:
+        item = getattr(value, spec.name)
+        if spec.omit_empty and not item:
+            continue
+        if spec.kind is Kind.BYTES and not item:
+            item = None  # a nil Go slice: msgpack nil, as Go writes it
+        elif spec.kind is Kind.STR:
+            item = item.encode()
+        out[spec.go_name] = item
+    return out
+
+
+def encode_body(value: object) -> bytes:
+    """The msgpack map of one struct, without a type byte."""
+    return _pack(_to_map(value))
+
+
+def encode(message: Message | Compress) -> bytes:
+    """Type byte followed by the msgpack body (memberlist ``util.go encode``)."""
+    if isinstance(message, User):
+        return bytes((MessageType.USER,)) + message.payload
+    return bytes((TYPE_OF[type(message)],)) + encode_body(message)
+
+
+def _check(spec_kind: Kind, go_name: bytes, item: object) -> object:
+    if spec_kind is Kind.STR:
+        if not isinstance(item, bytes):
+            raise DecodeError(f"field {go_name.decode()} is not a string")
+        try:
+            return item.decode()
+        except UnicodeDecodeError:
+            raise DecodeError(f"field {go_name.decode()} is not UTF-8") from None
+    if spec_kind is Kind.BYTES:
+        if item is None:
+            return b""
+        if not isinstance(item, bytes):
+            raise DecodeError(f"field {go_name.decode()} is not bytes")
+        return item
+    if spec_kind is Kind.BOOL:
+        if not isinstance(item, bool):
+            raise DecodeError(f"field {go_name.decode()} is not a bool")
+        return item
+    if not isinstance(item, int) or isinstance(item, bool):
+        raise DecodeError(f"field {go_name.decode()} is not an integer")
+    low = -(2**63) if spec_kind is Kind.INT else 0
+    if not low <= item <= spec_kind.value:
+        raise DecodeError(f"field {go_name.decode()} out of range: {item}")
+    return item
+
+
+_ZERO = {Kind.STR: "", Kind.BYTES: b"", Kind.BOOL: False}
+
+
+def from_map(cls: type, raw: object) -> Any:
+    """Build ``cls`` from an unpacked msgpack map; unknown keys are ignored."""
+    if not isinstance(raw, dict):
+        raise DecodeError(f"{cls.__name__}: body is not a map")
+    values: dict[str, object] = {}
+    for spec in FIELDS[cls]:
+        item = raw.get(spec.go_name)
+        if item is None and spec.kind is not Kind.BYTES:
+            values[spec.name] = _ZERO.get(spec.kind, 0)
+        else:
+            values[spec.name] = _check(spec.kind, spec.go_name, item)
+    return cls(**values)
+
+
+def _unpack_one(data: bytes, what: str) -> object:
+    try:
+        return msgpack.unpackb(data, raw=True, strict_map_key=True, use_list=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"{what}: bad msgpack ({type(exc).__name__})") from None
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one single message (type byte + body). Compound/compress are not allowed."""
+    if not data:
+        raise DecodeError("empty message")
+    msg_type = data[0]
+    if msg_type == MessageType.USER:
+        return User(bytes(data[1:]))
+    cls = CLASS_OF.get(msg_type)
+    if cls is None or cls is Compress:
+        raise DecodeError(f"message type {msg_type} not supported", "unknown_type")
+    return from_map(cls, _unpack_one(data[1:], cls.__name__))
+
+
+# ---- addresses ----------------------------------------------------------------------
+
+
+def ip_to_bytes(host: str) -> bytes:
+    """IPv4 as 4 bytes (what Go sends for an IPv4 address), IPv6 as 16."""
+    return ipaddress.ip_address(host).packed
+
+
+def ip_from_bytes(raw: bytes) -> str:
+    """Accept 4 bytes, or 16 (IPv6 or IPv4-mapped, which Go sends when bound to 0.0.0.0)."""
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw))
+    if len(raw) == 16:
+        address = ipaddress.IPv6Address(raw)
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else str(address)
+    raise DecodeError(f"address of {len(raw)} bytes")
+
+
+# ---- packet layers ------------------------------------------------------------------
+
+
+def make_compound(parts: Sequence[bytes]) -> bytes:
+    if not 0 < len(parts) <= MAX_COMPOUND_PARTS:
+        raise ValueError(f"a compound holds 1..{MAX_COMPOUND_PARTS} parts, not {len(parts)}")
+    head = bytes((MessageType.COMPOUND, len(parts)))
+    lengths = b"".join(struct.pack(">H", len(part)) for part in parts)
+    return head + lengths + b"".join(parts)
+
+
+def split_compound(data: bytes) -> tuple[list[bytes], int]:
+    """Parts of a compound (after its type byte) and how many were truncated."""
+    if not data:
+        raise DecodeError("compound without a part count")
+    count = data[0]
+    header_end = 1 + 2 * count
+    if len(data) < header_end:
+        raise DecodeError("compound truncated in its length table")
+    parts: list[bytes] = []
+    offset = header_end
+    for index in range(count):
+        (length,) = struct.unpack_from(">H", data, 1 + 2 * index)
+        if offset + length > len(data):
+            return parts, count - index
+        parts.append(data[offset : offset + length])
+        offset += length
+    return parts, 0
+
+
+def add_crc(data: bytes) -> bytes:
+    return bytes((MessageType.HAS_CRC,)) + struct.pack(">I", zlib.crc32(data)) + data
+
+
+def label_header(label: str) -> bytes:
+    if not label:
+        return b""
+    raw = label.encode()
+    return bytes((MessageType.HAS_LABEL, len(raw))) + raw
+
+
+def _strip_label(data: bytes, label: str) -> bytes:
+    if data and data[0] == MessageType.HAS_LABEL:
+        if len(data) < 2 or len(data) < 2 + data[1] or data[1] == 0:
+            raise DecodeError("truncated label header", "label")
+        theirs = data[2 : 2 + data[1]]
+        if theirs != label.encode():
+            raise DecodeError("packet label does not match ours", "label")
+        return data[2 + data[1] :]
+    if label:
+        raise DecodeError("packet has no label but ours is set", "label")
+    return data
+
+
+def decompress_payload(body: bytes, max_output: int = MAX_DECOMPRESSED) -> bytes:
+    """The bytes inside a ``compress`` message (body without the type byte)."""
+    return _decompress_map(_unpack_one(body, "compress"), max_output)
+
+
+def _decompress_map(raw: object, max_output: int = MAX_DECOMPRESSED) -> bytes:
+    message = from_map(Compress, raw)
+    if message.algo != 0:
+        raise DecodeError(f"unknown compression algorithm {message.algo}")
+    return lzw.decompress(message.buf, max_output)
+
+
+def compress_message(data: bytes) -> bytes:
+    return encode(Compress(algo=0, buf=lzw.compress(data)))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """How we wrap outgoing packets; the inverse is :func:`decode_packet`."""
+
+    keyring: Keyring | None = None
+    label: str = ""
+    verify_incoming: bool = True
+    verify_outgoing: bool = True
+
+    @property
+    def overhead(self) -> int:
+        """Bytes the envelope adds to every packet (label, encryption; CRC not counted)."""
+        encryption = ENCRYPTION_OVERHEAD if self.keyring is not None and self.verify_outgoing else 0
+        return len(label_header(self.label)) + encryption
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedPacket:
+    messages: tuple[Message, ...]
+    #: parts of compounds that were malformed or truncated and so dropped
+    dropped: int
+    #: the first reason for a dropped part (for statistics), or ""
+    reason: str = ""
+
+
+def encode_packet(parts: Sequence[bytes], envelope: Envelope, crc: bool = False) -> bytes:
+    """Wrap encoded messages into one datagram: compound if several, then CRC, seal, label."""
+    payload = parts[0] if len(parts) == 1 else make_compound(parts)
+    if crc:
+        payload = add_crc(payload)
+    label = label_header(envelope.label)
+    if envelope.keyring is not None and envelope.verify_outgoing:
+        payload = envelope.keyring.seal(payload, envelope.label.encode())
+    return label + payload
+
+
+def decode_packet(data: bytes, envelope: Envelope) -> DecodedPacket:
+    """Peel every layer of one datagram; raise only :class:`DecodeError`."""
+    data = _strip_label(bytes(data), envelope.label)
+    if envelope.keyring is not None:
+        try:
+            data = envelope.keyring.open(data, envelope.label.encode())
+        except DecodeError:
+            if envelope.verify_incoming:
+                raise
+    if len(data) >= CRC_OVERHEAD and data[0] == MessageType.HAS_CRC:
+        (expected,) = struct.unpack_from(">I", data, 1)
+        data = data[CRC_OVERHEAD:]
+        if zlib.crc32(data) != expected:
+            raise DecodeError("CRC mismatch", "crc")
+    messages: list[Message] = []
+    dropped, reason = _collect(data, messages, 0)
+    if not messages and dropped:
+        raise DecodeError(f"no valid message in packet ({reason})", reason)
+    return DecodedPacket(tuple(messages), dropped, reason)
+
+
+def _collect(data: bytes, out: list[Message], depth: int) -> tuple[int, str]:
+    """Append the messages in ``data`` to ``out``; return (dropped parts, first reason)."""
+    if depth > MAX_NESTING:
+        return 1, "nesting"
+    if not data:
+        return 1, "malformed"
+    msg_type = data[0]
+    try:
+        if msg_type == MessageType.COMPOUND:
+            parts, truncated = split_compound(data[1:])
+            dropped, reason = truncated, ("truncated" if truncated else "")
+            for part in parts:
+                part_dropped, part_reason = _collect(part, out, depth + 1)
+                dropped += part_dropped
+                reason = reason or part_reason
+            return dropped, reason
+        if msg_type == MessageType.COMPRESS:
+            return _collect(decompress_payload(data[1:], 64 * 1024 * 8), out, depth + 1)
+        out.append(decode_message(data))
+        return 0, ""
+    except DecodeError as exc:
+        return 1, exc.reason
+
+
+# ---- streams ------------------------------------------------------------------------
+
+
+def encode_push_pull(push_pull: PushPull) -> bytes:
+    header = PushPullHeader(len(push_pull.states), len(push_pull.user_state), push_pull.join)
+    body = [bytes((MessageType.PUSH_PULL,)), encode_body(header)]
+    body.extend(encode_body(state) for state in push_pull.states)
+    body.append(push_pull.user_state)
+    return b"".join(body)
+
+
+def encode_user_stream(payload: bytes) -> bytes:
+    return bytes((MessageType.USER,)) + encode_body(UserMsgHeader(len(payload))) + payload
+
+
+def encode_stream(message: bytes, envelope: Envelope) -> bytes:
+    """Frame one stream message: label prefix, then the encryption frame if keyed."""
+    label = label_header(envelope.label)
+    if envelope.keyring is None:
+        return label + message
+    header = bytes((MessageType.ENCRYPT,)) + struct.pack(
+        ">I", len(message) + ENCRYPTION_OVERHEAD
+    )
+    return label + header + envelope.keyring.seal(message, header + envelope.label.encode())
+
+
+StreamMessage = Ping | Message | PushPull
+
+
+class _NeedData(Exception):
+    pass
+
+
+class StreamReader:
+    """Sans-IO reader of one stream message: ``feed(data)`` until it returns a message.
+
+    Raises :class:`DecodeError` as soon as the bytes cannot be a valid message, and
+    when more than :data:`MAX_STREAM_SIZE` bytes arrive without completing one.
+    """
+
+    def __init__(self, envelope: Envelope, max_size: int = MAX_STREAM_SIZE) -> None:
+        self._envelope = envelope
+        self._max_size = max_size
+        self._buffer = bytearray()
+        self._done = False
+
+    def feed(self, data: bytes) -> StreamMessage | None:
+        if self._done:
+            raise DecodeError("data after the stream's message")
+        self._buffer += data
+        if len(self._buffer) > self._max_size:
+            raise DecodeError(f"stream larger than {self._max_size} bytes", "oversized")
+        try:
+            message = self._parse(bytes(self._buffer))
+        except _NeedData:
+            return None
+        self._done = True
+        return message
+
+    def eof(self) -> None:
+        """The peer closed before a whole message arrived."""
+        if not self._done:
+            raise DecodeError(f"stream closed after {len(self._buffer)} bytes", "truncated")
+
+    def _parse(self, data: bytes) -> StreamMessage:
+        label = self._envelope.label.encode()
+        if not data:
+            raise _NeedData
+        if data[0] == MessageType.HAS_LABEL:
+            if len(data) < 2 or len(data) < 2 + data[1]:
+                raise _NeedData
+            if data[2 : 2 + data[1]] != label:
+                raise DecodeError("stream label does not match ours", "label")
+            data = data[2 + data[1] :]
+        elif label:
+            raise DecodeError("stream has no label but ours is set", "label")
+        if not data:
+            raise _NeedData
+        keyring = self._envelope.keyring
+        if data[0] == MessageType.ENCRYPT:
+            if keyring is None:
+                raise DecodeError("encrypted stream but no keyring", "key")
+            if len(data) < 5:
+                raise _NeedData
+            (length,) = struct.unpack_from(">I", data, 1)
+            if length > self._max_size:
+                raise DecodeError(f"encrypted frame of {length} bytes", "oversized")
+            if len(data) < 5 + length:
+                raise _NeedData
+            data = keyring.open(data[5 : 5 + length], data[:5] + label)
+            return _parse_complete(data)
+        if keyring is not None and self._envelope.verify_incoming:
+            raise DecodeError("stream is not encrypted but encryption is on", "key")
+        if data[0] == MessageType.COMPRESS:
+            (raw,), _used = _unpack_prefix(data[1:], 1)
+            return _parse_complete(_decompress_map(raw))
+        return _parse_message(data, complete=False)
+
+
+def _parse_complete(data: bytes) -> StreamMessage:
+    """A stream body that arrived whole (decrypted or decompressed)."""
+    if data and data[0] == MessageType.COMPRESS:
+        data = decompress_payload(data[1:])
+    try:
+        return _parse_message(data, complete=True)
+    except _NeedData:
+        raise DecodeError("stream message truncated", "truncated") from None
+
+
+def _unpack_prefix(data: bytes, count: int) -> tuple[list[object], int]:
+    """Unpack ``count`` msgpack objects from the front; return them and bytes consumed."""
+    unpacker = msgpack.Unpacker(
+        raw=True, strict_map_key=True, use_list=False, max_buffer_size=MAX_STREAM_SIZE
+    )
+    unpacker.feed(data)
+    objects: list[object] = []
+    try:
+        for _ in range(count):
+            objects.append(unpacker.unpack())
+    except msgpack.OutOfData:
+        raise _NeedData from None
+    except Exception as exc:
+        raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
+    return objects, unpacker.tell()
+
+
+def _parse_message(data: bytes, complete: bool) -> StreamMessage:
+    if not data:
+        raise _NeedData
+    msg_type = data[0]
+    body = data[1:]
+    if msg_type == MessageType.PUSH_PULL:
+        (raw_header,), used = _unpack_prefix(body, 1)
+        header = from_map(PushPullHeader, raw_header)
+        if not 0 <= header.nodes <= MAX_PUSH_PULL_NODES:
+            raise DecodeError(f"push-pull with {header.nodes} nodes", "oversized")
+        if not 0 <= header.user_state_len <= MAX_STREAM_SIZE:
+            raise DecodeError(f"push-pull user state of {header.user_state_len} bytes", "oversized")
+        if header.nodes * 8 > MAX_STREAM_SIZE:
+            raise DecodeError("push-pull node count exceeds the stream limit", "oversized")
+        raw_states, used_states = _unpack_prefix(body[used:], header.nodes)
+        states = tuple(from_map(PushNodeState, raw) for raw in raw_states)
+        tail = body[used + used_states :]
+        if len(tail) < header.user_state_len:
+            raise _NeedData
+        return PushPull(header.join, states, bytes(tail[: header.user_state_len]))
+    if msg_type == MessageType.USER:
+        (raw_header,), used = _unpack_prefix(body, 1)
+        header = from_map(UserMsgHeader, raw_header)
+        if not 0 <= header.user_msg_len <= MAX_STREAM_SIZE:
+            raise DecodeError(f"user message of {header.user_msg_len} bytes", "oversized")
+        if len(body) - used < header.user_msg_len:
+            raise _NeedData
+        return User(bytes(body[used : used + header.user_msg_len]))
+    cls = CLASS_OF.get(msg_type)
+    if cls is None or cls is Compress or cls is User:
+        raise DecodeError(f"stream message type {msg_type} not supported", "unknown_type")
+    (raw,), _used = _unpack_prefix(body, 1)
+    return from_map(cls, raw)
+
+
+
+# ---- node metadata ------------------------------------------------------------------
+
+#: memberlist's limit on Alive.Meta.
+META_MAX_SIZE = 512
+_TAGS_MAGIC = 0xFF
+
+
+def encode_tags(tags: dict[str, str]) -> bytes:
+    """serf's tag format: ``FF`` then a msgpack map of strings (``FF 80`` for none)."""
+    meta = bytes((_TAGS_MAGIC,)) + _pack({k.encode(): v.encode() for k, v in sorted(tags.items())})
+    if len(meta) > META_MAX_SIZE:
+        raise ValueError(f"tags encode to {len(meta)} bytes; the limit is {META_MAX_SIZE}")
+    return meta
+
+
+def decode_tags(meta: bytes) -> dict[str, str]:
+    """Tags from a member's meta. Like serf, meta without ``FF`` is the legacy role."""
+    if not meta or meta[0] != _TAGS_MAGIC:
+        return {"role": meta.decode(errors="replace")} if meta else {}
+    raw = _unpack_one(meta[1:], "tags")
+    if not isinstance(raw, dict):
+        raise DecodeError("tags are not a map")
+    tags: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, bytes) or not isinstance(value, bytes):
+            raise DecodeError("tag names and values must be strings")
+        tags[key.decode(errors="replace")] = value.decode(errors="replace")
+    return tags

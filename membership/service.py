@@ -1,0 +1,351 @@
+"""The trio shell around :class:`Swim`: one owner task, a UDP reader, TCP streams.
+
+Only the owner task (``_run_owner``) touches the machine. Other tasks reach it through
+one bounded memory channel, so there are no locks. Each step:
+
+1. wait for one input until the machine's next deadline;
+2. take whatever else is already queued (without waiting), feed it all with
+   ``trio.current_time()``;
+3. ``tick(now)``; flush the outbox (datagrams sent inline, streams dialled in tasks);
+4. log member events and hand them to subscribers.
+
+When a deadline wakes the owner it yields once before ticking, so that datagrams that
+arrived while this process was stalled are read before any timeout is judged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from gossip.codec import encode, encode_stream
+from gossip.errors import DecodeError
+from gossip.keyring import Keyring
+from gossip.transport import Transport, advertise_address, open_transport
+from gossip.wire import Err
+from node.config import Config
+
+from .member import Address, EventKind, Member, MemberEvent
+from .swim import SendPacket, SendStream, Swim, SwimStatistics
+
+logger = logging.getLogger(__name__)
+
+INBOX_SIZE = 4096
+MAX_BATCH = 512
+MAX_STREAMS = 128
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class _Packet:
+    src: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamRequest:
+    src: Address
+    message: object
+    reply: trio.MemorySendChannel[bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamReply:
+    token: int
+    message: object | None  # None: the stream failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    action: Callable[[Swim, float], None]
+
+
+_Input = _Packet | _StreamRequest | _StreamReply | _Command
+
+
+class Membership:
+    """What the rest of the node holds: read the table, join, leave, subscribe."""
+
+    def __init__(self, swim: Swim, inbox: trio.MemorySendChannel[_Input], transport: Transport):
+        self._swim = swim
+        self._inbox = inbox
+        self.transport = transport
+        self.counters: Counter[str] = Counter()
+        self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
+        self._changed = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return self._swim.name
+
+    @property
+    def address(self) -> Address:
+        return self._swim.address
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._swim.envelope.keyring
+
+    def members(self) -> tuple[Member, ...]:
+        return self._swim.members()
+
+    def local_member(self) -> Member:
+        return self._swim.local_member
+
+    def statistics(self) -> SwimStatistics:
+        return self._swim.statistics()
+
+    def subscribe(self, capacity: int = 1024) -> trio.MemoryReceiveChannel[MemberEvent]:
+        """Member events from now on. A subscriber that falls behind loses events (counted)."""
+        send, receive = trio.open_memory_channel[MemberEvent](capacity)
+        self._subscribers.append(send)
+        return receive
+
+    async def command(self, action: Callable[[Swim, float], None]) -> None:
+        await self._inbox.send(_Command(action))
+
+    async def join(self, addresses: Sequence[str]) -> list[str]:
+        """Resolve ``host:port`` seeds and push-pull with them; returns unresolvable ones."""
+        resolved, failed = await resolve_all(addresses)
+        if resolved:
+            await self.command(lambda swim, now: swim.join(now, resolved))
+        return failed
+
+    async def leave(self) -> None:
+        """Gossip our leave and wait until it has spread (the caller sets a timeout)."""
+        await self.command(lambda swim, now: swim.leave(now))
+        while not self._swim.leave_complete:
+            await self.wait_changed()
+
+    async def wait_changed(self) -> None:
+        """Wait until the owner has run one more step."""
+        await self._changed.wait()
+
+    def _stepped(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _publish(self, event: MemberEvent) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber.send_nowait(event)
+            except trio.WouldBlock:
+                self.counters["events_dropped"] += 1
+            except trio.BrokenResourceError:
+                self._subscribers.remove(subscriber)
+
+
+async def resolve_all(addresses: Sequence[str]) -> tuple[list[Address], list[str]]:
+    resolved: list[Address] = []
+    failed: list[str] = []
+    for text in addresses:
+        try:
+            host, port = split_host_port(text)
+            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+        except (OSError, ValueError):
+            failed.append(text)
+            continue
+        for info in infos:
+            address = (str(info[4][0]), int(info[4][1]))
+            if address not in resolved:
+                resolved.append(address)
+                break
+    return resolved, failed
+
+
+def split_host_port(text: str) -> Address:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def serve_membership(
+    config: Config,
+    *,
+    keyring: Keyring | None = None,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind the gossip port, start the machine, join ``config.join``; runs until cancelled."""
+    transport = await open_transport(config.bind_addr, config.bind_port)
+    try:
+        host = advertise_address(config.bind_addr, config.advertise_addr)
+        port = config.advertise_port or transport.bound[1]
+        swim = Swim(config, (host, port), keyring, rng or random.Random(), trio.current_time())
+        send, receive = trio.open_memory_channel[_Input](INBOX_SIZE)
+        membership = Membership(swim, send, transport)
+        logger.info(
+            "gossip_listening bind=%s:%d advertise=%s:%d encrypted=%s profile=%s",
+            transport.bound[0], transport.bound[1], host, port, keyring is not None,
+            config.profile,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_packets, transport, send, membership)
+            nursery.start_soon(
+                trio.serve_listeners, _stream_handler(swim, send, config), [transport.listener]
+            )
+            nursery.start_soon(_run_owner, swim, receive, transport, membership)
+            if config.join:
+                failed = await membership.join(config.join)
+                for text in failed:
+                    logger.warning("join_address_unresolved address=%s", text)
+            task_status.started(membership)
+    finally:
+        transport.close()
+
+
+async def _read_packets(
+    transport: Transport, inbox: trio.MemorySendChannel[_Input], membership: Membership
+) -> None:
+    while True:
+        try:
+            src, data = await transport.receive_packet()
+        except OSError as exc:  # e.g. ICMP errors surfacing on some platforms
+            membership.counters["udp_receive_errors"] += 1
+            logger.debug("udp_receive_error error=%s", exc)
+            continue
+        try:
+            inbox.send_nowait(_Packet(src, data))
+        except trio.WouldBlock:
+            membership.counters["packets_dropped_inbox_full"] += 1
+
+
+def _stream_handler(
+    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config
+) -> Callable[[trio.SocketStream], object]:
+    async def handle_stream(stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()
+        src: Address = (peer[0], peer[1])
+        async with stream:
+            with trio.move_on_after(config.tcp_timeout):
+                try:
+                    message = await _read_message(stream, swim)
+                except DecodeError as exc:
+                    logger.debug("stream_rejected peer=%s:%d reason=%s", src[0], src[1], exc)
+                    reply = encode_stream(encode(Err(str(exc))), swim.envelope)
+                    await _send_quietly(stream, reply)
+                    return
+                except (trio.BrokenResourceError, OSError):
+                    return
+                reply_send, reply_receive = trio.open_memory_channel[bytes | None](1)
+                await inbox.send(_StreamRequest(src, message, reply_send))
+                reply = await reply_receive.receive()
+                if reply is not None:
+                    await _send_quietly(stream, reply)
+
+    return handle_stream
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
+async def _read_message(stream: trio.SocketStream, swim: Swim) -> object:
+    reader = swim.stream_reader()
+    while True:
+        data = await stream.receive_some(READ_SIZE)
+        if not data:
+            reader.eof()
+        message = reader.feed(data)
+        if message is not None:
+            return message
+
+
+async def _dial(
+    action: SendStream, swim: Swim, inbox: trio.MemorySendChannel[_Input],
+    limiter: trio.CapacityLimiter,
+) -> None:
+    message: object | None = None
+    with trio.move_on_at(action.deadline):
+        try:
+            async with limiter:
+                stream = await trio.open_tcp_stream(*action.dst)
+                async with stream:
+                    await stream.send_all(action.data)
+                    if action.expect_reply:
+                        message = await _read_message(stream, swim)
+        except (OSError, trio.BrokenResourceError, DecodeError) as exc:
+            logger.debug("stream_failed peer=%s:%d error=%s", action.dst[0], action.dst[1], exc)
+    if action.expect_reply:
+        await inbox.send(_StreamReply(action.token, message))
+
+
+async def _run_owner(
+    swim: Swim, inbox: trio.MemoryReceiveChannel[_Input], transport: Transport,
+    membership: Membership,
+) -> None:
+    limiter = trio.CapacityLimiter(MAX_STREAMS)
+    async with trio.open_nursery() as dialers:
+        send = membership._inbox
+        while True:
+            batch: list[_Input] = []
+            deadline = swim.next_deadline()
+            with trio.move_on_at(deadline if deadline < math.inf else math.inf):
+                batch.append(await inbox.receive())
+            if not batch:
+                await trio.lowlevel.checkpoint()  # let readers woken with us queue first
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            now = trio.current_time()
+            for item in batch:
+                _feed(swim, item, now)
+            swim.tick(now)
+            for action in swim.drain_outbox():
+                if isinstance(action, SendPacket):
+                    await transport.send_packet(action.dst, action.data)
+                else:
+                    dialers.start_soon(_dial, action, swim, send, limiter)
+            for event in swim.drain_events():
+                _log_event(swim.name, event)
+                membership._publish(event)
+            membership._stepped()
+
+
+def _feed(swim: Swim, item: _Input, now: float) -> None:
+    if isinstance(item, _Packet):
+        swim.receive_packet(now, item.src, item.data)
+    elif isinstance(item, _StreamRequest):
+        reply = swim.receive_stream(now, item.src, item.message)  # type: ignore[arg-type]
+        try:
+            item.reply.send_nowait(reply)
+        except (trio.WouldBlock, trio.BrokenResourceError):
+            pass
+    elif isinstance(item, _StreamReply):
+        if item.message is None:
+            swim.stream_failed(now, item.token)
+        else:
+            swim.receive_stream_reply(now, item.token, item.message)  # type: ignore[arg-type]
+    else:
+        item.action(swim, now)
+
+
+_EVENT_LEVEL = {
+    EventKind.SUSPECTED: logging.WARNING,
+    EventKind.FAILED: logging.WARNING,
+    EventKind.REAPED: logging.DEBUG,
+}
+
+
+def _log_event(local: str, event: MemberEvent) -> None:
+    member = event.member
+    if member.name == local and event.previous is None:
+        return
+    logger.log(
+        _EVENT_LEVEL.get(event.kind, logging.INFO),
+        "member_%s member=%s peer=%s:%d incarnation=%d previous=%s",
+        event.kind.value, member.name, member.address[0], member.address[1],
+        member.incarnation, event.previous.label if event.previous is not None else "none",
+    )

@@ -1,0 +1,642 @@
+"""The SWIM machine: memberlist's protocol (v5, Lifeguard) as a sans-IO state machine.
+
+Inputs are bytes and events with a ``now``; outputs are addressed bytes and member
+events the owner drains (``drain_outbox``, ``drain_events``), in the manner of h11 and
+wsproto. The machine never reads a clock, never touches a socket and takes randomness
+only from the ``rng`` it is given, so a simulator can run hundreds of them
+deterministically and a trio shell can run one for real.
+
+The merge rules (alive / suspect / dead, refutation, push-pull merge and its version
+check) follow ``memberlist-wire.md`` §7. Our additions are marked "beyond memberlist"
+and described in ``docs/membership.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from types import MappingProxyType
+
+from gossip.codec import (
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, StreamMessage, StreamReader,
+    decode_packet, encode, encode_packet, encode_push_pull, encode_stream, encode_tags,
+    ip_from_bytes, ip_to_bytes,
+)
+from gossip.errors import DecodeError
+from gossip.keyring import Keyring
+from gossip.queue import BroadcastQueue, retransmit_limit
+from gossip.wire import (
+    Ack, Alive, Dead, Err, IndirectPing, Nack, Ping, PushNodeState, PushPull, Suspect, User,
+)
+from node.config import Config
+
+from .awareness import Awareness
+from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
+from .merge import AliveVerdict, compatible, judge_alive
+from .probe import PROBE, PROBE_END, PROBE_TIMEOUT, RELAY, Prober, reply_address
+from .suspicion import Suspicion, suspicion_timeout
+from .table import MemberTable
+from .timers import Deadlines
+
+
+class SwimMisuse(RuntimeError):
+    """The machine was called in a way that is a bug in the caller (not remote input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendPacket:
+    dst: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendStream:
+    """Open TCP to ``dst``, write ``data``, read one reply if ``expect_reply``.
+
+    The shell reports back with ``receive_stream_reply(token, ...)`` or
+    ``stream_failed(token)``; it gives up at ``deadline``.
+    """
+
+    dst: Address
+    data: bytes
+    token: int
+    expect_reply: bool
+    deadline: float
+
+
+Action = SendPacket | SendStream
+
+
+class StreamPurpose(Enum):
+    JOIN = "join"
+    PUSH_PULL = "push_pull"
+    RECONNECT = "reconnect"
+    TCP_PING = "tcp_ping"
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    purpose: StreamPurpose
+    dst: Address
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SwimStatistics:
+    name: str
+    incarnation: int
+    health_score: int
+    members: int
+    alive: int
+    suspect: int
+    dead: int
+    left: int
+    queue_depth: int
+    joined: bool
+    leaving: bool
+    counters: Mapping[str, int]
+
+
+_LEAVE = object()
+GOSSIP, PUSH_PULL, RECONNECT, JOIN_RETRY, LEAVE_TIMEOUT = (
+    "gossip", "push_pull", "reconnect", "join_retry", "leave_timeout",
+)
+SUSPICION = "suspicion"
+
+
+class Swim:
+    """One node's membership. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        config: Config,
+        address: Address,
+        keyring: Keyring | None,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.config = config
+        self.name = NodeName(config.name)
+        self.address = address
+        self._rng = rng
+        self._envelope = Envelope(
+            keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing
+        )
+        self._meta = encode_tags(dict(config.tags))
+        self.source_fields = (ip_to_bytes(address[0]), address[1], config.name)
+        me = Member(self.name, address, 1, MemberState.ALIVE, self._meta, config.vsn, now)
+        self.table = MemberTable(me, rng)
+        self.timers = Deadlines()
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self._queue = BroadcastQueue()
+        self._prober = Prober(self)
+        self._suspicions: dict[NodeName, Suspicion] = {}
+        self._failed: dict[NodeName, tuple[Address, float]] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._outbox: list[Action] = []
+        self._events: list[MemberEvent] = [MemberEvent(EventKind.JOINED, me, None)]
+        self._counters: Counter[str] = Counter()
+        self._seq = 0
+        self._token = 0
+        self._seeds: tuple[Address, ...] = ()
+        self._join_tokens: set[int] = set()
+        self._join_backoff = config.join_retry_interval
+        self._early_sync: float | None = None
+        #: False only while a join is under way and no seed has answered yet
+        self.joined = True
+        self.leaving = False
+        self._left = False
+        self._queue_alive(me)
+        for key, interval in (
+            (PROBE, config.probe_interval), (GOSSIP, config.gossip_interval),
+            (PUSH_PULL, config.push_pull_interval), (RECONNECT, config.reconnect_interval),
+        ):
+            self.timers.schedule(key, now + rng.random() * interval)
+
+    # ---- public API -----------------------------------------------------------------
+
+    @property
+    def envelope(self) -> Envelope:
+        return self._envelope
+
+    @property
+    def local_member(self) -> Member:
+        return self.table.local
+
+    @property
+    def leave_complete(self) -> bool:
+        """True once our leave has been gossiped enough (or timed out): safe to exit."""
+        return self._left
+
+    def members(self) -> tuple[Member, ...]:
+        return self.table.snapshot()
+
+    def stream_reader(self) -> StreamReader:
+        """A reader for one incoming TCP stream (label and keyring as ours)."""
+        return StreamReader(self._envelope)
+
+    def receive_packet(self, now: float, src: Address, data: bytes) -> None:
+        """One UDP datagram. Bad bytes are counted and dropped, never raised."""
+        self.count("packets_received")
+        self.count("bytes_received", len(data))
+        try:
+            decoded = decode_packet(data, self._envelope)
+        except DecodeError as exc:
+            self.count(f"dropped_{exc.reason}")
+            return
+        if decoded.dropped:
+            self.count(f"dropped_{decoded.reason}", decoded.dropped)
+        for message in decoded.messages:
+            try:
+                self._dispatch(now, src, message)
+            except (DecodeError, ValueError):
+                self.count("dropped_malformed")
+
+    def receive_stream(self, now: float, src: Address, message: StreamMessage) -> bytes | None:
+        """A complete request read from an incoming stream; returns the framed reply."""
+        if isinstance(message, Ping):
+            if message.node and message.node != self.name:
+                self.count("pings_for_another_node")
+                return None
+            return encode_stream(encode(Ack(message.seq_no)), self._envelope)
+        if isinstance(message, PushPull):
+            self.count("push_pulls_received")
+            reply = self._push_pull_bytes(message.join)
+            self._merge(now, message.states)
+            return reply
+        if isinstance(message, User):
+            self.count("user_messages_ignored")
+            return None
+        self.count("streams_unexpected")
+        return encode_stream(encode(Err("unexpected stream message")), self._envelope)
+
+    def receive_stream_reply(self, now: float, token: int, message: StreamMessage) -> None:
+        stream = self._streams.pop(token, None)
+        if stream is None:
+            raise SwimMisuse(f"no stream with token {token}")
+        if stream.purpose is StreamPurpose.TCP_PING:
+            if isinstance(message, Ack) and message.seq_no == stream.seq:
+                self._prober.on_tcp_ack(stream.seq)
+            return
+        if not isinstance(message, PushPull):
+            self._stream_done(now, token, stream, ok=False)
+            return
+        ok = self._merge(now, message.states)
+        self._stream_done(now, token, stream, ok=ok)
+
+    def stream_failed(self, now: float, token: int) -> None:
+        """The shell could not dial, write or read the stream ``token`` in time."""
+        stream = self._streams.pop(token, None)
+        if stream is None:
+            raise SwimMisuse(f"no stream with token {token}")
+        self.count(f"streams_failed_{stream.purpose.value}")
+        self._stream_done(now, token, stream, ok=False)
+
+    def tick(self, now: float) -> None:
+        """Fire every deadline that is due."""
+        while (expired := self.timers.pop_expired(now)) is not None:
+            key, when = expired
+            self._fire(now, key, when)
+        self._check_leave()
+
+    def next_deadline(self) -> float:
+        return self.timers.next_deadline()
+
+    def join(self, now: float, seeds: Iterable[Address]) -> None:
+        """Push-pull with every seed (retried with backoff until one answers)."""
+        unique: list[Address] = []
+        for seed in seeds:
+            if seed != self.address and seed not in unique:
+                unique.append(seed)
+        self._seeds = tuple(unique)
+        self._join_backoff = self.config.join_retry_interval
+        if self._seeds:
+            self.joined = False
+            self._join_round(now)
+
+    def leave(self, now: float) -> None:
+        """Say goodbye: a dead-from-self broadcast that goes before anything else."""
+        if self.leaving:
+            return
+        self.leaving = True
+        me = self.table.local
+        goodbye = encode(Dead(me.incarnation, me.name, me.name))
+        self._queue.queue(me.name, goodbye, priority=True, notify=_LEAVE)
+        self._store(now, replace(me, state=MemberState.LEFT, state_change=now))
+        # beyond memberlist: tell every live member directly, not only by epidemic
+        others = [m for m in self.table if m.name != self.name and m.state is MemberState.ALIVE]
+        for member in others:
+            self.send_messages(member.address, [goodbye], member)
+        if not others:
+            self._left = True
+        self.timers.schedule(LEAVE_TIMEOUT, now + self.config.leave_timeout)
+
+    def update_tags(self, now: float, tags: Mapping[str, str]) -> None:
+        """Change our metadata; gossiped as an alive with the next incarnation."""
+        me = self.table.local
+        self._meta = encode_tags(dict(tags))
+        updated = replace(me, incarnation=me.incarnation + 1, meta=self._meta)
+        self._store(now, updated)
+        self._queue_alive(updated)
+
+    def drain_outbox(self) -> list[Action]:
+        self._check_leave()
+        out, self._outbox = self._outbox, []
+        return out
+
+    def drain_events(self) -> list[MemberEvent]:
+        out, self._events = self._events, []
+        return out
+
+    def statistics(self) -> SwimStatistics:
+        counts = Counter(m.state for m in self.table)
+        return SwimStatistics(
+            name=self.name, incarnation=self.table.local.incarnation,
+            health_score=self.awareness.score, members=len(self.table),
+            alive=counts[MemberState.ALIVE], suspect=counts[MemberState.SUSPECT],
+            dead=counts[MemberState.DEAD], left=counts[MemberState.LEFT],
+            queue_depth=len(self._queue), joined=self.joined, leaving=self.leaving,
+            counters=MappingProxyType(dict(self._counters)),
+        )
+
+    # ---- used by the prober ---------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) % 2**32
+        return self._seq
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._counters[name] += n
+
+    def send_messages(self, dst: Address, parts: list[bytes], to: Member | None) -> None:
+        """Send ``parts`` in one datagram, filling the rest with queued broadcasts."""
+        crc = to is not None and to.pmax >= 5
+        used = sum(len(part) + COMPOUND_PART_OVERHEAD for part in parts) + COMPOUND_HEADER
+        budget = self.config.udp_buffer_size - self._envelope.overhead - used
+        budget -= CRC_OVERHEAD if crc else 0
+        parts = parts + self._queue.take(
+            COMPOUND_PART_OVERHEAD, budget, self._retransmit_limit(), 255 - len(parts)
+        )
+        self._emit(dst, encode_packet(parts, self._envelope, crc))
+
+    def start_tcp_ping(self, now: float, target: Member, seq: int, deadline: float) -> None:
+        ping = encode(Ping(seq, target.name, *self.source_fields))
+        self._open_stream(
+            _Stream(StreamPurpose.TCP_PING, target.address, seq),
+            encode_stream(ping, self._envelope), True, deadline,
+        )
+
+    def suspect(self, now: float, target: Member) -> None:
+        self._on_suspect(now, Suspect(target.incarnation, target.name, self.name))
+
+    def reaped(self, event: MemberEvent) -> None:
+        self.count("members_reaped")
+        self._suspicions.pop(event.member.name, None)
+        self._events.append(event)
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, now: float, src: Address, message: object) -> None:
+        if isinstance(message, Ping):
+            if message.node and message.node != self.name:
+                self.count("pings_for_another_node")
+                return
+            reply_to = reply_address(src, message.source_addr, message.source_port)
+            self.send_messages(reply_to, [encode(Ack(message.seq_no))], None)
+        elif isinstance(message, Ack):
+            self._prober.on_ack(now, message)
+        elif isinstance(message, Nack):
+            self._prober.on_nack(message)
+        elif isinstance(message, IndirectPing):
+            self._prober.on_indirect_ping(now, src, message)
+        elif isinstance(message, Alive):
+            self._on_alive(now, message)
+        elif isinstance(message, Suspect):
+            self._on_suspect(now, message)
+        elif isinstance(message, Dead):
+            self._on_dead(now, message)
+        elif isinstance(message, User):
+            self.count("user_messages_ignored")
+        else:
+            self.count("packets_unexpected")
+
+    def _fire(self, now: float, key: object, when: float) -> None:
+        if key == PROBE:
+            self._prober.start(now)
+        elif key == GOSSIP:
+            self._reschedule(GOSSIP, now, when, self.config.gossip_interval)
+            self._gossip(now)
+        elif key == PUSH_PULL:
+            if self._early_sync is not None:
+                self._early_sync *= 2
+                if self._early_sync >= self._push_pull_interval():
+                    self._early_sync = None
+            interval = self._early_sync or self._push_pull_interval()
+            self._reschedule(PUSH_PULL, now, when, interval)
+            self._push_pull(now)
+        elif key == RECONNECT:
+            self._reschedule(RECONNECT, now, when, self.config.reconnect_interval)
+            self._reconnect(now)
+        elif key == JOIN_RETRY:
+            self._join_round(now)
+        elif key == LEAVE_TIMEOUT:
+            self._left = True
+        elif isinstance(key, tuple) and key[0] in (PROBE_TIMEOUT, PROBE_END, RELAY):
+            self._prober.fire(now, key, when)  # type: ignore[arg-type]
+        elif isinstance(key, tuple) and key[0] == SUSPICION:
+            self._suspicion_expired(now, key[1])
+
+    def _reschedule(self, key: str, now: float, when: float, interval: float) -> None:
+        following = when + interval
+        self.timers.schedule(key, following if following > now else now + interval)
+
+    # ---- the merge rules (memberlist-wire.md §7) -----------------------------------
+
+    def _on_alive(self, now: float, alive: Alive) -> None:
+        if self.leaving and alive.node == self.name:
+            return
+        known = self.table.get(alive.node)
+        address = (ip_from_bytes(alive.addr), alive.port)
+        verdict = judge_alive(
+            known, alive, address, is_me=alive.node == self.name, now=now,
+            reclaim_time=self.config.dead_node_reclaim_time,
+            local_meta=self._meta, local_vsn=bytes(self.config.vsn),
+        )
+        if verdict is AliveVerdict.IGNORE:
+            return
+        if verdict is AliveVerdict.BAD_VERSION:
+            self.count("alive_bad_version")
+            return
+        if verdict is AliveVerdict.CONFLICT:
+            self.count("address_conflicts")
+            return
+        if verdict is AliveVerdict.REFUTE:
+            self._refute(now, alive.incarnation)
+            return
+        self._queue.queue(alive.node, encode(alive))
+        self._cancel_suspicion(NodeName(alive.node))
+        vsn = tuple(alive.vsn) if len(alive.vsn) == 6 else (known.vsn if known else (0,) * 6)
+        change = known is None or known.state is not MemberState.ALIVE
+        self._store(now, Member(
+            NodeName(alive.node), address, alive.incarnation, MemberState.ALIVE, alive.meta,
+            vsn, now if change else known.state_change,  # type: ignore[union-attr, arg-type]
+        ))
+
+    def _on_suspect(self, now: float, suspect: Suspect) -> None:
+        known = self.table.get(suspect.node)
+        if known is None or suspect.incarnation < known.incarnation:
+            return
+        running = self._suspicions.get(known.name)
+        if running is not None:
+            if running.confirm(suspect.from_, now):
+                self.count("suspicion_confirmations")
+                self._queue.queue(suspect.node, encode(suspect))
+                self.timers.schedule((SUSPICION, known.name), running.deadline)
+            return
+        if known.state is not MemberState.ALIVE:
+            return
+        if known.name == self.name:
+            self.count("refuted_suspicions")
+            self._refute(now, suspect.incarnation)
+            return
+        self._queue.queue(suspect.node, encode(suspect))
+        self._store(now, replace(
+            known, incarnation=suspect.incarnation, state=MemberState.SUSPECT, state_change=now
+        ))
+        n = len(self.table)
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        minimum = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
+        maximum = self.config.suspicion_max_timeout_mult * minimum
+        suspicion = Suspicion(suspect.from_, k, minimum, maximum, now)
+        self._suspicions[known.name] = suspicion
+        self.timers.schedule((SUSPICION, known.name), suspicion.deadline)
+
+    def _suspicion_expired(self, now: float, name: NodeName) -> None:
+        suspicion = self._suspicions.pop(name, None)
+        member = self.table.get(name)
+        if suspicion is None or member is None or member.state is not MemberState.SUSPECT:
+            return
+        self._on_dead(now, Dead(member.incarnation, member.name, self.name))
+
+    def _on_dead(self, now: float, dead: Dead) -> None:
+        known = self.table.get(dead.node)
+        if known is None or dead.incarnation < known.incarnation:
+            return
+        self._cancel_suspicion(known.name)
+        if known.dead_or_left:
+            return
+        if known.name == self.name:
+            if not self.leaving:
+                self.count("refuted_deaths")
+                self._refute(now, dead.incarnation)
+            return
+        self._queue.queue(dead.node, encode(dead))
+        state = MemberState.LEFT if dead.from_ == dead.node else MemberState.DEAD
+        self._store(now, replace(
+            known, incarnation=dead.incarnation, state=state, state_change=now
+        ))
+
+    def _refute(self, now: float, accused: int) -> None:
+        me = self.table.local
+        incarnation = max(me.incarnation + 1, accused + 1)
+        self.awareness.apply_delta(1)
+        updated = replace(me, incarnation=incarnation)
+        self._store(now, updated)
+        self._queue_alive(updated)
+
+    def _cancel_suspicion(self, name: NodeName) -> None:
+        if self._suspicions.pop(name, None) is not None:
+            self.timers.cancel((SUSPICION, name))
+
+    def _store(self, now: float, member: Member) -> None:
+        event = self.table.apply(member)
+        if event is None:
+            return
+        if event.kind is EventKind.FAILED:
+            self._failed[member.name] = (member.address, now)
+        elif event.kind in (EventKind.JOINED, EventKind.RECOVERED, EventKind.LEFT):
+            self._failed.pop(member.name, None)
+        self._events.append(event)
+
+    def _queue_alive(self, member: Member) -> None:
+        alive = Alive(
+            member.incarnation, member.name, ip_to_bytes(member.address[0]),
+            member.address[1], member.meta, bytes(member.vsn),
+        )
+        self._queue.queue(member.name, encode(alive))
+
+    # ---- gossip, push-pull, join, reconnect -----------------------------------------
+
+    def _retransmit_limit(self) -> int:
+        return retransmit_limit(self.config.retransmit_mult, len(self.table))
+
+    def _emit(self, dst: Address, data: bytes) -> None:
+        self.count("packets_sent")
+        self.count("bytes_sent", len(data))
+        self._outbox.append(SendPacket(dst, data))
+
+    def _gossip(self, now: float) -> None:
+        def reachable(member: Member) -> bool:
+            if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                return True
+            recently = now - member.state_change <= self.config.gossip_to_the_dead_time
+            return member.state is MemberState.DEAD and recently
+
+        for target in self.table.random_members(self.config.gossip_nodes, reachable):
+            crc = target.pmax >= 5
+            budget = self.config.udp_buffer_size - self._envelope.overhead - COMPOUND_HEADER
+            budget -= CRC_OVERHEAD if crc else 0
+            parts = self._queue.take(COMPOUND_PART_OVERHEAD, budget, self._retransmit_limit())
+            if not parts:
+                return
+            self._emit(target.address, encode_packet(parts, self._envelope, crc))
+
+    def _push_pull_interval(self) -> float:
+        n = len(self.table)
+        if n <= 32:
+            return self.config.push_pull_interval
+        return self.config.push_pull_interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+    def _push_pull_bytes(self, join: bool) -> bytes:
+        states = tuple(
+            PushNodeState(
+                m.name, ip_to_bytes(m.address[0]), m.address[1], m.meta, m.incarnation,
+                int(m.state), bytes(m.vsn),
+            )
+            for m in self.table
+        )
+        return encode_stream(encode_push_pull(PushPull(join, states)), self._envelope)
+
+    def _push_pull(self, now: float) -> None:
+        peers = self.table.random_members(1, lambda m: m.state is MemberState.ALIVE)
+        if peers:
+            self._open_stream(
+                _Stream(StreamPurpose.PUSH_PULL, peers[0].address), self._push_pull_bytes(False),
+                True, now + self.config.tcp_timeout,
+            )
+
+    def _join_round(self, now: float) -> None:
+        for seed in self._seeds:
+            token = self._open_stream(
+                _Stream(StreamPurpose.JOIN, seed), self._push_pull_bytes(True), True,
+                now + self.config.tcp_timeout,
+            )
+            self._join_tokens.add(token)
+
+    def _reconnect(self, now: float) -> None:
+        """Beyond memberlist: push-pull with a failed member or an absent seed."""
+        horizon = now - self.config.reconnect_timeout
+        for name, (_address, since) in list(self._failed.items()):
+            if since < horizon:
+                del self._failed[name]
+        alive = {m.address for m in self.table if m.state is MemberState.ALIVE}
+        candidates = sorted(
+            {address for address, _since in self._failed.values()}
+            | {seed for seed in self._seeds if seed not in alive}
+        )
+        candidates = [address for address in candidates if address not in alive]
+        if not candidates:
+            return
+        target = self._rng.choice(candidates)
+        self.count("reconnect_attempts")
+        self._open_stream(
+            _Stream(StreamPurpose.RECONNECT, target), self._push_pull_bytes(True), True,
+            now + self.config.tcp_timeout,
+        )
+
+    def _open_stream(
+        self, stream: _Stream, data: bytes, expect_reply: bool, deadline: float
+    ) -> int:
+        self._token += 1
+        self._streams[self._token] = stream
+        self._outbox.append(SendStream(stream.dst, data, self._token, expect_reply, deadline))
+        return self._token
+
+    def _stream_done(self, now: float, token: int, stream: _Stream, ok: bool) -> None:
+        if stream.purpose is StreamPurpose.RECONNECT and ok:
+            self.count("reconnects")
+        if stream.purpose is not StreamPurpose.JOIN or token not in self._join_tokens:
+            return
+        self._join_tokens.discard(token)
+        if ok:
+            if not self.joined:
+                # beyond memberlist: early anti-entropy (+1, +2, +4 ... probe intervals)
+                # catches members whose alive rumour was spent before they knew us
+                self._early_sync = self.config.probe_interval
+                self.timers.schedule(PUSH_PULL, now + self._early_sync)
+            self.joined = True
+            self.timers.cancel(JOIN_RETRY)
+            self._join_tokens.clear()
+        elif not self._join_tokens and not self.joined:
+            self.count("join_retries")
+            self.timers.schedule(JOIN_RETRY, now + self._join_backoff)
+            self._join_backoff = min(self._join_backoff * 2, self.config.join_retry_max_interval)
+
+    def _merge(self, now: float, states: Sequence[PushNodeState]) -> bool:
+        if not compatible(states, self.table):
+            self.count("push_pulls_incompatible")
+            return False
+        for state in states:
+            try:
+                if state.state == MemberState.ALIVE:
+                    self._on_alive(now, Alive(
+                        state.incarnation, state.name, state.addr, state.port, state.meta,
+                        state.vsn,
+                    ))
+                elif state.state == MemberState.LEFT:
+                    self._on_dead(now, Dead(state.incarnation, state.name, state.name))
+                elif state.state in (MemberState.DEAD, MemberState.SUSPECT):
+                    self._on_suspect(now, Suspect(state.incarnation, state.name, self.name))
+            except DecodeError:
+                self.count("dropped_malformed")
+        return True
+
+    def _check_leave(self) -> None:
+        if _LEAVE in self._queue.drain_finished():
+            self._left = True

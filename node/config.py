@@ -1,0 +1,193 @@
+"""The one configuration object of a grapevine node.
+
+A stdlib-only leaf: the one ``node`` module that ``gossip/`` and ``membership/`` may
+import. Field names follow memberlist's ``Config`` so that operators can map settings one
+to one; durations are float seconds on the trio clock (or the simulator's virtual clock).
+
+Three named profiles mirror memberlist's ``DefaultLANConfig``, ``DefaultLocalConfig`` and
+``DefaultWANConfig``. Our ``lan`` profile differs from memberlist's in one tuned value,
+``suspicion_mult`` (see ``docs/membership.md``): Lifeguard's local health awareness and
+suspicion confirmations let us time out a suspect sooner without accusing healthy nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Memberlist protocol range we speak (pmin, pmax, pcur). pcur 2 is what Go memberlist
+#: advertises by default (ProtocolVersion2Compatible); we implement every feature up to 5.
+PROTOCOL_MIN, PROTOCOL_MAX, PROTOCOL_CUR = 1, 5, 2
+#: Delegate (application) protocol range. serf's delegate range is 2..5 and its current
+#: version is 5: every merge checks that each node's dcur lies inside everyone's range,
+#: so we advertise the same triple to share a cluster with serf agents.
+DELEGATE_MIN, DELEGATE_MAX, DELEGATE_CUR = 2, 5, 5
+
+PROFILES = ("lan", "local", "wan")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything a node needs to run. Build with :meth:`lan`, :meth:`local` or :meth:`wan`."""
+
+    name: str
+    profile: str = "lan"
+    # Gossip (UDP and TCP on the same port).
+    bind_addr: str = "0.0.0.0"
+    bind_port: int = 7946
+    advertise_addr: str | None = None
+    advertise_port: int | None = None
+    #: seeds to join at start, as "host:port" (names are resolved by the shell)
+    join: tuple[str, ...] = ()
+    # HTTP API; api_port None means no API.
+    api_addr: str = "127.0.0.1"
+    api_port: int | None = 8080
+    #: bearer token for the HTTP API; required when the API is bound beyond loopback
+    api_key: str | None = None
+    data_dir: str | None = None
+    # Failure detection (memberlist names).
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_checks: int = 3
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    awareness_max_multiplier: int = 8
+    disable_tcp_pings: bool = False
+    # Dissemination.
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    gossip_to_the_dead_time: float = 30.0
+    retransmit_mult: int = 4
+    push_pull_interval: float = 30.0
+    udp_buffer_size: int = 1400
+    tcp_timeout: float = 10.0
+    # Leaving, joining, reconnecting (beyond memberlist: see docs/membership.md).
+    leave_timeout: float = 5.0
+    join_retry_interval: float = 1.0
+    join_retry_max_interval: float = 30.0
+    reconnect_interval: float = 10.0
+    reconnect_timeout: float = 24 * 3600.0
+    dead_node_reclaim_time: float = 0.0
+    # Security.
+    label: str = ""
+    keys: tuple[bytes, ...] = ()
+    gossip_verify_incoming: bool = True
+    gossip_verify_outgoing: bool = True
+    # Metadata carried in Alive.Meta (serf's tag format).
+    tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Ownership (node/ring).
+    ring_vnodes: int = 128
+    replicas: int = 2
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(
+                f"name: {self.name!r} must be 1-128 characters of letters, digits, '_.:-'"
+            )
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
+        for port_field in ("bind_port", "advertise_port", "api_port"):
+            port = getattr(self, port_field)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{port_field}: {port} is not a port number (0-65535)")
+        for positive in (
+            "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
+            "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
+            "reconnect_interval",
+        ):
+            if not getattr(self, positive) > 0:
+                raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError(
+                f"probe_timeout: {self.probe_timeout} must be shorter than "
+                f"probe_interval {self.probe_interval}"
+            )
+        for at_least_one in (
+            "suspicion_mult", "suspicion_max_timeout_mult", "awareness_max_multiplier",
+            "retransmit_mult", "ring_vnodes", "replicas",
+        ):
+            if getattr(self, at_least_one) < 1:
+                raise ValueError(f"{at_least_one}: must be >= 1, got {getattr(self, at_least_one)}")
+        for non_negative in ("indirect_checks", "gossip_nodes"):
+            if getattr(self, non_negative) < 0:
+                raise ValueError(f"{non_negative}: must be >= 0")
+        if self.api_port is not None and not self.api_key and not is_loopback(self.api_addr):
+            raise ValueError(
+                f"api_key: required when the API listens beyond loopback ({self.api_addr})"
+            )
+        if not 512 <= self.udp_buffer_size <= 65000:
+            raise ValueError(f"udp_buffer_size: {self.udp_buffer_size} outside 512..65000")
+        if len(self.label.encode()) > 255:
+            raise ValueError("label: longer than 255 bytes")
+        for key in self.keys:
+            if len(key) not in (16, 24, 32):
+                raise ValueError(f"keys: a key is {len(key)} bytes, must be 16, 24 or 32")
+        for tag_key, tag_value in self.tags:
+            if not tag_key:
+                raise ValueError("tags: empty tag name")
+            if not isinstance(tag_value, str):
+                raise ValueError(f"tags: value of {tag_key!r} is not a string")
+
+    # ---- profiles -------------------------------------------------------------------
+
+    @classmethod
+    def lan(cls, name: str, **overrides: Any) -> Config:
+        """memberlist DefaultLANConfig, with ``suspicion_mult`` tuned (see module doc)."""
+        values: dict[str, Any] = {"suspicion_mult": 3}
+        values.update(overrides)
+        return cls(name=name, profile="lan", **values)
+
+    @classmethod
+    def local(cls, name: str, **overrides: Any) -> Config:
+        """memberlist DefaultLocalConfig: short timers for loopback clusters.
+
+        memberlist's retransmit_mult of 2 leaves so few transmissions per message that
+        a 20-node join waits for push-pull (serf measured 17 s); we keep 4.
+        """
+        values: dict[str, Any] = {
+            "tcp_timeout": 1.0, "indirect_checks": 1, "suspicion_mult": 3,
+            "push_pull_interval": 15.0, "probe_timeout": 0.2, "probe_interval": 1.0,
+            "gossip_interval": 0.1, "gossip_to_the_dead_time": 15.0,
+            "reconnect_interval": 5.0,
+        }
+        values.update(overrides)
+        return cls(name=name, profile="local", **values)
+
+    @classmethod
+    def wan(cls, name: str, **overrides: Any) -> Config:
+        """memberlist DefaultWANConfig."""
+        values: dict[str, Any] = {
+            "tcp_timeout": 30.0, "suspicion_mult": 6, "push_pull_interval": 60.0,
+            "probe_timeout": 3.0, "probe_interval": 5.0, "gossip_nodes": 4,
+            "gossip_interval": 0.5, "gossip_to_the_dead_time": 60.0,
+            "reconnect_interval": 30.0,
+        }
+        values.update(overrides)
+        return cls(name=name, profile="wan", **values)
+
+    @classmethod
+    def for_profile(cls, profile: str, name: str, **overrides: Any) -> Config:
+        if profile not in PROFILES:
+            raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
+        factory = {"lan": cls.lan, "local": cls.local, "wan": cls.wan}[profile]
+        return factory(name, **overrides)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def vsn(self) -> tuple[int, int, int, int, int, int]:
+        return (PROTOCOL_MIN, PROTOCOL_MAX, PROTOCOL_CUR, DELEGATE_MIN, DELEGATE_MAX, DELEGATE_CUR)

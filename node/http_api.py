@@ -1,0 +1,219 @@
+"""The node's HTTP API: a small ASGI app served by hypercorn's trio worker.
+
+Routes (JSON unless noted; ``docs/http-api.md`` documents each):
+
+    GET  /healthz            "ok" (text)
+    GET  /v1/members         every member with state, incarnation and tags
+    GET  /v1/status          this node: name, addresses, health, counts, uptime
+    POST /v1/join            {"addresses": ["host:port", ...]}
+    POST /v1/leave           leave the cluster gracefully and stop the node
+    GET  /v1/keyring         installed keys (base64) and the primary
+    POST /v1/keyring         {"install" | "use" | "remove": "<base64 key>"}
+    GET  /metrics            Prometheus text format
+
+With an API key configured, every route but ``/healthz`` and ``/metrics`` wants
+``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import generate_latest
+
+from gossip.keyring import format_key, parse_key
+
+from .views import member_json, status_json
+
+if TYPE_CHECKING:
+    from .app import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HttpApi:
+    """The ASGI application. Handlers return (status, JSON-able body)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._routes: dict[tuple[str, str], Callable[[bytes], Awaitable[tuple[int, Any]]]] = {
+            ("GET", "/v1/members"): self._members,
+            ("GET", "/v1/status"): self._status,
+            ("POST", "/v1/join"): self._join,
+            ("POST", "/v1/leave"): self._leave,
+            ("GET", "/v1/keyring"): self._keyring,
+            ("POST", "/v1/keyring"): self._keyring_change,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz":
+            await _respond(send, 200, b"ok\n", b"text/plain")
+            return
+        if path == "/metrics" and method == "GET":
+            body = generate_latest(self._node.metrics_registry)
+            await _respond(send, 200, body, b"text/plain; version=0.0.4")
+            return
+        try:
+            handler = self._routes.get((method, path))
+            if handler is None:
+                if any(route_path == path for _method, route_path in self._routes):
+                    raise HttpError(405, f"{method} is not allowed on {path}")
+                raise HttpError(404, f"no route {path}")
+            self._authorize(scope)
+            body = await _read_body(receive)
+            status, payload = await handler(body)
+        except HttpError as exc:
+            status, payload = exc.status, {"error": exc.reason}
+        await _respond(send, status, json.dumps(payload, indent=1).encode() + b"\n")
+
+    def _authorize(self, scope: Scope) -> None:
+        key = self._node.config.api_key
+        if not key:
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"")
+        if not hmac.compare_digest(given, b"Bearer " + key.encode()):
+            raise HttpError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def _members(self, _body: bytes) -> tuple[int, Any]:
+        now = trio.current_time()
+        members = self._node.membership.members()
+        return 200, {"members": [member_json(m, now) for m in members]}
+
+    async def _status(self, _body: bytes) -> tuple[int, Any]:
+        return 200, status_json(self._node)
+
+    async def _join(self, body: bytes) -> tuple[int, Any]:
+        addresses = _field(_json(body), "addresses", list)
+        if not addresses or not all(isinstance(a, str) for a in addresses):
+            raise HttpError(400, "addresses: give a non-empty list of \"host:port\" strings")
+        failed = await self._node.membership.join(addresses)
+        if len(failed) == len(addresses):
+            raise HttpError(400, f"no address could be resolved: {', '.join(failed)}")
+        return 202, {"joining": [a for a in addresses if a not in failed], "unresolved": failed}
+
+    async def _leave(self, _body: bytes) -> tuple[int, Any]:
+        self._node.request_stop()
+        return 202, {"leaving": self._node.config.name}
+
+    async def _keyring(self, _body: bytes) -> tuple[int, Any]:
+        keyring = self._node.membership.keyring
+        if keyring is None:
+            return 200, {"encrypted": False, "keys": [], "primary": None}
+        keys = [format_key(key) for key in keyring.keys]
+        return 200, {"encrypted": True, "keys": keys, "primary": keys[0]}
+
+    async def _keyring_change(self, body: bytes) -> tuple[int, Any]:
+        keyring = self._node.membership.keyring
+        if keyring is None:
+            raise HttpError(409, "gossip encryption is off on this node; start it with --encrypt")
+        request = _json(body)
+        ops = [op for op in ("install", "use", "remove") if op in request]
+        if len(ops) != 1:
+            raise HttpError(400, "give exactly one of install, use, remove")
+        op = ops[0]
+        try:
+            key = parse_key(_field(request, op, str))
+            getattr(keyring, op)(key)
+        except ValueError as exc:
+            raise HttpError(400, f"{op}: {exc}") from None
+        logger.info("keyring_changed op=%s keys=%d", op, len(keyring.keys))
+        return await self._keyring(b"")
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise HttpError(400, "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "body must be a JSON object")
+    return value
+
+
+def _field(request: dict[str, Any], name: str, kind: type) -> Any:
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise HttpError(400, f"{name}: expected a {kind.__name__}")
+    return value
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HttpError(400, "client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HttpError(413, f"body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes = b"application/json"
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def serve_http_api(
+    node: Node, host: str, port: int,
+    *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API on ``host:port`` (port 0 picks one); reports the bound address."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("node.http.server")
+    config.graceful_timeout = 1.0
+
+    class _Status:
+        def started(self, binds: list[str] | None = None) -> None:
+            bound = (binds or [])[0]
+            host_part, _sep, port_part = bound.split("://", 1)[-1].rpartition(":")
+            address = (host_part.strip("[]"), int(port_part))
+            logger.info("api_listening address=%s:%d", *address)
+            task_status.started(address)
+
+    await hypercorn_serve(HttpApi(node), config, task_status=_Status())  # type: ignore[arg-type]

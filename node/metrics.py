@@ -1,0 +1,56 @@
+"""Prometheus metrics computed on scrape from the machines' ``statistics()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from membership.member import MemberState
+
+if TYPE_CHECKING:
+    from .app import Node
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        membership = self._node.membership
+        stats = membership.statistics()
+        members = GaugeMetricFamily(
+            "grapevine_members", "Members this node knows, by state", labels=["state"]
+        )
+        for state in MemberState:
+            members.add_metric([state.label], getattr(stats, state.label))
+        yield members
+        yield GaugeMetricFamily(
+            "grapevine_health_score", "Lifeguard local health score (0 is healthy)",
+            value=stats.health_score,
+        )
+        yield GaugeMetricFamily(
+            "grapevine_incarnation", "This node's incarnation number", value=stats.incarnation
+        )
+        yield GaugeMetricFamily(
+            "grapevine_gossip_queue_depth", "Broadcasts waiting to be gossiped",
+            value=stats.queue_depth,
+        )
+        yield GaugeMetricFamily(
+            "grapevine_uptime_seconds", "Seconds since the node started", value=self._node.uptime()
+        )
+        events = CounterMetricFamily(
+            "grapevine_membership_events", "Membership protocol counters", labels=["event"]
+        )
+        merged = {**stats.counters, **membership.counters, **membership.transport.counters}
+        for name, value in sorted(merged.items()):
+            events.add_metric([name], value)
+        yield events
+
+
+def node_registry(node: Node) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return registry

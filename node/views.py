@@ -1,0 +1,59 @@
+"""JSON views of members and of the node, shared by the HTTP API and the metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gossip.codec import decode_tags
+from gossip.errors import DecodeError
+from membership.member import Member
+
+if TYPE_CHECKING:
+    from .app import Node
+
+VERSION = "0.1.0"
+
+
+def member_tags(member: Member) -> dict[str, str]:
+    try:
+        return decode_tags(member.meta)
+    except DecodeError:
+        return {}
+
+
+def member_json(member: Member, now: float) -> dict[str, Any]:
+    return {
+        "name": member.name,
+        "address": f"{member.address[0]}:{member.address[1]}",
+        "state": member.state.label,
+        "incarnation": member.incarnation,
+        "tags": member_tags(member),
+        "protocol": list(member.vsn[:3]),
+        "delegate": list(member.vsn[3:]),
+        "since": round(max(now - member.state_change, 0.0), 3),
+    }
+
+
+def status_json(node: Node) -> dict[str, Any]:
+    stats = node.membership.statistics()
+    api = node.api_address
+    return {
+        "name": stats.name,
+        "version": VERSION,
+        "profile": node.config.profile,
+        "gossip": "{}:{}".format(*node.membership.address),
+        "api": None if api is None else "{}:{}".format(*api),
+        "incarnation": stats.incarnation,
+        "health_score": stats.health_score,
+        "joined": stats.joined,
+        "leaving": stats.leaving,
+        "encrypted": node.membership.keyring is not None,
+        "members": {
+            "total": stats.members, "alive": stats.alive, "suspect": stats.suspect,
+            "dead": stats.dead, "left": stats.left,
+        },
+        "gossip_queue": stats.queue_depth,
+        "uptime_seconds": round(node.uptime(), 3),
+        "counters": dict(sorted({**stats.counters, **node.membership.counters,
+                                 **node.membership.transport.counters}.items())),
+    }
