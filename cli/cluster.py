@@ -54,10 +54,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     restart.add_argument("name")
     restart.set_defaults(run=run_restart)
 
+    wait = commands.add_parser("wait", help="wait until every running node sees NAME in STATE")
+    wait.add_argument("name")
+    wait.add_argument("state", choices=["alive", "suspect", "dead", "left"])
+    wait.add_argument("--timeout", type=float, default=60.0)
+    wait.set_defaults(run=run_wait)
+
     down = commands.add_parser("down", help="stop every node (gracefully, then by force)")
     down.set_defaults(run=run_down)
 
-    for command in (up, status, kill, restart, down):
+    for command in (up, status, kill, restart, wait, down):
         command.add_argument(
             "--dir", default=DEFAULT_DIR, help=f"cluster dir (default {DEFAULT_DIR})"
         )
@@ -296,6 +302,31 @@ def run_restart(args: argparse.Namespace) -> int:
     _save(args.dir, state)
     _print_node(node)
     return EXIT_OK
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    _find(state, args.name)
+    observers = [n for n in state["nodes"] if n["name"] != args.name and _running(n.get("pid"))]
+    started = time.monotonic()
+    while True:
+        views = {}
+        for node in observers:
+            try:
+                data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+            except CliError:
+                continue
+            views[node["name"]] = {m["name"]: m["state"] for m in data["members"]}
+        if views and all(view.get(args.name) == args.state for view in views.values()):
+            took = time.monotonic() - started
+            print(f"{len(views)} nodes see {args.name} {args.state} (waited {took:.2f} s)")
+            return EXIT_OK
+        if time.monotonic() - started > args.timeout:
+            seen = {name: view.get(args.name, "absent") for name, view in views.items()}
+            raise CliError(
+                f"{args.name} not {args.state} everywhere after {args.timeout:.0f} s: {seen}"
+            )
+        time.sleep(0.05)
 
 
 def run_down(args: argparse.Namespace) -> int:

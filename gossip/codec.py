@@ -17,6 +17,7 @@ and it answers with the message once it is complete.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import zlib
@@ -49,8 +50,13 @@ COMPOUND_HEADER = 2
 MAX_COMPOUND_PARTS = 255
 CRC_OVERHEAD = 5
 
-_SORTED_FIELDS = {
-    cls: tuple(sorted(specs, key=lambda spec: spec.go_name)) for cls, specs in FIELDS.items()
+#: Per class: (attribute, Go name, is_bytes, is_str, omit_empty), in Go's key order.
+_ENCODERS = {
+    cls: tuple(
+        (spec.name, spec.go_name, spec.kind is Kind.BYTES, spec.kind is Kind.STR, spec.omit_empty)
+        for spec in sorted(specs, key=lambda spec: spec.go_name)
+    )
+    for cls, specs in FIELDS.items()
 }
 
 
@@ -63,15 +69,15 @@ def _pack(obj: object) -> bytes:
 
 def _to_map(value: object) -> dict[bytes, Any]:
     out: dict[bytes, Any] = {}
-    for spec in _SORTED_FIELDS[type(value)]:
-        item = getattr(value, spec.name)
-        if spec.omit_empty and not item:
+    for name, go_name, is_bytes, is_str, omit_empty in _ENCODERS[type(value)]:
+        item = getattr(value, name)
+        if omit_empty and not item:
             continue
-        if spec.kind is Kind.BYTES and not item:
+        if is_bytes and not item:
             item = None  # a nil Go slice: msgpack nil, as Go writes it
-        elif spec.kind is Kind.STR:
+        elif is_str:
             item = item.encode()
-        out[spec.go_name] = item
+        out[go_name] = item
     return out
 
 
@@ -87,33 +93,27 @@ def encode(message: Message | Compress) -> bytes:
     return bytes((TYPE_OF[type(message)],)) + encode_body(message)
 
 
-def _check(spec_kind: Kind, go_name: bytes, item: object) -> object:
-    if spec_kind is Kind.STR:
-        if not isinstance(item, bytes):
-            raise DecodeError(f"field {go_name.decode()} is not a string")
-        try:
-            return item.decode()
-        except UnicodeDecodeError:
-            raise DecodeError(f"field {go_name.decode()} is not UTF-8") from None
-    if spec_kind is Kind.BYTES:
-        if item is None:
-            return b""
-        if not isinstance(item, bytes):
-            raise DecodeError(f"field {go_name.decode()} is not bytes")
-        return item
-    if spec_kind is Kind.BOOL:
-        if not isinstance(item, bool):
-            raise DecodeError(f"field {go_name.decode()} is not a bool")
-        return item
-    if not isinstance(item, int) or isinstance(item, bool):
-        raise DecodeError(f"field {go_name.decode()} is not an integer")
-    low = -(2**63) if spec_kind is Kind.INT else 0
-    if not low <= item <= spec_kind.value:
-        raise DecodeError(f"field {go_name.decode()} out of range: {item}")
-    return item
+_STR, _BYTES, _BOOL, _INT = 0, 1, 2, 3
 
 
-_ZERO = {Kind.STR: "", Kind.BYTES: b"", Kind.BOOL: False}
+def _decoder_table(cls: type) -> tuple[tuple[str, bytes, int, int, int], ...]:
+    """(name, go_name, kind, low, high) per field: plain ints, fast to test."""
+    table = []
+    for spec in FIELDS[cls]:
+        if spec.kind is Kind.STR:
+            table.append((spec.name, spec.go_name, _STR, 0, 0))
+        elif spec.kind is Kind.BYTES:
+            table.append((spec.name, spec.go_name, _BYTES, 0, 0))
+        elif spec.kind is Kind.BOOL:
+            table.append((spec.name, spec.go_name, _BOOL, 0, 0))
+        else:
+            low = -(2**63) if spec.kind is Kind.INT else 0
+            table.append((spec.name, spec.go_name, _INT, low, spec.kind.value))
+    return tuple(table)
+
+
+_DECODERS = {cls: _decoder_table(cls) for cls in FIELDS}
+_ZERO: dict[int, object] = {_STR: "", _BYTES: b"", _BOOL: False, _INT: 0}
 
 
 def from_map(cls: type, raw: object) -> Any:
@@ -121,12 +121,29 @@ def from_map(cls: type, raw: object) -> Any:
     if not isinstance(raw, dict):
         raise DecodeError(f"{cls.__name__}: body is not a map")
     values: dict[str, object] = {}
-    for spec in FIELDS[cls]:
-        item = raw.get(spec.go_name)
-        if item is None and spec.kind is not Kind.BYTES:
-            values[spec.name] = _ZERO.get(spec.kind, 0)
+    for name, go_name, kind, low, high in _DECODERS[cls]:
+        item = raw.get(go_name)
+        if item is None:
+            values[name] = _ZERO[kind]
+        elif kind == _STR:
+            if item.__class__ is not bytes:
+                raise DecodeError(f"field {go_name.decode()} is not a string")
+            try:
+                values[name] = item.decode()
+            except UnicodeDecodeError:
+                raise DecodeError(f"field {go_name.decode()} is not UTF-8") from None
+        elif kind == _BYTES:
+            if item.__class__ is not bytes:
+                raise DecodeError(f"field {go_name.decode()} is not bytes")
+            values[name] = item
+        elif kind == _BOOL:
+            if item.__class__ is not bool:
+                raise DecodeError(f"field {go_name.decode()} is not a bool")
+            values[name] = item
         else:
-            values[spec.name] = _check(spec.kind, spec.go_name, item)
+            if item.__class__ is not int or not low <= item <= high:
+                raise DecodeError(f"field {go_name.decode()} is not an integer in range")
+            values[name] = item
     return cls(**values)
 
 
@@ -142,6 +159,8 @@ def decode_message(data: bytes) -> Message:
     if not data:
         raise DecodeError("empty message")
     msg_type = data[0]
+    if msg_type in _GOSSIP_TYPES:
+        return _decode_gossip(bytes(data))
     if msg_type == MessageType.USER:
         return User(bytes(data[1:]))
     cls = CLASS_OF.get(msg_type)
@@ -150,14 +169,27 @@ def decode_message(data: bytes) -> Message:
     return from_map(cls, _unpack_one(data[1:], cls.__name__))
 
 
+_GOSSIP_TYPES = frozenset((MessageType.ALIVE, MessageType.SUSPECT, MessageType.DEAD))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_gossip(data: bytes) -> Message:
+    """Alive/suspect/dead: the same bytes are gossiped many times, and the values are
+    immutable, so one decoding serves every copy (errors are not cached)."""
+    cls = CLASS_OF[data[0]]
+    return from_map(cls, _unpack_one(data[1:], cls.__name__))
+
+
 # ---- addresses ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)
 def ip_to_bytes(host: str) -> bytes:
     """IPv4 as 4 bytes (what Go sends for an IPv4 address), IPv6 as 16."""
     return ipaddress.ip_address(host).packed
 
 
+@functools.lru_cache(maxsize=8192)
 def ip_from_bytes(raw: bytes) -> str:
     """Accept 4 bytes, or 16 (IPv6 or IPv4-mapped, which Go sends when bound to 0.0.0.0)."""
     if len(raw) == 4:

@@ -13,6 +13,7 @@ node's goodbye reaches everyone before its process exits.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from sortedcontainers import SortedList
@@ -32,18 +33,20 @@ class _Entry:
     priority: bool
     notify: object | None
 
-    def key(self) -> tuple[int, int, int, int]:
-        return (0 if self.priority else 1, self.transmits, -len(self.message), -self.seq)
+    def key(self) -> tuple[int, int, int, int, _Entry]:
+        """Sort key; ``seq`` is unique, so the entry itself is never compared."""
+        return (0 if self.priority else 1, self.transmits, -len(self.message), -self.seq, self)
 
 
 class BroadcastQueue:
     """Pending broadcasts, one per subject. Pure; not thread-safe (one owner)."""
 
     def __init__(self) -> None:
-        self._entries: SortedList = SortedList(key=_Entry.key)
-        self._by_subject: dict[str, _Entry] = {}
+        self._entries: SortedList = SortedList()  # of _Entry.key() tuples
+        self._by_subject: dict[str, tuple[int, int, int, int, _Entry]] = {}
         self._seq = 0
         self._finished: list[object] = []
+        self._lengths: Counter[int] = Counter()  # to stop scanning once nothing can fit
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,13 +57,21 @@ class BroadcastQueue:
         """Queue ``message`` about ``subject``, replacing older news about the same subject."""
         old = self._by_subject.pop(subject, None)
         if old is not None:
-            self._entries.remove(old)
-            if old.notify is not None:
-                self._finished.append(old.notify)
+            self._forget(old)
+            if old[-1].notify is not None:
+                self._finished.append(old[-1].notify)
         self._seq += 1
-        entry = _Entry(subject, message, 0, self._seq, priority, notify)
-        self._entries.add(entry)
-        self._by_subject[subject] = entry
+        key = _Entry(subject, message, 0, self._seq, priority, notify).key()
+        self._entries.add(key)
+        self._by_subject[subject] = key
+        self._lengths[len(message)] += 1
+
+    def _forget(self, key: tuple[int, int, int, int, _Entry]) -> None:
+        self._entries.remove(key)
+        length = len(key[-1].message)
+        self._lengths[length] -= 1
+        if not self._lengths[length]:
+            del self._lengths[length]
 
     def take(self, overhead: int, budget: int, limit: int, max_count: int = 255) -> list[bytes]:
         """Messages that fit ``budget`` bytes, each costing ``len + overhead``.
@@ -68,25 +79,30 @@ class BroadcastQueue:
         Each one handed out counts as one transmission; it leaves the queue once it has
         been sent ``limit`` times.
         """
-        chosen: list[_Entry] = []
+        chosen: list[tuple[int, int, int, int, _Entry]] = []
         remaining = budget
-        for entry in self._entries:
-            if remaining < overhead + 1 or len(chosen) >= max_count:
+        smallest = overhead + min(self._lengths, default=0)
+        for key in self._entries:
+            if remaining < smallest or len(chosen) >= max_count:
                 break
-            cost = len(entry.message) + overhead
+            cost = len(key[-1].message) + overhead
             if cost <= remaining:
-                chosen.append(entry)
+                chosen.append(key)
                 remaining -= cost
-        for entry in chosen:
-            self._entries.remove(entry)
+        for key in chosen:
+            entry = key[-1]
             entry.transmits += 1
             if entry.transmits >= limit:
+                self._forget(key)
                 del self._by_subject[entry.subject]
                 if entry.notify is not None:
                     self._finished.append(entry.notify)
             else:
-                self._entries.add(entry)
-        return [entry.message for entry in chosen]
+                self._entries.remove(key)
+                new_key = entry.key()
+                self._entries.add(new_key)
+                self._by_subject[entry.subject] = new_key
+        return [key[-1].message for key in chosen]
 
     def pending(self, subject: str) -> bool:
         return subject in self._by_subject
@@ -100,7 +116,8 @@ class BroadcastQueue:
         """Drop the most-sent entries until at most ``max_entries`` remain; return dropped."""
         dropped = 0
         while len(self._entries) > max_entries:
-            entry = self._entries.pop(-1)
-            del self._by_subject[entry.subject]
+            key = self._entries[-1]
+            self._forget(key)
+            del self._by_subject[key[-1].subject]
             dropped += 1
         return dropped

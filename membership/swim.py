@@ -13,17 +13,15 @@ and described in ``docs/membership.md``.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from types import MappingProxyType
 
 from gossip.codec import (
     COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, StreamMessage, StreamReader,
-    decode_packet, encode, encode_packet, encode_push_pull, encode_stream, encode_tags,
+    decode_packet, encode, encode_packet, encode_stream, encode_tags,
     ip_from_bytes, ip_to_bytes,
 )
 from gossip.errors import DecodeError
@@ -38,6 +36,7 @@ from .awareness import Awareness
 from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
 from .merge import AliveVerdict, compatible, judge_alive
 from .probe import PROBE, PROBE_END, PROBE_TIMEOUT, RELAY, Prober, reply_address
+from .streams import JOIN_RETRY, PUSH_PULL, RECONNECT, SendStream, Streams
 from .suspicion import Suspicion, suspicion_timeout
 from .table import MemberTable
 from .timers import Deadlines
@@ -53,36 +52,7 @@ class SendPacket:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SendStream:
-    """Open TCP to ``dst``, write ``data``, read one reply if ``expect_reply``.
-
-    The shell reports back with ``receive_stream_reply(token, ...)`` or
-    ``stream_failed(token)``; it gives up at ``deadline``.
-    """
-
-    dst: Address
-    data: bytes
-    token: int
-    expect_reply: bool
-    deadline: float
-
-
 Action = SendPacket | SendStream
-
-
-class StreamPurpose(Enum):
-    JOIN = "join"
-    PUSH_PULL = "push_pull"
-    RECONNECT = "reconnect"
-    TCP_PING = "tcp_ping"
-
-
-@dataclass(frozen=True, slots=True)
-class _Stream:
-    purpose: StreamPurpose
-    dst: Address
-    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +72,7 @@ class SwimStatistics:
 
 
 _LEAVE = object()
-GOSSIP, PUSH_PULL, RECONNECT, JOIN_RETRY, LEAVE_TIMEOUT = (
-    "gossip", "push_pull", "reconnect", "join_retry", "leave_timeout",
-)
-SUSPICION = "suspicion"
+GOSSIP, LEAVE_TIMEOUT, SUSPICION = "gossip", "leave_timeout", "suspicion"
 
 
 class Swim:
@@ -123,7 +90,7 @@ class Swim:
         self.name = NodeName(config.name)
         self.address = address
         self._rng = rng
-        self._envelope = Envelope(
+        self.envelope = Envelope(
             keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing
         )
         self._meta = encode_tags(dict(config.tags))
@@ -135,33 +102,24 @@ class Swim:
         self._queue = BroadcastQueue()
         self._prober = Prober(self)
         self._suspicions: dict[NodeName, Suspicion] = {}
-        self._failed: dict[NodeName, tuple[Address, float]] = {}
-        self._streams: dict[int, _Stream] = {}
+        self._streams = Streams(self, rng)
         self._outbox: list[Action] = []
         self._events: list[MemberEvent] = [MemberEvent(EventKind.JOINED, me, None)]
         self._counters: Counter[str] = Counter()
         self._seq = 0
-        self._token = 0
-        self._seeds: tuple[Address, ...] = ()
-        self._join_tokens: set[int] = set()
-        self._join_backoff = config.join_retry_interval
-        self._early_sync: float | None = None
-        #: False only while a join is under way and no seed has answered yet
-        self.joined = True
         self.leaving = False
         self._left = False
         self._queue_alive(me)
-        for key, interval in (
-            (PROBE, config.probe_interval), (GOSSIP, config.gossip_interval),
-            (PUSH_PULL, config.push_pull_interval), (RECONNECT, config.reconnect_interval),
-        ):
+        for key, interval in ((PROBE, config.probe_interval), (GOSSIP, config.gossip_interval)):
             self.timers.schedule(key, now + rng.random() * interval)
+        self._streams.start_timers(now)
 
     # ---- public API -----------------------------------------------------------------
 
     @property
-    def envelope(self) -> Envelope:
-        return self._envelope
+    def joined(self) -> bool:
+        """False only while a join is under way and no seed has answered yet."""
+        return self._streams.joined
 
     @property
     def local_member(self) -> Member:
@@ -177,14 +135,14 @@ class Swim:
 
     def stream_reader(self) -> StreamReader:
         """A reader for one incoming TCP stream (label and keyring as ours)."""
-        return StreamReader(self._envelope)
+        return StreamReader(self.envelope)
 
     def receive_packet(self, now: float, src: Address, data: bytes) -> None:
         """One UDP datagram. Bad bytes are counted and dropped, never raised."""
         self.count("packets_received")
         self.count("bytes_received", len(data))
         try:
-            decoded = decode_packet(data, self._envelope)
+            decoded = decode_packet(data, self.envelope)
         except DecodeError as exc:
             self.count(f"dropped_{exc.reason}")
             return
@@ -202,39 +160,28 @@ class Swim:
             if message.node and message.node != self.name:
                 self.count("pings_for_another_node")
                 return None
-            return encode_stream(encode(Ack(message.seq_no)), self._envelope)
+            return encode_stream(encode(Ack(message.seq_no)), self.envelope)
         if isinstance(message, PushPull):
             self.count("push_pulls_received")
-            reply = self._push_pull_bytes(message.join)
-            self._merge(now, message.states)
+            reply = self._streams.push_pull_bytes(message.join)
+            self.merge(now, message.states)
             return reply
         if isinstance(message, User):
             self.count("user_messages_ignored")
             return None
         self.count("streams_unexpected")
-        return encode_stream(encode(Err("unexpected stream message")), self._envelope)
+        return encode_stream(encode(Err("unexpected stream message")), self.envelope)
 
     def receive_stream_reply(self, now: float, token: int, message: StreamMessage) -> None:
-        stream = self._streams.pop(token, None)
-        if stream is None:
+        if not self._streams.knows(token):
             raise SwimMisuse(f"no stream with token {token}")
-        if stream.purpose is StreamPurpose.TCP_PING:
-            if isinstance(message, Ack) and message.seq_no == stream.seq:
-                self._prober.on_tcp_ack(stream.seq)
-            return
-        if not isinstance(message, PushPull):
-            self._stream_done(now, token, stream, ok=False)
-            return
-        ok = self._merge(now, message.states)
-        self._stream_done(now, token, stream, ok=ok)
+        self._streams.reply(now, token, message)
 
     def stream_failed(self, now: float, token: int) -> None:
         """The shell could not dial, write or read the stream ``token`` in time."""
-        stream = self._streams.pop(token, None)
-        if stream is None:
+        if not self._streams.knows(token):
             raise SwimMisuse(f"no stream with token {token}")
-        self.count(f"streams_failed_{stream.purpose.value}")
-        self._stream_done(now, token, stream, ok=False)
+        self._streams.failed(now, token)
 
     def tick(self, now: float) -> None:
         """Fire every deadline that is due."""
@@ -248,15 +195,7 @@ class Swim:
 
     def join(self, now: float, seeds: Iterable[Address]) -> None:
         """Push-pull with every seed (retried with backoff until one answers)."""
-        unique: list[Address] = []
-        for seed in seeds:
-            if seed != self.address and seed not in unique:
-                unique.append(seed)
-        self._seeds = tuple(unique)
-        self._join_backoff = self.config.join_retry_interval
-        if self._seeds:
-            self.joined = False
-            self._join_round(now)
+        self._streams.join(now, seeds, self.address)
 
     def leave(self, now: float) -> None:
         """Say goodbye: a dead-from-self broadcast that goes before anything else."""
@@ -316,19 +255,21 @@ class Swim:
         """Send ``parts`` in one datagram, filling the rest with queued broadcasts."""
         crc = to is not None and to.pmax >= 5
         used = sum(len(part) + COMPOUND_PART_OVERHEAD for part in parts) + COMPOUND_HEADER
-        budget = self.config.udp_buffer_size - self._envelope.overhead - used
+        budget = self.config.udp_buffer_size - self.envelope.overhead - used
         budget -= CRC_OVERHEAD if crc else 0
         parts = parts + self._queue.take(
             COMPOUND_PART_OVERHEAD, budget, self._retransmit_limit(), 255 - len(parts)
         )
-        self._emit(dst, encode_packet(parts, self._envelope, crc))
+        self._emit(dst, encode_packet(parts, self.envelope, crc))
 
     def start_tcp_ping(self, now: float, target: Member, seq: int, deadline: float) -> None:
-        ping = encode(Ping(seq, target.name, *self.source_fields))
-        self._open_stream(
-            _Stream(StreamPurpose.TCP_PING, target.address, seq),
-            encode_stream(ping, self._envelope), True, deadline,
-        )
+        self._streams.tcp_ping(now, target, seq, deadline)
+
+    def tcp_ping_answered(self, seq: int) -> None:
+        self._prober.on_tcp_ack(seq)
+
+    def emit_stream(self, stream: SendStream) -> None:
+        self._outbox.append(stream)
 
     def suspect(self, now: float, target: Member) -> None:
         self._on_suspect(now, Suspect(target.incarnation, target.name, self.name))
@@ -370,19 +311,8 @@ class Swim:
         elif key == GOSSIP:
             self._reschedule(GOSSIP, now, when, self.config.gossip_interval)
             self._gossip(now)
-        elif key == PUSH_PULL:
-            if self._early_sync is not None:
-                self._early_sync *= 2
-                if self._early_sync >= self._push_pull_interval():
-                    self._early_sync = None
-            interval = self._early_sync or self._push_pull_interval()
-            self._reschedule(PUSH_PULL, now, when, interval)
-            self._push_pull(now)
-        elif key == RECONNECT:
-            self._reschedule(RECONNECT, now, when, self.config.reconnect_interval)
-            self._reconnect(now)
-        elif key == JOIN_RETRY:
-            self._join_round(now)
+        elif key in (PUSH_PULL, RECONNECT, JOIN_RETRY):
+            self._streams.fire(now, key, when)  # type: ignore[arg-type]
         elif key == LEAVE_TIMEOUT:
             self._left = True
         elif isinstance(key, tuple) and key[0] in (PROBE_TIMEOUT, PROBE_END, RELAY):
@@ -391,6 +321,7 @@ class Swim:
             self._suspicion_expired(now, key[1])
 
     def _reschedule(self, key: str, now: float, when: float, interval: float) -> None:
+        # the next tick keeps its phase unless we are already past it (after a stall)
         following = when + interval
         self.timers.schedule(key, following if following > now else now + interval)
 
@@ -400,6 +331,11 @@ class Swim:
         if self.leaving and alive.node == self.name:
             return
         known = self.table.get(alive.node)
+        if (
+            known is not None and alive.incarnation <= known.incarnation
+            and alive.node != self.name and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        ):
+            return  # old news, the common case in gossip: decided before decoding anything
         address = (ip_from_bytes(alive.addr), alive.port)
         verdict = judge_alive(
             known, alive, address, is_me=alive.node == self.name, now=now,
@@ -499,9 +435,9 @@ class Swim:
         if event is None:
             return
         if event.kind is EventKind.FAILED:
-            self._failed[member.name] = (member.address, now)
+            self._streams.member_failed(member, now)
         elif event.kind in (EventKind.JOINED, EventKind.RECOVERED, EventKind.LEFT):
-            self._failed.pop(member.name, None)
+            self._streams.member_back(member)
         self._events.append(event)
 
     def _queue_alive(self, member: Member) -> None:
@@ -530,95 +466,15 @@ class Swim:
 
         for target in self.table.random_members(self.config.gossip_nodes, reachable):
             crc = target.pmax >= 5
-            budget = self.config.udp_buffer_size - self._envelope.overhead - COMPOUND_HEADER
+            budget = self.config.udp_buffer_size - self.envelope.overhead - COMPOUND_HEADER
             budget -= CRC_OVERHEAD if crc else 0
             parts = self._queue.take(COMPOUND_PART_OVERHEAD, budget, self._retransmit_limit())
             if not parts:
                 return
-            self._emit(target.address, encode_packet(parts, self._envelope, crc))
+            self._emit(target.address, encode_packet(parts, self.envelope, crc))
 
-    def _push_pull_interval(self) -> float:
-        n = len(self.table)
-        if n <= 32:
-            return self.config.push_pull_interval
-        return self.config.push_pull_interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
-
-    def _push_pull_bytes(self, join: bool) -> bytes:
-        states = tuple(
-            PushNodeState(
-                m.name, ip_to_bytes(m.address[0]), m.address[1], m.meta, m.incarnation,
-                int(m.state), bytes(m.vsn),
-            )
-            for m in self.table
-        )
-        return encode_stream(encode_push_pull(PushPull(join, states)), self._envelope)
-
-    def _push_pull(self, now: float) -> None:
-        peers = self.table.random_members(1, lambda m: m.state is MemberState.ALIVE)
-        if peers:
-            self._open_stream(
-                _Stream(StreamPurpose.PUSH_PULL, peers[0].address), self._push_pull_bytes(False),
-                True, now + self.config.tcp_timeout,
-            )
-
-    def _join_round(self, now: float) -> None:
-        for seed in self._seeds:
-            token = self._open_stream(
-                _Stream(StreamPurpose.JOIN, seed), self._push_pull_bytes(True), True,
-                now + self.config.tcp_timeout,
-            )
-            self._join_tokens.add(token)
-
-    def _reconnect(self, now: float) -> None:
-        """Beyond memberlist: push-pull with a failed member or an absent seed."""
-        horizon = now - self.config.reconnect_timeout
-        for name, (_address, since) in list(self._failed.items()):
-            if since < horizon:
-                del self._failed[name]
-        alive = {m.address for m in self.table if m.state is MemberState.ALIVE}
-        candidates = sorted(
-            {address for address, _since in self._failed.values()}
-            | {seed for seed in self._seeds if seed not in alive}
-        )
-        candidates = [address for address in candidates if address not in alive]
-        if not candidates:
-            return
-        target = self._rng.choice(candidates)
-        self.count("reconnect_attempts")
-        self._open_stream(
-            _Stream(StreamPurpose.RECONNECT, target), self._push_pull_bytes(True), True,
-            now + self.config.tcp_timeout,
-        )
-
-    def _open_stream(
-        self, stream: _Stream, data: bytes, expect_reply: bool, deadline: float
-    ) -> int:
-        self._token += 1
-        self._streams[self._token] = stream
-        self._outbox.append(SendStream(stream.dst, data, self._token, expect_reply, deadline))
-        return self._token
-
-    def _stream_done(self, now: float, token: int, stream: _Stream, ok: bool) -> None:
-        if stream.purpose is StreamPurpose.RECONNECT and ok:
-            self.count("reconnects")
-        if stream.purpose is not StreamPurpose.JOIN or token not in self._join_tokens:
-            return
-        self._join_tokens.discard(token)
-        if ok:
-            if not self.joined:
-                # beyond memberlist: early anti-entropy (+1, +2, +4 ... probe intervals)
-                # catches members whose alive rumour was spent before they knew us
-                self._early_sync = self.config.probe_interval
-                self.timers.schedule(PUSH_PULL, now + self._early_sync)
-            self.joined = True
-            self.timers.cancel(JOIN_RETRY)
-            self._join_tokens.clear()
-        elif not self._join_tokens and not self.joined:
-            self.count("join_retries")
-            self.timers.schedule(JOIN_RETRY, now + self._join_backoff)
-            self._join_backoff = min(self._join_backoff * 2, self.config.join_retry_max_interval)
-
-    def _merge(self, now: float, states: Sequence[PushNodeState]) -> bool:
+    def merge(self, now: float, states: Sequence[PushNodeState]) -> bool:
+        """Merge a remote member table (push-pull), after memberlist's version check."""
         if not compatible(states, self.table):
             self.count("push_pulls_incompatible")
             return False

@@ -101,12 +101,26 @@ class MemberTable:
         return reaped
 
     def random_members(self, k: int, keep: Callable[[Member], bool]) -> list[Member]:
-        """Up to ``k`` distinct random members (never us) for which ``keep`` holds."""
-        candidates = [m for m in self._members.values() if m.name != self.me and keep(m)]
-        if len(candidates) <= k:
-            self._rng.shuffle(candidates)
-            return candidates
-        return self._rng.sample(candidates, k)
+        """Up to ``k`` distinct random members (never us) for which ``keep`` holds.
+
+        Like memberlist's ``kRandomNodes``: random picks from the probe order, at most
+        ``3 n`` of them, so a large table costs O(k) rather than O(n) per call.
+        """
+        order = self._order
+        n = len(order)
+        chosen: list[Member] = []
+        seen: set[str] = set()
+        for _ in range(3 * n):
+            if len(chosen) >= k:
+                break
+            name = order[self._rng.randrange(n)]
+            if name in seen or name == self.me:
+                continue
+            seen.add(name)
+            member = self._members[name]
+            if keep(member):
+                chosen.append(member)
+        return chosen
 
     def snapshot(self) -> tuple[Member, ...]:
         return tuple(sorted(self._members.values(), key=lambda m: m.name))

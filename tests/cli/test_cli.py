@@ -1,0 +1,94 @@
+"""The command line: one clear line and the right exit code for every mistake."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cli.main import build_parser
+from cli.node import config_from_args
+from tests.conftest import ROOT
+
+
+def grapevine(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, check=False,
+        timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("args", [
+    ["node", "--bind", "nonsense"],
+    ["node", "--bind", "127.0.0.1:99999"],
+    ["node", "--encrypt", "not-a-key"],
+    ["node", "--tag", "novalue"],
+    ["node", "--join", "host-without-port"],
+    ["node", "--profile", "fast"],
+    ["node", "--name", "bad name with spaces"],
+    ["node", "--api", "0.0.0.0:0"],
+    ["node", "--no-such-flag"],
+    ["members", "--api", "nope"],
+    ["frobnicate"],
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
+    result = grapevine(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "error" in result.stderr or "grapevine:" in result.stderr
+
+
+def test_an_address_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = grapevine("node", "--name", "x", "--bind", f"127.0.0.1:{port}", "--api", "off")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("grapevine: cannot bind"), result.stderr
+    assert "in use" in lines[-1]
+
+
+def test_an_unreachable_api_is_exit_1_with_a_reason() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = grapevine("members", "--api", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("grapevine: cannot reach the API")
+
+
+def test_keygen_prints_a_key_serf_accepts() -> None:
+    import base64
+
+    result = grapevine("keygen")
+    assert result.returncode == 0
+    assert len(base64.b64decode(result.stdout.strip())) == 32
+
+
+def test_flags_build_the_config() -> None:
+    args = build_parser().parse_args([
+        "node", "--name", "n1", "--bind", "127.0.0.1:7000", "--join", "10.0.0.1:7946",
+        "--join", "10.0.0.2:7946", "--api", ":9000", "--profile", "wan", "--tag", "zone=a",
+        "--tag", "weight=2", "--encrypt", "T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s=",
+        "--advertise", "192.0.2.10",
+    ])
+    config, keyring = config_from_args(args)
+    assert config.name == "n1" and (config.bind_addr, config.bind_port) == ("127.0.0.1", 7000)
+    assert config.join == ("10.0.0.1:7946", "10.0.0.2:7946")
+    assert (config.api_addr, config.api_port) == ("127.0.0.1", 9000)
+    assert config.profile == "wan" and config.probe_interval == 5.0
+    assert dict(config.tags) == {"zone": "a", "weight": "2"}
+    assert config.advertise_addr == "192.0.2.10" and config.advertise_port is None
+    assert keyring is not None and len(keyring.keys) == 1
+
+
+def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAPEVINE_NAME", "from-env")
+    monkeypatch.setenv("GRAPEVINE_JOIN", "10.0.0.1:1,10.0.0.2:2")
+    monkeypatch.setenv("GRAPEVINE_PROFILE", "local")
+    config, _ = config_from_args(build_parser().parse_args(["node"]))
+    assert config.name == "from-env" and config.join == ("10.0.0.1:1", "10.0.0.2:2")
+    assert config.profile == "local"

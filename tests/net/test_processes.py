@@ -1,0 +1,52 @@
+"""Real node processes on 127.0.0.1, started through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .cluster import grapevine, members, nodes, poll
+
+
+@pytest.fixture
+def five(tmp_path: Path):
+    directory = tmp_path / "cluster"
+    result = grapevine("cluster", "up", "5", "--dir", str(directory), "--base-port", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "converged: 5/5" in result.stdout
+    yield directory
+    grapevine("cluster", "down", "--dir", str(directory))
+
+
+def test_five_processes_converge_kill_9_is_dead_and_sigterm_is_left(five: Path) -> None:
+    listed = nodes(five)
+    apis = {n["name"]: n["api"] for n in listed}
+    for api in apis.values():
+        assert set(members(api).values()) == {"alive"}
+    assert grapevine("cluster", "kill", "node-3", "--dir", str(five)).returncode == 0
+    survivors = [name for name in apis if name != "node-3"]
+    took = poll(lambda: all(members(apis[n]).get("node-3") == "dead" for n in survivors), 30)
+    assert took is not None, {n: members(apis[n]) for n in survivors}
+    result = grapevine("cluster", "kill", "node-5", "--signal", "TERM", "--dir", str(five))
+    assert result.returncode == 0
+    remaining = [n for n in survivors if n != "node-5"]
+    took = poll(lambda: all(members(apis[n]).get("node-5") == "left" for n in remaining), 15)
+    assert took is not None, {n: members(apis[n]) for n in remaining}
+    status = grapevine("cluster", "status", "--dir", str(five), "--json")
+    assert status.returncode == 0
+    assert '"process": "stopped"' in status.stdout
+
+
+def test_a_second_up_on_a_running_dir_refuses(five: Path) -> None:
+    result = grapevine("cluster", "up", "2", "--dir", str(five), "--base-port", "0")
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+
+
+def test_restart_rejoins_with_a_higher_incarnation(five: Path) -> None:
+    assert grapevine("cluster", "kill", "node-2", "--dir", str(five)).returncode == 0
+    assert grapevine("cluster", "restart", "node-2", "--dir", str(five)).returncode == 0
+    apis = {n["name"]: n["api"] for n in nodes(five)}
+    took = poll(lambda: all(set(members(api).values()) == {"alive"} for api in apis.values()), 30)
+    assert took is not None

@@ -1,0 +1,124 @@
+"""Whole nodes in one trio process on 127.0.0.1: gossip, leave, the HTTP API, metrics."""
+
+from __future__ import annotations
+
+import trio
+
+from gossip.keyring import Keyring, format_key
+from membership.member import MemberState
+
+from .helpers import http, local_config, start_node, states, wait_until
+
+A, L = MemberState.ALIVE, MemberState.LEFT
+
+
+async def test_three_nodes_converge_and_a_graceful_leave_is_seen_as_left() -> None:
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, local_config("a"))
+        seed = "{}:{}".format(*first.membership.address)
+        others = [await start_node(nursery, local_config(n, join=(seed,))) for n in ("b", "c")]
+        nodes = [first, *others]
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(
+                states(n) == {"a": A, "b": A, "c": A} for n in nodes
+            ))
+        others[1].request_stop()
+        with trio.fail_after(10):
+            await wait_until(nodes[:2], lambda: all(states(n)["c"] is L for n in nodes[:2]))
+        nursery.cancel_scope.cancel()
+
+
+async def test_encrypted_nodes_talk_and_a_wrong_key_cannot_join() -> None:
+    key, wrong = b"k" * 32, b"w" * 32
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, local_config("a"), keyring=Keyring([key]))
+        seed = "{}:{}".format(*first.membership.address)
+        second = await start_node(nursery, local_config("b", join=(seed,)), keyring=Keyring([key]))
+        outsider = await start_node(
+            nursery, local_config("x", join=(seed,)), keyring=Keyring([wrong])
+        )
+        with trio.fail_after(10):
+            await wait_until([first, second], lambda: states(first).get("b") is A)
+            # the outsider's join stream is refused, and it retries with backoff
+            await wait_until([outsider], lambda: outsider.membership.statistics().counters.get(
+                "streams_failed_join", 0) >= 1)
+        assert "x" not in states(first)
+        assert not outsider.membership.statistics().joined
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_api_members_status_and_errors() -> None:
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("api-node", tags=(("zone", "z1"),)))
+        api = node.api_address
+        status, body = await http(api, "GET", "/v1/members")
+        assert status == 200
+        [member] = body["members"]
+        assert member["name"] == "api-node" and member["state"] == "alive"
+        assert member["tags"] == {"zone": "z1"} and member["protocol"] == [1, 5, 2]
+        status, body = await http(api, "GET", "/v1/status")
+        assert status == 200 and body["name"] == "api-node" and body["members"]["alive"] == 1
+        assert (await http(api, "GET", "/healthz"))[0] == 200
+        assert (await http(api, "GET", "/nope"))[0] == 404
+        assert (await http(api, "DELETE", "/v1/members"))[0] == 405
+        status, body = await http(api, "POST", "/v1/join", b"{not json")
+        assert status == 400 and "JSON" in body["error"]
+        status, body = await http(api, "POST", "/v1/join", {"addresses": []})
+        assert status == 400 and "addresses" in body["error"]
+        status, body = await http(api, "POST", "/v1/join", {"addresses": ["nonsense"]})
+        assert status == 400
+        status, body = await http(api, "POST", "/v1/keyring", {"install": format_key(b"k" * 16)})
+        assert status == 409
+        status, body = await http(api, "POST", "/v1/join", b"x" * 70000)
+        assert status == 413
+        nursery.cancel_scope.cancel()
+
+
+async def test_api_key_is_required_when_configured() -> None:
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("secure", api_key="s3cret"))
+        api = node.api_address
+        assert (await http(api, "GET", "/v1/members"))[0] == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await http(api, "GET", "/v1/members", headers=wrong))[0] == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert (await http(api, "GET", "/v1/members", headers=right))[0] == 200
+        assert (await http(api, "GET", "/healthz"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_keyring_rotation_through_the_api() -> None:
+    first_key, second_key = b"1" * 32, b"2" * 32
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("k"), keyring=Keyring([first_key]))
+        api = node.api_address
+        status, body = await http(api, "POST", "/v1/keyring", {"install": format_key(second_key)})
+        assert status == 200 and body["keys"] == [format_key(first_key), format_key(second_key)]
+        status, body = await http(api, "POST", "/v1/keyring", {"remove": format_key(first_key)})
+        assert status == 400 and "primary" in body["error"]
+        status, body = await http(api, "POST", "/v1/keyring", {"use": format_key(second_key)})
+        assert body["primary"] == format_key(second_key)
+        status, body = await http(api, "POST", "/v1/keyring", {"remove": format_key(first_key)})
+        assert status == 200 and body["keys"] == [format_key(second_key)]
+        status, body = await http(api, "POST", "/v1/keyring", {"use": "bad"})
+        assert status == 400
+        nursery.cancel_scope.cancel()
+
+
+async def test_metrics_expose_members_and_counters() -> None:
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("m"))
+        status, text = await http(node.api_address, "GET", "/metrics")
+        assert status == 200
+        assert 'grapevine_members{state="alive"} 1.0' in text
+        assert "grapevine_health_score 0.0" in text
+        nursery.cancel_scope.cancel()
+
+
+async def test_leave_through_the_api_stops_the_node() -> None:
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("bye"))
+        status, body = await http(node.api_address, "POST", "/v1/leave", {})
+        assert status == 202 and body == {"leaving": "bye"}
+        with trio.fail_after(5):
+            await node.wait_stop_requested()
