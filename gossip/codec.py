@@ -1,4 +1,4 @@
-"""memberlist's wire format: messages, UDP packet layers and TCP stream framing.
+"""memberlist's wire format: messages, UDP packet layers, node metadata.
 
 The only ``import msgpack`` in the project. memberlist's Go codec writes the old
 msgpack spec (``WriteExt=false``): strings and ``[]byte`` both travel as *raw*, so we
@@ -10,9 +10,7 @@ compress, compound, message. :func:`decode_packet` peels them in that order and 
 raises anything but :class:`DecodeError`; one bad part of a compound is counted and the
 other parts still count.
 
-Streams (§6) carry one request and at most one reply: label, encryption frame, compress,
-then a message. :class:`StreamReader` is a sans-IO reader: feed it bytes as they arrive
-and it answers with the message once it is complete.
+TCP stream framing lives in :mod:`gossip.stream`, built on the helpers here.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ from .errors import DecodeError
 from .keyring import OVERHEAD as ENCRYPTION_OVERHEAD
 from .keyring import Keyring
 from .wire import (
-    CLASS_OF, FIELDS, TYPE_OF, Compress, Kind, Message, MessageType, Ping, PushNodeState, PushPull,
-    PushPullHeader, User, UserMsgHeader,
+    CLASS_OF, FIELDS, TYPE_OF, Compress, Kind, Message, MessageType, User,
 )
 
 #: Largest stream we accept or send (memberlist HEAD caps user state at 20 MiB).
@@ -257,10 +254,10 @@ def _strip_label(data: bytes, label: str) -> bytes:
 
 def decompress_payload(body: bytes, max_output: int = MAX_DECOMPRESSED) -> bytes:
     """The bytes inside a ``compress`` message (body without the type byte)."""
-    return _decompress_map(_unpack_one(body, "compress"), max_output)
+    return decompress_map(_unpack_one(body, "compress"), max_output)
 
 
-def _decompress_map(raw: object, max_output: int = MAX_DECOMPRESSED) -> bytes:
+def decompress_map(raw: object, max_output: int = MAX_DECOMPRESSED) -> bytes:
     message = from_map(Compress, raw)
     if message.algo != 0:
         raise DecodeError(f"unknown compression algorithm {message.algo}")
@@ -352,117 +349,9 @@ def _collect(data: bytes, out: list[Message], depth: int) -> tuple[int, str]:
         return 1, exc.reason
 
 
-# ---- streams ------------------------------------------------------------------------
-
-
-def encode_push_pull(push_pull: PushPull) -> bytes:
-    header = PushPullHeader(len(push_pull.states), len(push_pull.user_state), push_pull.join)
-    body = [bytes((MessageType.PUSH_PULL,)), encode_body(header)]
-    body.extend(encode_body(state) for state in push_pull.states)
-    body.append(push_pull.user_state)
-    return b"".join(body)
-
-
-def encode_user_stream(payload: bytes) -> bytes:
-    return bytes((MessageType.USER,)) + encode_body(UserMsgHeader(len(payload))) + payload
-
-
-def encode_stream(message: bytes, envelope: Envelope) -> bytes:
-    """Frame one stream message: label prefix, then the encryption frame if keyed."""
-    label = label_header(envelope.label)
-    if envelope.keyring is None:
-        return label + message
-    header = bytes((MessageType.ENCRYPT,)) + struct.pack(
-        ">I", len(message) + ENCRYPTION_OVERHEAD
-    )
-    return label + header + envelope.keyring.seal(message, header + envelope.label.encode())
-
-
-StreamMessage = Ping | Message | PushPull
-
-
-class _NeedData(Exception):
-    pass
-
-
-class StreamReader:
-    """Sans-IO reader of one stream message: ``feed(data)`` until it returns a message.
-
-    Raises :class:`DecodeError` as soon as the bytes cannot be a valid message, and
-    when more than :data:`MAX_STREAM_SIZE` bytes arrive without completing one.
-    """
-
-    def __init__(self, envelope: Envelope, max_size: int = MAX_STREAM_SIZE) -> None:
-        self._envelope = envelope
-        self._max_size = max_size
-        self._buffer = bytearray()
-        self._done = False
-
-    def feed(self, data: bytes) -> StreamMessage | None:
-        if self._done:
-            raise DecodeError("data after the stream's message")
-        self._buffer += data
-        if len(self._buffer) > self._max_size:
-            raise DecodeError(f"stream larger than {self._max_size} bytes", "oversized")
-        try:
-            message = self._parse(bytes(self._buffer))
-        except _NeedData:
-            return None
-        self._done = True
-        return message
-
-    def eof(self) -> None:
-        """The peer closed before a whole message arrived."""
-        if not self._done:
-            raise DecodeError(f"stream closed after {len(self._buffer)} bytes", "truncated")
-
-    def _parse(self, data: bytes) -> StreamMessage:
-        label = self._envelope.label.encode()
-        if not data:
-            raise _NeedData
-        if data[0] == MessageType.HAS_LABEL:
-            if len(data) < 2 or len(data) < 2 + data[1]:
-                raise _NeedData
-            if data[2 : 2 + data[1]] != label:
-                raise DecodeError("stream label does not match ours", "label")
-            data = data[2 + data[1] :]
-        elif label:
-            raise DecodeError("stream has no label but ours is set", "label")
-        if not data:
-            raise _NeedData
-        keyring = self._envelope.keyring
-        if data[0] == MessageType.ENCRYPT:
-            if keyring is None:
-                raise DecodeError("encrypted stream but no keyring", "key")
-            if len(data) < 5:
-                raise _NeedData
-            (length,) = struct.unpack_from(">I", data, 1)
-            if length > self._max_size:
-                raise DecodeError(f"encrypted frame of {length} bytes", "oversized")
-            if len(data) < 5 + length:
-                raise _NeedData
-            data = keyring.open(data[5 : 5 + length], data[:5] + label)
-            return _parse_complete(data)
-        if keyring is not None and self._envelope.verify_incoming:
-            raise DecodeError("stream is not encrypted but encryption is on", "key")
-        if data[0] == MessageType.COMPRESS:
-            (raw,), _used = _unpack_prefix(data[1:], 1)
-            return _parse_complete(_decompress_map(raw))
-        return _parse_message(data, complete=False)
-
-
-def _parse_complete(data: bytes) -> StreamMessage:
-    """A stream body that arrived whole (decrypted or decompressed)."""
-    if data and data[0] == MessageType.COMPRESS:
-        data = decompress_payload(data[1:])
-    try:
-        return _parse_message(data, complete=True)
-    except _NeedData:
-        raise DecodeError("stream message truncated", "truncated") from None
-
-
-def _unpack_prefix(data: bytes, count: int) -> tuple[list[object], int]:
-    """Unpack ``count`` msgpack objects from the front; return them and bytes consumed."""
+def unpack_prefix(data: bytes, count: int) -> tuple[list[object], int]:
+    """Unpack ``count`` msgpack objects from the front of ``data``; return them and the
+    bytes used. Raises :class:`NeedData` if they are not all there yet."""
     unpacker = msgpack.Unpacker(
         raw=True, strict_map_key=True, use_list=False, max_buffer_size=MAX_STREAM_SIZE
     )
@@ -472,46 +361,14 @@ def _unpack_prefix(data: bytes, count: int) -> tuple[list[object], int]:
         for _ in range(count):
             objects.append(unpacker.unpack())
     except msgpack.OutOfData:
-        raise _NeedData from None
+        raise NeedData from None
     except Exception as exc:
         raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
     return objects, unpacker.tell()
 
 
-def _parse_message(data: bytes, complete: bool) -> StreamMessage:
-    if not data:
-        raise _NeedData
-    msg_type = data[0]
-    body = data[1:]
-    if msg_type == MessageType.PUSH_PULL:
-        (raw_header,), used = _unpack_prefix(body, 1)
-        header = from_map(PushPullHeader, raw_header)
-        if not 0 <= header.nodes <= MAX_PUSH_PULL_NODES:
-            raise DecodeError(f"push-pull with {header.nodes} nodes", "oversized")
-        if not 0 <= header.user_state_len <= MAX_STREAM_SIZE:
-            raise DecodeError(f"push-pull user state of {header.user_state_len} bytes", "oversized")
-        if header.nodes * 8 > MAX_STREAM_SIZE:
-            raise DecodeError("push-pull node count exceeds the stream limit", "oversized")
-        raw_states, used_states = _unpack_prefix(body[used:], header.nodes)
-        states = tuple(from_map(PushNodeState, raw) for raw in raw_states)
-        tail = body[used + used_states :]
-        if len(tail) < header.user_state_len:
-            raise _NeedData
-        return PushPull(header.join, states, bytes(tail[: header.user_state_len]))
-    if msg_type == MessageType.USER:
-        (raw_header,), used = _unpack_prefix(body, 1)
-        header = from_map(UserMsgHeader, raw_header)
-        if not 0 <= header.user_msg_len <= MAX_STREAM_SIZE:
-            raise DecodeError(f"user message of {header.user_msg_len} bytes", "oversized")
-        if len(body) - used < header.user_msg_len:
-            raise _NeedData
-        return User(bytes(body[used : used + header.user_msg_len]))
-    cls = CLASS_OF.get(msg_type)
-    if cls is None or cls is Compress or cls is User:
-        raise DecodeError(f"stream message type {msg_type} not supported", "unknown_type")
-    (raw,), _used = _unpack_prefix(body, 1)
-    return from_map(cls, raw)
-
+class NeedData(Exception):
+    """More bytes are needed before a stream message is complete (not an error)."""
 
 
 # ---- node metadata ------------------------------------------------------------------

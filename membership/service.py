@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import trio
 
-from gossip.codec import encode, encode_stream
+from gossip.codec import encode
+from gossip.stream import encode_stream
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring
 from gossip.transport import Transport, advertise_address, open_transport

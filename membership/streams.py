@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from gossip.codec import Envelope, encode, encode_push_pull, encode_stream, ip_to_bytes
+from gossip.codec import Envelope, encode, ip_to_bytes
+from gossip.stream import encode_push_pull, encode_stream
 from gossip.wire import Ack, Ping, PushNodeState, PushPull
 from node.config import Config
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from gossip.codec import (
-    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, StreamMessage, StreamReader,
-    decode_packet, encode, encode_packet, encode_stream, encode_tags,
-    ip_from_bytes, ip_to_bytes,
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, decode_packet, encode,
+    encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
 )
+from gossip.stream import StreamMessage, StreamReader, encode_stream
+
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring
 from gossip.queue import BroadcastQueue, retransmit_limit

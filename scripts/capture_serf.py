@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gossip.codec import Envelope, StreamReader, encode_push_pull, encode_stream, ip_to_bytes
+from gossip.codec import Envelope, ip_to_bytes
+from gossip.stream import StreamReader, encode_push_pull, encode_stream
 from gossip.keyring import Keyring
 from gossip.wire import PushNodeState, PushPull
 

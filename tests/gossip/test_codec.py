@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gossip import codec
-from gossip.codec import Envelope, StreamReader, decode_packet, encode, encode_packet
+from gossip import codec, stream
+from gossip.codec import Envelope, decode_packet, encode, encode_packet
+from gossip.stream import StreamReader
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring, parse_key
 from gossip.wire import (
@@ -173,7 +174,7 @@ def test_push_pull_stream_round_trips_through_the_reader() -> None:
         for i in range(40)
     )
     push_pull = PushPull(True, states, b"\x02user-state")
-    data = codec.encode_stream(codec.encode_push_pull(push_pull), Envelope())
+    data = stream.encode_stream(stream.encode_push_pull(push_pull), Envelope())
     reader = StreamReader(Envelope())
     # fed a byte at a time, the reader answers exactly when the last byte arrives
     for index in range(len(data) - 1):
@@ -184,7 +185,7 @@ def test_push_pull_stream_round_trips_through_the_reader() -> None:
 def test_encrypted_and_labelled_stream_round_trips() -> None:
     envelope = Envelope(Keyring([b"s" * 24]), label="blue")
     push_pull = PushPull(False, (), b"")
-    data = codec.encode_stream(codec.encode_push_pull(push_pull), envelope)
+    data = stream.encode_stream(stream.encode_push_pull(push_pull), envelope)
     assert data[:7] == b"\xf4\x04blue" + bytes((MessageType.ENCRYPT,))
     assert StreamReader(envelope).feed(data) == push_pull
     with pytest.raises(DecodeError):
@@ -194,7 +195,7 @@ def test_encrypted_and_labelled_stream_round_trips() -> None:
 
 
 def test_stream_that_ends_early_is_an_error() -> None:
-    data = codec.encode_stream(encode(Ping(3, "x")), Envelope())
+    data = stream.encode_stream(encode(Ping(3, "x")), Envelope())
     reader = StreamReader(Envelope())
     assert reader.feed(data[:-2]) is None
     with pytest.raises(DecodeError):

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossip import codec
-from gossip.codec import Envelope, StreamReader, decode_packet, encode, encode_packet
+from gossip.codec import Envelope, decode_packet, encode, encode_packet
+from gossip.stream import StreamReader
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring
 from gossip.wire import Ack, Alive, Dead, IndirectPing, Nack, Ping, Suspect

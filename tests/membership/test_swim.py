@@ -182,7 +182,7 @@ def test_leave_completes_once_the_goodbye_is_fully_gossiped() -> None:
 
 
 def test_incompatible_push_pull_is_refused_and_counted() -> None:
-    from gossip.codec import encode_push_pull, encode_stream
+    from gossip.stream import encode_push_pull, encode_stream
     from gossip.wire import PushNodeState, PushPull
 
     swim = Wires(1).swims[0]
