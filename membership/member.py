@@ -90,3 +90,5 @@ class MemberEvent:
     member: Member
     #: state before the change; None for a member seen for the first time
     previous: MemberState | None = None
+    #: who raised a suspicion or declared a death (the ``From`` of the news), if any
+    accuser: str | None = None

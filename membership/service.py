@@ -346,7 +346,8 @@ def _log_event(local: str, event: MemberEvent) -> None:
         return
     logger.log(
         _EVENT_LEVEL.get(event.kind, logging.INFO),
-        "member_%s member=%s peer=%s:%d incarnation=%d previous=%s",
+        "member_%s member=%s peer=%s:%d incarnation=%d previous=%s accuser=%s",
         event.kind.value, member.name, member.address[0], member.address[1],
         member.incarnation, event.previous.label if event.previous is not None else "none",
+        event.accuser or "none",
     )

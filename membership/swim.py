@@ -13,6 +13,7 @@ and described in ``docs/membership.md``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,7 +111,8 @@ class Swim:
         self._seq = 0
         self.leaving = False
         self._left = False
-        self._queue_alive(me)
+        self._last_gossip = -math.inf
+        self._queue.queue(me.name, self._alive_bytes(me))
         for key, interval in ((PROBE, config.probe_interval), (GOSSIP, config.gossip_interval)):
             self.timers.schedule(key, now + rng.random() * interval)
         self._streams.start_timers(now)
@@ -205,7 +207,7 @@ class Swim:
         self.leaving = True
         me = self.table.local
         goodbye = encode(Dead(me.incarnation, me.name, me.name))
-        self._queue.queue(me.name, goodbye, priority=True, notify=_LEAVE)
+        self._broadcast(now, me.name, goodbye, priority=True, notify=_LEAVE)
         self._store(now, replace(me, state=MemberState.LEFT, state_change=now))
         # beyond memberlist: tell every live member directly, not only by epidemic
         others = [m for m in self.table if m.name != self.name and m.state is MemberState.ALIVE]
@@ -221,7 +223,7 @@ class Swim:
         self._meta = encode_tags(dict(tags))
         updated = replace(me, incarnation=me.incarnation + 1, meta=self._meta)
         self._store(now, updated)
-        self._queue_alive(updated)
+        self._queue_alive(now, updated)
 
     def drain_outbox(self) -> list[Action]:
         self._check_leave()
@@ -310,7 +312,8 @@ class Swim:
         if key == PROBE:
             self._prober.start(now)
         elif key == GOSSIP:
-            self._reschedule(GOSSIP, now, when, self.config.gossip_interval)
+            self._last_gossip = now
+            self.timers.schedule(GOSSIP, now + self.config.gossip_interval)
             self._gossip(now)
         elif key in (PUSH_PULL, RECONNECT, JOIN_RETRY):
             self._streams.fire(now, key, when)  # type: ignore[arg-type]
@@ -320,11 +323,6 @@ class Swim:
             self._prober.fire(now, key, when)  # type: ignore[arg-type]
         elif isinstance(key, tuple) and key[0] == SUSPICION:
             self._suspicion_expired(now, key[1])
-
-    def _reschedule(self, key: str, now: float, when: float, interval: float) -> None:
-        # the next tick keeps its phase unless we are already past it (after a stall)
-        following = when + interval
-        self.timers.schedule(key, following if following > now else now + interval)
 
     # ---- the merge rules (memberlist-wire.md §7) -----------------------------------
 
@@ -354,7 +352,7 @@ class Swim:
         if verdict is AliveVerdict.REFUTE:
             self._refute(now, alive.incarnation)
             return
-        self._queue.queue(alive.node, encode(alive))
+        self._broadcast(now, alive.node, encode(alive))
         self._cancel_suspicion(NodeName(alive.node))
         vsn = tuple(alive.vsn) if len(alive.vsn) == 6 else (known.vsn if known else (0,) * 6)
         change = known is None or known.state is not MemberState.ALIVE
@@ -371,7 +369,7 @@ class Swim:
         if running is not None:
             if running.confirm(suspect.from_, now):
                 self.count("suspicion_confirmations")
-                self._queue.queue(suspect.node, encode(suspect))
+                self._broadcast(now, suspect.node, encode(suspect))
                 self.timers.schedule((SUSPICION, known.name), running.deadline)
             return
         if known.state is not MemberState.ALIVE:
@@ -380,10 +378,10 @@ class Swim:
             self.count("refuted_suspicions")
             self._refute(now, suspect.incarnation)
             return
-        self._queue.queue(suspect.node, encode(suspect))
+        self._broadcast(now, suspect.node, encode(suspect))
         self._store(now, replace(
             known, incarnation=suspect.incarnation, state=MemberState.SUSPECT, state_change=now
-        ))
+        ), suspect.from_)
         n = len(self.table)
         k = self.config.suspicion_mult - 2
         if n - 2 < k:
@@ -413,11 +411,11 @@ class Swim:
                 self.count("refuted_deaths")
                 self._refute(now, dead.incarnation)
             return
-        self._queue.queue(dead.node, encode(dead))
+        self._broadcast(now, dead.node, encode(dead))
         state = MemberState.LEFT if dead.from_ == dead.node else MemberState.DEAD
         self._store(now, replace(
             known, incarnation=dead.incarnation, state=state, state_change=now
-        ))
+        ), dead.from_)
 
     def _refute(self, now: float, accused: int) -> None:
         me = self.table.local
@@ -425,14 +423,14 @@ class Swim:
         self.awareness.apply_delta(1)
         updated = replace(me, incarnation=incarnation)
         self._store(now, updated)
-        self._queue_alive(updated)
+        self._queue_alive(now, updated)
 
     def _cancel_suspicion(self, name: NodeName) -> None:
         if self._suspicions.pop(name, None) is not None:
             self.timers.cancel((SUSPICION, name))
 
-    def _store(self, now: float, member: Member) -> None:
-        event = self.table.apply(member)
+    def _store(self, now: float, member: Member, accuser: str | None = None) -> None:
+        event = self.table.apply(member, accuser)
         if event is None:
             return
         if event.kind is EventKind.FAILED:
@@ -441,12 +439,31 @@ class Swim:
             self._streams.member_back(member)
         self._events.append(event)
 
-    def _queue_alive(self, member: Member) -> None:
-        alive = Alive(
+    def _queue_alive(self, now: float, member: Member) -> None:
+        self._broadcast(now, member.name, self._alive_bytes(member))
+
+    @staticmethod
+    def _alive_bytes(member: Member) -> bytes:
+        return encode(Alive(
             member.incarnation, member.name, ip_to_bytes(member.address[0]),
             member.address[1], member.meta, bytes(member.vsn),
-        )
-        self._queue.queue(member.name, encode(alive))
+        ))
+
+    def _broadcast(
+        self, now: float, subject: str, message: bytes, *, priority: bool = False,
+        notify: object = None,
+    ) -> None:
+        """Queue news and, beyond memberlist, gossip it now rather than at the next tick.
+
+        News waits for no gossip tick (memberlist waits up to ``gossip_interval`` per hop);
+        an extra round comes at most every quarter interval, and the retransmit limit
+        still bounds how often each message is sent.
+        """
+        self._queue.queue(subject, message, priority=priority, notify=notify)
+        eager = max(now, self._last_gossip + self.config.gossip_interval / 4)
+        scheduled = self.timers.when(GOSSIP)
+        if scheduled is None or eager < scheduled:
+            self.timers.schedule(GOSSIP, eager)
 
     # ---- gossip, push-pull, join, reconnect -----------------------------------------
 

@@ -56,7 +56,7 @@ class MemberTable:
     def count(self, state: MemberState) -> int:
         return sum(1 for member in self._members.values() if member.state is state)
 
-    def apply(self, member: Member) -> MemberEvent | None:
+    def apply(self, member: Member, accuser: str | None = None) -> MemberEvent | None:
         """Store ``member`` (replacing any older value); return the event it makes."""
         old = self._members.get(member.name)
         if old is None:
@@ -67,7 +67,7 @@ class MemberTable:
         kind = _event_kind(old, member)
         if kind is None:
             return None
-        return MemberEvent(kind, member, None if old is None else old.state)
+        return MemberEvent(kind, member, None if old is None else old.state, accuser)
 
     def next_probe_target(
         self, now: float, reap_after: float

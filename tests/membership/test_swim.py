@@ -256,3 +256,31 @@ def test_same_seed_same_outputs() -> None:
         return out
 
     assert run() == run()
+
+
+def test_news_is_gossiped_at_once_but_extra_rounds_are_rate_bounded() -> None:
+    wires = Wires(4)
+    wires.join_all()
+    swim = wires.swims[0]
+    swim.drain_outbox()
+    interval = swim.config.gossip_interval
+    assert swim.timers.when("gossip") > wires.now  # nothing pending: the regular tick
+    swim.receive_packet(wires.now, ("10.0.0.2", 7946), encode(Suspect(1, "n3", "n1")))
+    assert swim.timers.when("gossip") == wires.now  # news: gossip right away
+    swim.tick(wires.now)
+    assert any(
+        isinstance(m, Suspect) for _dst, ms in _packets(swim) for m in ms
+    ), "the suspicion was not gossiped at once"
+    swim.receive_packet(wires.now, ("10.0.0.2", 7946), encode(Suspect(1, "n2", "n1")))
+    assert swim.timers.when("gossip") == pytest.approx(wires.now + interval / 4)
+
+
+def test_events_name_the_accuser() -> None:
+    wires = Wires(3)
+    wires.join_all()
+    observer = wires.swims[0]
+    observer.drain_events()
+    observer.receive_packet(wires.now, ("10.0.0.2", 7946), encode(Suspect(1, "n2", "n1")))
+    observer.receive_packet(wires.now, ("10.0.0.2", 7946), encode(Dead(1, "n2", "n1")))
+    events = [(e.kind, e.accuser) for e in observer.drain_events() if e.member.name == "n2"]
+    assert events == [(EventKind.SUSPECTED, "n1"), (EventKind.FAILED, "n1")]
