@@ -16,7 +16,6 @@ arrived while this process was stalled are read before any timeout is judged.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -192,7 +191,7 @@ async def serve_membership(
             nursery.start_soon(
                 trio.serve_listeners, _stream_handler(swim, send, config), [transport.listener]
             )
-            nursery.start_soon(_run_owner, swim, receive, transport, membership)
+            nursery.start_soon(_run_owner, swim, receive, send, transport, membership)
             if config.join:
                 failed = await membership.join(config.join)
                 for text in failed:
@@ -222,24 +221,31 @@ def _stream_handler(
     swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config
 ) -> Callable[[trio.SocketStream], object]:
     async def handle_stream(stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
-        src: Address = (peer[0], peer[1])
         async with stream:
-            with trio.move_on_after(config.tcp_timeout):
-                try:
-                    message = await _read_message(stream, swim)
-                except DecodeError as exc:
-                    logger.debug("stream_rejected peer=%s:%d reason=%s", src[0], src[1], exc)
-                    reply = encode_stream(encode(Err(str(exc))), swim.envelope)
-                    await _send_quietly(stream, reply)
-                    return
-                except (trio.BrokenResourceError, OSError):
-                    return
-                reply_send, reply_receive = trio.open_memory_channel[bytes | None](1)
-                await inbox.send(_StreamRequest(src, message, reply_send))
-                reply = await reply_receive.receive()
-                if reply is not None:
-                    await _send_quietly(stream, reply)
+            try:
+                peer = stream.socket.getpeername()
+                await _serve_one(stream, (peer[0], peer[1]))
+            except OSError:
+                return  # the peer is already gone
+            except Exception:  # the connection's boundary: never let one stop the node
+                logger.exception("stream_handler_failed")
+
+    async def _serve_one(stream: trio.SocketStream, src: Address) -> None:
+        with trio.move_on_after(config.tcp_timeout):
+            try:
+                message = await _read_message(stream, swim)
+            except DecodeError as exc:
+                logger.debug("stream_rejected peer=%s:%d reason=%s", src[0], src[1], exc)
+                reply = encode_stream(encode(Err(str(exc))), swim.envelope)
+                await _send_quietly(stream, reply)
+                return
+            except (trio.BrokenResourceError, OSError):
+                return
+            reply_send, reply_receive = trio.open_memory_channel[bytes | None](1)
+            await inbox.send(_StreamRequest(src, message, reply_send))
+            reply = await reply_receive.receive()
+            if reply is not None:
+                await _send_quietly(stream, reply)
 
     return handle_stream
 
@@ -282,16 +288,14 @@ async def _dial(
 
 
 async def _run_owner(
-    swim: Swim, inbox: trio.MemoryReceiveChannel[_Input], transport: Transport,
-    membership: Membership,
+    swim: Swim, inbox: trio.MemoryReceiveChannel[_Input], send: trio.MemorySendChannel[_Input],
+    transport: Transport, membership: Membership,
 ) -> None:
     limiter = trio.CapacityLimiter(MAX_STREAMS)
     async with trio.open_nursery() as dialers:
-        send = membership._inbox
         while True:
             batch: list[_Input] = []
-            deadline = swim.next_deadline()
-            with trio.move_on_at(deadline if deadline < math.inf else math.inf):
+            with trio.move_on_at(swim.next_deadline()):
                 batch.append(await inbox.receive())
             if not batch:
                 await trio.lowlevel.checkpoint()  # let readers woken with us queue first

@@ -29,6 +29,26 @@ DELEGATE_MIN, DELEGATE_MAX, DELEGATE_CUR = 2, 5, 5
 
 PROFILES = ("lan", "local", "wan")
 
+#: What each profile changes from the field defaults (memberlist's DefaultLANConfig).
+PROFILE_VALUES: dict[str, dict[str, Any]] = {
+    # memberlist DefaultLANConfig, tuned: probe every 0.8 s, suspicion_mult 3
+    "lan": {"suspicion_mult": 3, "probe_interval": 0.8},
+    # memberlist DefaultLocalConfig for loopback clusters, probing as lan; memberlist's
+    # retransmit_mult of 2 leaves so few transmissions per rumour that a 20-node join
+    # waits for push-pull (serf measured 17 s), so we keep 4
+    "local": {
+        "tcp_timeout": 1.0, "indirect_checks": 1, "suspicion_mult": 3,
+        "push_pull_interval": 15.0, "probe_timeout": 0.2, "probe_interval": 0.8,
+        "gossip_interval": 0.1, "gossip_to_the_dead_time": 15.0, "reconnect_interval": 5.0,
+    },
+    # memberlist DefaultWANConfig
+    "wan": {
+        "tcp_timeout": 30.0, "suspicion_mult": 6, "push_pull_interval": 60.0,
+        "probe_timeout": 3.0, "probe_interval": 5.0, "gossip_nodes": 4, "gossip_interval": 0.5,
+        "gossip_to_the_dead_time": 60.0, "reconnect_interval": 30.0,
+    },
+}
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -145,47 +165,23 @@ class Config:
     # ---- profiles -------------------------------------------------------------------
 
     @classmethod
+    def for_profile(cls, profile: str, name: str, **overrides: Any) -> Config:
+        """The named profile's values (``PROFILE_VALUES``), then ``overrides``."""
+        if profile not in PROFILE_VALUES:
+            raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
+        return cls(name=name, profile=profile, **{**PROFILE_VALUES[profile], **overrides})
+
+    @classmethod
     def lan(cls, name: str, **overrides: Any) -> Config:
-        """memberlist DefaultLANConfig, with probing and suspicion tuned (see module doc)."""
-        values: dict[str, Any] = {"suspicion_mult": 3, "probe_interval": 0.8}
-        values.update(overrides)
-        return cls(name=name, profile="lan", **values)
+        return cls.for_profile("lan", name, **overrides)
 
     @classmethod
     def local(cls, name: str, **overrides: Any) -> Config:
-        """memberlist DefaultLocalConfig: short timers for loopback clusters.
-
-        memberlist's retransmit_mult of 2 leaves so few transmissions per message that
-        a 20-node join waits for push-pull (serf measured 17 s); we keep 4. Probing every
-        0.8 s as in our lan profile.
-        """
-        values: dict[str, Any] = {
-            "tcp_timeout": 1.0, "indirect_checks": 1, "suspicion_mult": 3,
-            "push_pull_interval": 15.0, "probe_timeout": 0.2, "probe_interval": 0.8,
-            "gossip_interval": 0.1, "gossip_to_the_dead_time": 15.0,
-            "reconnect_interval": 5.0,
-        }
-        values.update(overrides)
-        return cls(name=name, profile="local", **values)
+        return cls.for_profile("local", name, **overrides)
 
     @classmethod
     def wan(cls, name: str, **overrides: Any) -> Config:
-        """memberlist DefaultWANConfig."""
-        values: dict[str, Any] = {
-            "tcp_timeout": 30.0, "suspicion_mult": 6, "push_pull_interval": 60.0,
-            "probe_timeout": 3.0, "probe_interval": 5.0, "gossip_nodes": 4,
-            "gossip_interval": 0.5, "gossip_to_the_dead_time": 60.0,
-            "reconnect_interval": 30.0,
-        }
-        values.update(overrides)
-        return cls(name=name, profile="wan", **values)
-
-    @classmethod
-    def for_profile(cls, profile: str, name: str, **overrides: Any) -> Config:
-        if profile not in PROFILES:
-            raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-        factory = {"lan": cls.lan, "local": cls.local, "wan": cls.wan}[profile]
-        return factory(name, **overrides)
+        return cls.for_profile("wan", name, **overrides)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

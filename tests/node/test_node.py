@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import trio
 
+from gossip.codec import Envelope
 from gossip.keyring import Keyring, format_key
+from gossip.stream import StreamReader
+from gossip.wire import Err
 from membership.member import MemberState
 
 from .helpers import http, local_config, start_node, states, wait_until
@@ -122,3 +127,32 @@ async def test_leave_through_the_api_stops_the_node() -> None:
         assert status == 202 and body == {"leaving": "bye"}
         with trio.fail_after(5):
             await node.wait_stop_requested()
+
+
+async def test_garbage_on_the_gossip_ports_is_dropped_and_the_node_keeps_working() -> None:
+    rng = random.Random(7)
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, local_config("sturdy"))
+        host, port = node.membership.address
+        # a TCP stream that is not memberlist gets an error reply, not a crash
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(b"\x63 definitely not memberlist")
+            reply = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+        assert isinstance(StreamReader(Envelope()).feed(reply), Err)
+        # random datagrams are dropped and counted
+        udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        with udp:
+            for _ in range(50):
+                await udp.sendto(rng.randbytes(rng.randrange(1, 1500)), (host, port))
+        with trio.fail_after(5):
+            await wait_until([node], lambda: node.membership.statistics().counters.get(
+                "packets_received", 0) >= 50)
+        counters = node.membership.statistics().counters
+        assert sum(v for k, v in counters.items() if k.startswith("dropped_")) >= 45
+        status, body = await http(node.api_address, "GET", "/v1/members")
+        assert status == 200 and body["members"][0]["state"] == "alive"
+        nursery.cancel_scope.cancel()
