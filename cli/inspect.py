@@ -1,8 +1,9 @@
-"""``grapevine members`` and ``grapevine status``: what a node sees."""
+"""``grapevine members``, ``status`` and ``ring``: what a node sees."""
 
 from __future__ import annotations
 
 import argparse
+from urllib.parse import quote
 
 from .common import EXIT_OK, add_api_arguments, api_request, print_json, print_table
 
@@ -19,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_api_arguments(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=run_status)
+    ring = sub.add_parser("ring", help="the hash ring: who owns which users")
+    add_api_arguments(ring)
+    ring.add_argument("--key", metavar="USER", help="show the owner and replicas of this key")
+    ring.add_argument("--json", action="store_true", help="print JSON")
+    ring.set_defaults(run=run_ring)
 
 
 def run_members(args: argparse.Namespace) -> int:
@@ -54,4 +60,26 @@ def run_status(args: argparse.Namespace) -> int:
     )
     print(f"joined:       {str(data['joined']).lower()}  leaving={str(data['leaving']).lower()}")
     print(f"uptime:       {data['uptime_seconds']:.0f} s")
+    return EXIT_OK
+
+
+def run_ring(args: argparse.Namespace) -> int:
+    if args.key is not None:
+        data = api_request(
+            args.api, "GET", f"/v1/ring?key={quote(args.key, safe='')}", api_key=args.api_key
+        )
+        if args.json:
+            print_json(data)
+        else:
+            print(f"owner:     {data['owner']}")
+            print(f"replicas:  {', '.join(data['replicas'])}")
+        return EXIT_OK
+    data = api_request(args.api, "GET", "/v1/ring", api_key=args.api_key)
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    print(f"ring version {data['version']}: {len(data['nodes'])} nodes, {data['points']} points "
+          f"({data['vnodes']} per unit of weight), {data['replicas']} replicas per key")
+    rows = [[n["name"], f"{n['weight']:g}", f"{100 * n['share']:.1f}%"] for n in data["nodes"]]
+    print_table(["NAME", "WEIGHT", "SHARE"], rows)
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""A whole node under one nursery: membership first, then the HTTP API.
+"""A whole node under one nursery: membership first, then the ring, then the HTTP API.
 
 ``run_node(config, *, task_status)`` starts the services in dependency order with
 ``nursery.start`` and reports a :class:`Node` once everything listens, so tests can bind
@@ -24,6 +24,7 @@ from membership.service import Membership, serve_membership
 from .config import Config
 from .http_api import serve_http_api
 from .metrics import node_registry
+from .ring import HashRing, ring_members
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Node:
     def __init__(self, config: Config, membership: Membership) -> None:
         self.config = config
         self.membership = membership
+        self.ring = HashRing(config.ring_vnodes)
         self.api_address: Address | None = None
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
@@ -57,6 +59,28 @@ class Node:
     async def wait_stop_requested(self) -> None:
         await self._stop.wait()
 
+    def refresh_ring(self) -> bool:
+        """Rebuild the ring from the member table; True (and one log line) if it changed."""
+        if not self.ring.update(ring_members(self.membership.members())):
+            return False
+        logger.info(
+            "ring_changed nodes=%d version=%d members=%s", len(self.ring), self.ring.version,
+            ",".join(sorted(self.ring.nodes)),
+        )
+        return True
+
+    async def follow_members(self) -> None:
+        """Keep the ring in step with membership (every event may change who owns what)."""
+        events = self.membership.subscribe()
+        self.refresh_ring()
+        async for _event in events:
+            while True:  # a burst of events (a join storm) costs one rebuild
+                try:
+                    events.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            self.refresh_ring()
+
 
 async def run_node(
     config: Config,
@@ -65,6 +89,7 @@ async def run_node(
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    config = config.with_node_tags()
     async with trio.open_nursery() as nursery:
         membership = await nursery.start(
             lambda task_status: serve_membership(
@@ -72,10 +97,12 @@ async def run_node(
             )
         )
         node = Node(config, membership)
+        nursery.start_soon(node.follow_members)
+        api_done = trio.Event()
         if config.api_port is not None:
-            node.api_address = await nursery.start(
-                serve_http_api, node, config.api_addr, config.api_port
-            )
+            node.api_address = await nursery.start(_serve_api, node, api_done)
+        else:
+            api_done.set()
         if config.data_dir:
             _write_node_file(config.data_dir, node)
         logger.info("node_started name=%s", config.name)
@@ -86,8 +113,20 @@ async def run_node(
             await membership.leave()
         if scope.cancelled_caught:
             logger.warning("leave_timed_out name=%s", config.name)
+        with trio.move_on_after(2.0):
+            await api_done.wait()  # the API answers what it was asked before we stop
         logger.info("node_stopped name=%s", config.name)
         nursery.cancel_scope.cancel()
+
+
+async def _serve_api(
+    node: Node, done: trio.Event, *, task_status: trio.TaskStatus[Address]
+) -> None:
+    try:
+        await serve_http_api(node, node.config.api_addr, node.config.api_port or 0,
+                             task_status=task_status)
+    finally:
+        done.set()
 
 
 def _write_node_file(data_dir: str, node: Node) -> None:

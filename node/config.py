@@ -50,6 +50,26 @@ PROFILE_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
+#: Every grapevine node gossips ``role=grapevine``: only such members own users, so agents
+#: that merely share the gossip layer (serf, other memberlist programs) never do.
+ROLE = "grapevine"
+#: Largest weight a node may claim (its share of the ring scales with it).
+MAX_WEIGHT = 100.0
+
+
+def parse_weight(text: str | None) -> float:
+    """A node's ``weight`` tag: a positive number (default 1), at most ``MAX_WEIGHT``."""
+    if text is None or text == "":
+        return 1.0
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ValueError(f"weight: {text!r} is not a number") from None
+    if not 0 < weight <= MAX_WEIGHT:  # also false for nan
+        raise ValueError(f"weight: {text!r} must be > 0 and <= {MAX_WEIGHT:g}")
+    return weight
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -161,6 +181,13 @@ class Config:
                 raise ValueError("tags: empty tag name")
             if not isinstance(tag_value, str):
                 raise ValueError(f"tags: value of {tag_key!r} is not a string")
+        tags = dict(self.tags)
+        try:
+            parse_weight(tags.get("weight"))
+        except ValueError as exc:
+            raise ValueError(f"tags: {exc}") from None
+        if tags.get("role", ROLE) != ROLE:
+            raise ValueError(f"tags: 'role' is reserved (grapevine nodes gossip role={ROLE})")
 
     # ---- profiles -------------------------------------------------------------------
 
@@ -182,6 +209,12 @@ class Config:
     @classmethod
     def wan(cls, name: str, **overrides: Any) -> Config:
         return cls.for_profile("wan", name, **overrides)
+
+    def with_node_tags(self) -> Config:
+        """The tags a running node gossips: the operator's plus ``role=grapevine``."""
+        if ("role", ROLE) in self.tags:
+            return self
+        return self.replace(tags=(*self.tags, ("role", ROLE)))
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -5,6 +5,7 @@ Routes (JSON unless noted; ``docs/http-api.md`` documents each):
     GET  /healthz            "ok" (text)
     GET  /v1/members         every member with state, incarnation and tags
     GET  /v1/status          this node: name, addresses, health, counts, uptime
+    GET  /v1/ring[?key=K]    the ring's nodes, weights and shares; for K its owner+replicas
     POST /v1/join            {"addresses": ["host:port", ...]}
     POST /v1/leave           leave the cluster gracefully and stop the node
     GET  /v1/keyring         installed keys (base64) and the primary
@@ -22,6 +23,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -30,7 +32,7 @@ from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
-from .views import member_json, status_json
+from .views import member_json, ring_json, status_json
 
 if TYPE_CHECKING:
     from .app import Node
@@ -41,6 +43,8 @@ MAX_BODY = 64 * 1024
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Query = dict[str, str]
+Handler = Callable[[bytes, Query], Awaitable[tuple[int, Any]]]
 
 
 class HttpError(Exception):
@@ -55,9 +59,10 @@ class HttpApi:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._routes: dict[tuple[str, str], Callable[[bytes], Awaitable[tuple[int, Any]]]] = {
+        self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/v1/members"): self._members,
             ("GET", "/v1/status"): self._status,
+            ("GET", "/v1/ring"): self._ring,
             ("POST", "/v1/join"): self._join,
             ("POST", "/v1/leave"): self._leave,
             ("GET", "/v1/keyring"): self._keyring,
@@ -85,8 +90,9 @@ class HttpApi:
                     raise HttpError(405, f"{method} is not allowed on {path}")
                 raise HttpError(404, f"no route {path}")
             self._authorize(scope)
+            query = _query(scope.get("query_string", b""))
             body = await _read_body(receive)
-            status, payload = await handler(body)
+            status, payload = await handler(body, query)
         except HttpError as exc:
             status, payload = exc.status, {"error": exc.reason}
         await _respond(send, status, json.dumps(payload, indent=1).encode() + b"\n")
@@ -100,15 +106,27 @@ class HttpApi:
         if not hmac.compare_digest(given, b"Bearer " + key.encode()):
             raise HttpError(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
-    async def _members(self, _body: bytes) -> tuple[int, Any]:
+    async def _members(self, _body: bytes, _query: Query) -> tuple[int, Any]:
         now = trio.current_time()
         members = self._node.membership.members()
         return 200, {"members": [member_json(m, now) for m in members]}
 
-    async def _status(self, _body: bytes) -> tuple[int, Any]:
+    async def _status(self, _body: bytes, _query: Query) -> tuple[int, Any]:
         return 200, status_json(self._node)
 
-    async def _join(self, body: bytes) -> tuple[int, Any]:
+    async def _ring(self, _body: bytes, query: Query) -> tuple[int, Any]:
+        key = query.get("key")
+        ring = self._node.ring
+        if key is None:
+            return 200, ring_json(ring, self._node.config.replicas)
+        if not key:
+            raise HttpError(400, "key: give a non-empty key (a user id)")
+        if not len(ring):
+            raise HttpError(503, "the ring is empty: no grapevine node is alive yet")
+        replicas = ring.replicas(key, self._node.config.replicas)
+        return 200, {"owner": replicas[0], "replicas": replicas}
+
+    async def _join(self, body: bytes, _query: Query) -> tuple[int, Any]:
         addresses = _field(_json(body), "addresses", list)
         if not addresses or not all(isinstance(a, str) for a in addresses):
             raise HttpError(400, "addresses: give a non-empty list of \"host:port\" strings")
@@ -117,18 +135,18 @@ class HttpApi:
             raise HttpError(400, f"no address could be resolved: {', '.join(failed)}")
         return 202, {"joining": [a for a in addresses if a not in failed], "unresolved": failed}
 
-    async def _leave(self, _body: bytes) -> tuple[int, Any]:
+    async def _leave(self, _body: bytes, _query: Query) -> tuple[int, Any]:
         self._node.request_stop()
         return 202, {"leaving": self._node.config.name}
 
-    async def _keyring(self, _body: bytes) -> tuple[int, Any]:
+    async def _keyring(self, _body: bytes, _query: Query) -> tuple[int, Any]:
         keyring = self._node.membership.keyring
         if keyring is None:
             return 200, {"encrypted": False, "keys": [], "primary": None}
         keys = [format_key(key) for key in keyring.keys]
         return 200, {"encrypted": True, "keys": keys, "primary": keys[0]}
 
-    async def _keyring_change(self, body: bytes) -> tuple[int, Any]:
+    async def _keyring_change(self, body: bytes, _query: Query) -> tuple[int, Any]:
         keyring = self._node.membership.keyring
         if keyring is None:
             raise HttpError(409, "gossip encryption is off on this node; start it with --encrypt")
@@ -143,7 +161,15 @@ class HttpApi:
         except ValueError as exc:
             raise HttpError(400, f"{op}: {exc}") from None
         logger.info("keyring_changed op=%s keys=%d", op, len(keyring.keys))
-        return await self._keyring(b"")
+        return await self._keyring(b"", {})
+
+
+def _query(raw: bytes) -> Query:
+    try:
+        parsed = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise HttpError(400, "the query string is not UTF-8") from None
+    return {name: values[-1] for name, values in parsed.items()}
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -201,7 +227,12 @@ async def serve_http_api(
     node: Node, host: str, port: int,
     *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the API on ``host:port`` (port 0 picks one); reports the bound address."""
+    """Serve the API on ``host:port`` (port 0 picks one); reports the bound address.
+
+    Once the node is asked to stop, the server stops accepting and finishes the
+    requests in flight (at most ``graceful_timeout``), then returns: a ``POST /v1/leave``
+    gets its answer before the process goes away.
+    """
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -216,4 +247,8 @@ async def serve_http_api(
             logger.info("api_listening address=%s:%d", *address)
             task_status.started(address)
 
-    await hypercorn_serve(HttpApi(node), config, task_status=_Status())  # type: ignore[arg-type]
+    await hypercorn_serve(
+        HttpApi(node), config, shutdown_trigger=node.wait_stop_requested,  # type: ignore[arg-type]
+        task_status=_Status(),
+    )
+    logger.info("api_stopped")

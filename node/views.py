@@ -8,6 +8,8 @@ from gossip.codec import decode_tags
 from gossip.errors import DecodeError
 from membership.member import Member
 
+from .ring import HashRing
+
 if TYPE_CHECKING:
     from .app import Node
 
@@ -56,4 +58,18 @@ def status_json(node: Node) -> dict[str, Any]:
         "uptime_seconds": round(node.uptime(), 3),
         "counters": dict(sorted({**stats.counters, **node.membership.counters,
                                  **node.membership.transport.counters}.items())),
+    }
+
+
+def ring_json(ring: HashRing, replicas: int) -> dict[str, Any]:
+    shares = ring.shares()
+    return {
+        "version": ring.version,
+        "vnodes": ring.vnodes,
+        "points": ring.points,
+        "replicas": replicas,
+        "nodes": [
+            {"name": name, "weight": weight, "share": round(shares.get(name, 0.0), 4)}
+            for name, weight in sorted(ring.nodes.items())
+        ],
     }

@@ -31,6 +31,9 @@ def grapevine(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[st
     ["node", "--api", "0.0.0.0:0"],
     ["node", "--no-such-flag"],
     ["members", "--api", "nope"],
+    ["ring", "--api", "nope"],
+    ["node", "--name", "n", "--tag", "role=web"],
+    ["node", "--name", "n", "--tag", "weight=heavy"],
     ["frobnicate"],
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,28 @@ def five(tmp_path: Path):
     grapevine("cluster", "down", "--dir", str(directory))
 
 
+def ring_of(api: str, key: str | None = None) -> str:
+    """``grapevine ring --json`` as printed (with ``--key`` when given)."""
+    result = grapevine("ring", "--api", api, "--json", *(["--key", key] if key else []))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_five_processes_converge_kill_9_is_dead_and_sigterm_is_left(five: Path) -> None:
     listed = nodes(five)
     apis = {n["name"]: n["api"] for n in listed}
     for api in apis.values():
         assert set(members(api).values()) == {"alive"}
+    took = poll(lambda: len({ring_of(api, "alice") for api in apis.values()}) == 1, 10)
+    assert took is not None, {name: ring_of(api, "alice") for name, api in apis.items()}
+    owner, *replicas = json.loads(ring_of(apis["node-1"], "alice"))["replicas"]
+    assert owner in apis and len(replicas) == 1 and replicas[0] in apis
     assert grapevine("cluster", "kill", "node-3", "--dir", str(five)).returncode == 0
     survivors = [name for name in apis if name != "node-3"]
     took = poll(lambda: all(members(apis[n]).get("node-3") == "dead" for n in survivors), 30)
     assert took is not None, {n: members(apis[n]) for n in survivors}
+    took = poll(lambda: all("node-3" not in ring_of(apis[n]) for n in survivors), 10)
+    assert took is not None
     result = grapevine("cluster", "kill", "node-5", "--signal", "TERM", "--dir", str(five))
     assert result.returncode == 0
     remaining = [n for n in survivors if n != "node-5"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import trio
 
 from gossip.codec import Envelope
@@ -60,7 +61,8 @@ async def test_http_api_members_status_and_errors() -> None:
         assert status == 200
         [member] = body["members"]
         assert member["name"] == "api-node" and member["state"] == "alive"
-        assert member["tags"] == {"zone": "z1"} and member["protocol"] == [1, 5, 2]
+        assert member["tags"] == {"zone": "z1", "role": "grapevine"}
+        assert member["protocol"] == [1, 5, 2]
         status, body = await http(api, "GET", "/v1/status")
         assert status == 200 and body["name"] == "api-node" and body["members"]["alive"] == 1
         assert (await http(api, "GET", "/healthz"))[0] == 200
@@ -156,3 +158,38 @@ async def test_garbage_on_the_gossip_ports_is_dropped_and_the_node_keeps_working
         status, body = await http(node.api_address, "GET", "/v1/members")
         assert status == 200 and body["members"][0]["state"] == "alive"
         nursery.cancel_scope.cancel()
+
+
+async def test_every_node_builds_the_same_ring_and_a_leaver_drops_out() -> None:
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, local_config("a", tags=(("weight", "2"),)))
+        seed = "{}:{}".format(*first.membership.address)
+        others = [await start_node(nursery, local_config(n, join=(seed,))) for n in ("b", "c")]
+        nodes = [first, *others]
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(len(n.ring) == 3 for n in nodes))
+        assert first.ring.nodes == {"a": 2.0, "b": 1.0, "c": 1.0}
+        keys = [f"user-{i}" for i in range(500)]
+        expected = [first.ring.replicas(key, 2) for key in keys]
+        for node in others:
+            assert [node.ring.replicas(key, 2) for key in keys] == expected
+        status, body = await http(others[0].api_address, "GET", "/v1/ring?key=user-7")
+        assert status == 200 and body == {"owner": expected[7][0], "replicas": expected[7]}
+        status, body = await http(first.api_address, "GET", "/v1/ring")
+        assert status == 200 and [n["name"] for n in body["nodes"]] == ["a", "b", "c"]
+        assert body["nodes"][0]["share"] > body["nodes"][1]["share"]
+        status, body = await http(first.api_address, "GET", "/v1/ring?key=")
+        assert status == 400 and "key" in body["error"]
+        others[1].request_stop()
+        with trio.fail_after(10):
+            await wait_until(nodes[:2], lambda: all(n.ring.nodes.keys() == {"a", "b"}
+                                                    for n in nodes[:2]))
+        nursery.cancel_scope.cancel()
+
+
+def test_only_grapevine_may_claim_the_role_tag_and_weights_are_numbers() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        local_config("x", tags=(("role", "web"),))
+    with pytest.raises(ValueError, match="weight"):
+        local_config("x", tags=(("weight", "heavy"),))
+    assert ("role", "grapevine") in local_config("x").with_node_tags().tags
