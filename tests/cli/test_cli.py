@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from cli.main import build_parser
 from cli.node import config_from_args
+from node.token import verify
 from tests.conftest import ROOT
 
 
@@ -95,3 +97,14 @@ def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     config, _ = config_from_args(build_parser().parse_args(["node"]))
     assert config.name == "from-env" and config.join == ("10.0.0.1:1", "10.0.0.2:2")
     assert config.profile == "local"
+
+
+def test_token_mints_what_a_node_accepts() -> None:
+    result = grapevine("token", "--secret", "s3cret", "--user", "alice", "--ttl", "60")
+    assert result.returncode == 0, result.stderr
+    claims = verify(b"s3cret", result.stdout.strip(), time.time())
+    assert claims.user == "alice" and claims.expires is not None
+    for bad in (["--user", "alice"], ["--secret", "s", "--user", ""],
+                ["--secret", "s", "--user", "a", "--ttl", "-1"]):
+        refused = grapevine("token", *bad)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr

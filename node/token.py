@@ -1,0 +1,117 @@
+"""Client tokens: HS256 JSON Web Tokens whose subject is the user id.
+
+The application server mints them with the cluster's token secret (``grapevine token``
+does the same); a node checks one in the client's hello before anything else. Only
+HS256 is accepted: a token naming another algorithm (``none`` among them) is refused,
+whatever its signature says. Pure: the caller passes ``now`` (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+#: Clock skew tolerated between the minting server and the node, seconds.
+LEEWAY = 30.0
+MAX_TOKEN_SIZE = 4096
+MAX_USER_SIZE = 256
+_HEADER = {"alg": "HS256", "typ": "JWT"}
+
+
+class TokenError(ValueError):
+    """Why a token was refused (the reason goes into the client's error frame)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user: str
+    expires: float | None
+    issued: float | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise TokenError("token is not base64url") from None
+
+
+def _sign(secret: bytes, signing_input: bytes) -> bytes:
+    return hmac.new(secret, signing_input, hashlib.sha256).digest()
+
+
+def check_user(user: str) -> str:
+    if not isinstance(user, str) or not user or len(user.encode()) > MAX_USER_SIZE:
+        raise ValueError(f"user id must be a non-empty string of at most {MAX_USER_SIZE} bytes")
+    if any(ord(ch) < 32 for ch in user):
+        raise ValueError("user id must not contain control characters")
+    return user
+
+
+def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0) -> str:
+    """A token for ``user``, valid ``ttl`` seconds from ``now`` (None: no expiry)."""
+    if not secret:
+        raise ValueError("the token secret is empty")
+    claims: dict[str, Any] = {"sub": check_user(user), "iat": int(now)}
+    if ttl is not None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be > 0, got {ttl}")
+        claims["exp"] = int(now + ttl)
+    parts = [_b64(json.dumps(p, separators=(",", ":")).encode()) for p in (_HEADER, claims)]
+    signing_input = ".".join(parts).encode()
+    return f"{parts[0]}.{parts[1]}.{_b64(_sign(secret, signing_input))}"
+
+
+def verify(secret: bytes, token: object, now: float) -> Claims:
+    """The token's claims, or :class:`TokenError` saying what is wrong with it."""
+    if not isinstance(token, str) or not token:
+        raise TokenError("token missing")
+    if len(token) > MAX_TOKEN_SIZE:
+        raise TokenError(f"token longer than {MAX_TOKEN_SIZE} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("token is not a JWT (header.payload.signature)")
+    header, payload = (_json(_unb64(part)) for part in parts[:2])
+    if header.get("alg") != "HS256":
+        raise TokenError(f"token algorithm {header.get('alg')!r} is not HS256")
+    expected = _sign(secret, f"{parts[0]}.{parts[1]}".encode())
+    if not hmac.compare_digest(expected, _unb64(parts[2])):
+        raise TokenError("token signature does not match")
+    expires, issued, not_before = (_number(payload, k) for k in ("exp", "iat", "nbf"))
+    if expires is not None and now > expires + LEEWAY:
+        raise TokenError("token expired")
+    if not_before is not None and now + LEEWAY < not_before:
+        raise TokenError("token not valid yet")
+    try:
+        user = check_user(payload.get("sub"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise TokenError(f"token subject: {exc}") from None
+    return Claims(user, expires, issued)
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise TokenError("token part is not JSON") from None
+    if not isinstance(value, dict):
+        raise TokenError("token part is not a JSON object")
+    return value
+
+
+def _number(payload: dict[str, Any], name: str) -> float | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError(f"token claim {name!r} is not a number")
+    return float(value)

@@ -1,0 +1,93 @@
+"""HS256 client tokens: minted and checked like any JWT library does."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.token import TokenError, mint, verify
+
+SECRET = b"s3cret"
+NOW = 1_800_000_000.0
+
+
+def test_a_minted_token_names_its_user_and_expiry() -> None:
+    token = mint(SECRET, "alice", NOW, ttl=60)
+    claims = verify(SECRET, token, NOW + 10)
+    assert claims.user == "alice" and claims.expires == NOW + 60 and claims.issued == NOW
+
+
+def test_the_rfc_7519_style_example_from_jwt_io_verifies() -> None:
+    # the HS256 example every JWT library documents (secret "your-256-bit-secret")
+    token = (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9l"
+        "IiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+    )
+    assert verify(b"your-256-bit-secret", token, NOW).user == "1234567890"
+
+
+def forge(header: dict, payload: dict, signature: bytes = b"x") -> str:
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(payload)}.{base64.urlsafe_b64encode(signature).decode()}"
+
+
+@pytest.mark.parametrize(("token", "reason"), [
+    (mint(b"other", "alice", NOW), "signature"),
+    (mint(SECRET, "alice", NOW - 7200, ttl=60), "expired"),
+    (forge({"alg": "none"}, {"sub": "alice"}, b""), "algorithm"),
+    (forge({"alg": "HS512"}, {"sub": "alice"}), "algorithm"),
+    ("only.two", "not a JWT"),
+    ("", "missing"),
+    (None, "missing"),
+    ("a" * 5000, "longer"),
+    ("!!!.@@@.###", "base64"),
+])
+def test_bad_tokens_are_refused_with_a_reason(token: object, reason: str) -> None:
+    with pytest.raises(TokenError, match=reason):
+        verify(SECRET, token, NOW)
+
+
+def test_a_tampered_subject_breaks_the_signature() -> None:
+    header, _payload, signature = mint(SECRET, "alice", NOW).split(".")
+    evil = base64.urlsafe_b64encode(b'{"sub":"mallory"}').rstrip(b"=").decode()
+    with pytest.raises(TokenError, match="signature"):
+        verify(SECRET, f"{header}.{evil}.{signature}", NOW)
+
+
+def test_claims_are_checked() -> None:
+    def signed(payload: dict) -> str:
+        unsigned = forge({"alg": "HS256", "typ": "JWT"}, payload).rsplit(".", 1)[0]
+        mac = hmac.new(SECRET, unsigned.encode(), hashlib.sha256).digest()
+        return unsigned + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    assert verify(SECRET, signed({"sub": "bob"}), NOW).expires is None
+    for payload, reason in [
+        ({"sub": "bob", "nbf": NOW + 600}, "not valid yet"),
+        ({"sub": "bob", "exp": "soon"}, "not a number"),
+        ({"sub": ""}, "subject"),
+        ({"sub": 42}, "subject"),
+        ({}, "subject"),
+    ]:
+        with pytest.raises(TokenError, match=reason):
+            verify(SECRET, signed(payload), NOW)
+
+
+def test_minting_refuses_nonsense() -> None:
+    for args in [(b"", "u", NOW), (SECRET, "", NOW), (SECRET, "a\nb", NOW)]:
+        with pytest.raises(ValueError):
+            mint(*args)
+    with pytest.raises(ValueError):
+        mint(SECRET, "u", NOW, ttl=0)
+
+
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=300), st.integers()))
+def test_random_input_only_ever_raises_token_error(token: object) -> None:
+    with pytest.raises(TokenError):
+        verify(SECRET, token, NOW)
