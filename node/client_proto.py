@@ -1,0 +1,292 @@
+"""The client protocol of one WebSocket connection, as a sans-IO machine.
+
+``docs/protocol.md`` is the contract. The shell hands every WebSocket message to
+:meth:`ClientConnection.receive` (bytes for binary messages, str for text ones) and gets
+back parsed requests and :class:`Violation` s; it encodes what goes to the client with
+:meth:`ClientConnection.encode`, which packs any number of objects into one frame. The
+machine checks the token, the frame size, the rate (a token bucket on the ``now`` it is
+given) and the subscription cap; it holds no sockets and never raises on client bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .frames import FrameError, dump_json, load_json, pack, unpack
+from .token import TokenError, verify
+
+PROTOCOL_VERSION = 1
+#: WebSocket close codes the shell uses after a violation
+CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1003, 1008, 1009
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_frame: int = 64 * 1024
+    #: objects per second a connection may send (each object of a batch counts) ...
+    rate: float = 50.0
+    #: ... with bursts of this many
+    burst: int = 100
+    max_batch: int = 256
+    max_subscriptions: int = 100
+    max_topic: int = 256
+    max_ref: int = 64
+    hello_timeout: float = 10.0
+    heartbeat: float = 30.0
+
+
+# ---- what the client asks for --------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    user: str
+    device: str
+    session: str | None
+    last_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topics: tuple[str, ...]  # only the ones that are new for this connection
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    body: str
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    to: str
+    body: str
+    qos: int
+    ttl: float | None
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Answer with an error frame; close the connection with ``close`` unless None."""
+
+    code: str
+    reason: str
+    ref: str | None = None
+    close: int | None = None
+
+    def frame(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"t": "error", "code": self.code, "reason": self.reason}
+        if self.ref is not None:
+            error["ref"] = self.ref
+        return error
+
+
+Request = Hello | Ack | Subscribe | Unsubscribe | Upstream | SendTo | Ping
+_CLOSE_FOR = {"bad_frame": CLOSE_UNSUPPORTED, "too_large": CLOSE_TOO_BIG}
+
+
+class State(enum.Enum):
+    #: waiting for the hello (nothing else is accepted)
+    GREETING = "greeting"
+    #: authenticated
+    OPEN = "open"
+    #: a violation closed it; everything more is ignored
+    CLOSED = "closed"
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Bucket:
+    rate: float
+    burst: float
+    tokens: float
+    at: float
+
+    def take(self, now: float, n: int) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+
+@dataclass(slots=True)
+class ClientConnection:
+    """One client's connection. ``text`` is the encoding its hello chose."""
+
+    secret: bytes
+    now: float
+    limits: Limits = field(default_factory=Limits)
+    state: State = State.GREETING
+    text: bool = False
+    user: str | None = None
+    subscriptions: set[str] = field(default_factory=set)
+    _bucket: _Bucket = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._bucket = _Bucket(self.limits.rate, self.limits.burst, self.limits.burst, self.now)
+
+    @property
+    def hello_deadline(self) -> float:
+        return self.now + self.limits.hello_timeout
+
+    # ---- receiving ----------------------------------------------------------------------
+
+    def receive(self, now: float, data: bytes | str) -> list[Request | Violation]:
+        """Parse one WebSocket message into requests, in order; a closing violation ends it."""
+        if self.state is State.CLOSED:
+            return []
+        try:
+            if isinstance(data, str):
+                value = load_json(data, self.limits.max_frame)
+                text = True
+            else:
+                value = unpack(data, self.limits.max_frame)
+                text = False
+        except FrameError as exc:
+            return [self._close(exc.code, str(exc))]
+        objects = value if isinstance(value, list) else [value]
+        if not objects or len(objects) > self.limits.max_batch:
+            return [self._close("bad_frame", f"a batch holds 1 to {self.limits.max_batch} objects")]
+        if not all(isinstance(o, dict) and isinstance(o.get("t"), str) for o in objects):
+            return [self._close("bad_frame", "every object needs a string field 't'")]
+        if not self._bucket.take(now, len(objects)):
+            return [self._close("rate_limited", f"more than {self.limits.rate:g} objects/s",
+                                CLOSE_POLICY)]
+        out: list[Request | Violation] = []
+        for obj in objects:
+            if self.state is State.GREETING:
+                out.append(self._hello(now, obj, text))
+            else:
+                out.append(self._request(obj))
+            if self.state is State.CLOSED:
+                break
+        return out
+
+    def _hello(self, now: float, obj: dict[str, Any], text: bool) -> Request | Violation:
+        if obj["t"] != "hello":
+            return self._close("unauthorized", "the first frame must be a hello", CLOSE_POLICY)
+        try:
+            version = obj.get("v", PROTOCOL_VERSION)
+            if version != PROTOCOL_VERSION:
+                raise _Bad(f"protocol version {version!r} is not supported (this node speaks 1)")
+            claims = verify(self.secret, obj.get("token"), now)
+            device = _optional_str(obj, "device", 128) or ""
+            session = _optional_str(obj, "session", 128)
+            last_seq = _optional_int(obj, "last_seq")
+        except TokenError as exc:
+            return self._close("unauthorized", str(exc), CLOSE_POLICY)
+        except _Bad as exc:
+            return self._close("unauthorized", exc.reason, CLOSE_POLICY)
+        self.state, self.text, self.user = State.OPEN, text, claims.user
+        return Hello(claims.user, device, session, last_seq)
+
+    def _request(self, obj: dict[str, Any]) -> Request | Violation:
+        kind = obj["t"]
+        ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+        try:
+            ref = _optional_str(obj, "ref", self.limits.max_ref)
+            if kind == "ack":
+                seq = _optional_int(obj, "seq")
+                if seq is None:
+                    raise _Bad("ack: seq is required")
+                return Ack(seq)
+            if kind == "sub":
+                return self._subscribe(_topics(obj, self.limits.max_topic), ref)
+            if kind == "unsub":
+                topics = tuple(t for t in _topics(obj, self.limits.max_topic)
+                               if t in self.subscriptions)
+                self.subscriptions.difference_update(topics)
+                return Unsubscribe(topics)
+            if kind == "up":
+                return Upstream(_str(obj, "body", self.limits.max_frame), ref)
+            if kind == "send":
+                qos = obj.get("qos", 0)
+                if qos not in (0, 1) or isinstance(qos, bool):
+                    raise _Bad("send: qos must be 0 or 1")
+                ttl = obj.get("ttl")
+                if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                                        or not ttl > 0):
+                    raise _Bad("send: ttl must be a positive number of seconds")
+                to = _str(obj, "to", 256)
+                return SendTo(to, _str(obj, "body", self.limits.max_frame), qos, ttl, ref)
+            if kind == "ping":
+                return Ping(ref)
+            if kind == "hello":
+                raise _Bad("already said hello")
+            raise _Bad(f"unknown frame type {kind[:32]!r}")
+        except _Bad as exc:
+            return Violation("bad_request", exc.reason, ref)
+
+    def _subscribe(self, topics: tuple[str, ...], ref: str | None) -> Request | Violation:
+        new = tuple(dict.fromkeys(t for t in topics if t not in self.subscriptions))
+        if len(self.subscriptions) + len(new) > self.limits.max_subscriptions:
+            return Violation("too_many_subscriptions",
+                             f"at most {self.limits.max_subscriptions} topics per connection", ref)
+        self.subscriptions.update(new)
+        return Subscribe(new)
+
+    def _close(self, code: str, reason: str, close: int | None = None) -> Violation:
+        self.state = State.CLOSED
+        return Violation(code, reason, None, close or _CLOSE_FOR.get(code, CLOSE_POLICY))
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def encode(self, objects: list[dict[str, Any]]) -> bytes | str:
+        """One frame: a single object as itself, several as a batch (an array)."""
+        value: Any = objects[0] if len(objects) == 1 else objects
+        return dump_json(value) if self.text else pack(value)
+
+
+def _str(obj: dict[str, Any], name: str, limit: int) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise _Bad(f"{obj['t']}: {name} must be a string")
+    if len(value) > limit:
+        raise _Bad(f"{obj['t']}: {name} longer than {limit}")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], name: str, limit: int) -> str | None:
+    return None if obj.get(name) is None else _str(obj, name, limit)
+
+
+def _optional_int(obj: dict[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Bad(f"{obj['t']}: {name} must be a non-negative integer")
+    return value
+
+
+def _topics(obj: dict[str, Any], limit: int) -> tuple[str, ...]:
+    topics = obj.get("topics")
+    if not isinstance(topics, list) or not topics:
+        raise _Bad(f"{obj['t']}: topics must be a non-empty list of strings")
+    if not all(isinstance(t, str) and 0 < len(t) <= limit for t in topics):
+        raise _Bad(f"{obj['t']}: every topic is a string of 1 to {limit} characters")
+    return tuple(topics)

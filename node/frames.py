@@ -1,0 +1,54 @@
+"""Frames of our own protocols (clients and peer links): msgpack or JSON, bounded.
+
+The gossip layer speaks memberlist's old msgpack dialect in ``gossip/codec.py``; our own
+protocols use today's msgpack (``bin`` for bytes, ``str`` for text) and, for browsers and
+humans, the same values as JSON. This module and the gossip codec are the only two that
+import msgpack. Unpacking never raises anything but :class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+
+class FrameError(ValueError):
+    """Bytes that are not a valid frame; ``code`` is the client-protocol error code."""
+
+    def __init__(self, reason: str, code: str = "bad_frame") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes, max_size: int) -> Any:
+    """One msgpack value; containers and strings bounded by ``max_size``."""
+    if len(data) > max_size:
+        raise FrameError(f"frame of {len(data)} bytes is over the {max_size} limit", "too_large")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=max_size, max_bin_len=max_size,
+            max_array_len=max_size // 2 + 1, max_map_len=max_size // 4 + 1, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many unrelated types for bad input
+        raise FrameError(f"not msgpack: {type(exc).__name__}") from None
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_json(text: str, max_size: int) -> Any:
+    if len(text) > max_size:
+        raise FrameError(f"frame of {len(text)} characters is over the {max_size} limit",
+                         "too_large")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise FrameError("not JSON") from None

@@ -1,0 +1,151 @@
+"""The client protocol machine: hello first, limits, batches, both encodings."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.client_proto import (
+    CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, Ack, ClientConnection, Hello, Limits, Ping,
+    SendTo, State, Subscribe, Unsubscribe, Upstream, Violation,
+)
+from node.token import mint
+
+SECRET = b"k"
+NOW = 1_800_000_000.0
+
+
+def opened(text: bool = True, **limits: object) -> ClientConnection:
+    connection = ClientConnection(SECRET, NOW, Limits(**limits))  # type: ignore[arg-type]
+    hello = {"t": "hello", "token": mint(SECRET, "alice", NOW), "device": "phone"}
+    data = json.dumps(hello) if text else msgpack.packb(hello)
+    [event] = connection.receive(NOW, data)
+    assert event == Hello("alice", "phone", None, None)
+    assert connection.state is State.OPEN and connection.text is text
+    return connection
+
+
+def send(connection: ClientConnection, *objects: dict, at: float = NOW) -> list:
+    value = objects[0] if len(objects) == 1 else list(objects)
+    return connection.receive(at, json.dumps(value) if connection.text else msgpack.packb(value))
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_requests_parse_in_either_encoding(text: bool) -> None:
+    connection = opened(text)
+    events = send(
+        connection,
+        {"t": "ack", "seq": 7},
+        {"t": "sub", "topics": ["news", "sport", "news"]},
+        {"t": "unsub", "topics": ["sport", "never-subscribed"]},
+        {"t": "up", "body": "hi", "ref": "r1"},
+        {"t": "send", "to": "bob", "body": "yo", "qos": 1, "ttl": 60, "ref": "r2"},
+        {"t": "ping", "ref": "p"},
+    )
+    assert events == [
+        Ack(7), Subscribe(("news", "sport")), Unsubscribe(("sport",)), Upstream("hi", "r1"),
+        SendTo("bob", "yo", 1, 60, "r2"), Ping("p"),
+    ]
+    assert connection.subscriptions == {"news"}
+    frame = connection.encode([{"t": "pong", "ref": "p"}, {"t": "msg", "body": "b"}])
+    decoded = json.loads(frame) if text else msgpack.unpackb(frame)
+    assert decoded == [{"t": "pong", "ref": "p"}, {"t": "msg", "body": "b"}]
+    one = connection.encode([{"t": "pong"}])
+    assert (json.loads(one) if text else msgpack.unpackb(one)) == {"t": "pong"}
+
+
+@pytest.mark.parametrize(("first", "reason"), [
+    ({"t": "ping"}, "first frame must be a hello"),
+    ({"t": "hello", "token": "nope"}, "not a JWT"),
+    ({"t": "hello", "token": mint(b"wrong", "alice", NOW)}, "signature"),
+    ({"t": "hello", "token": mint(SECRET, "alice", NOW), "v": 9}, "version"),
+])
+def test_nothing_before_a_good_hello(first: dict, reason: str) -> None:
+    connection = ClientConnection(SECRET, NOW)
+    [violation] = connection.receive(NOW, json.dumps(first))
+    assert isinstance(violation, Violation)
+    assert violation.code == "unauthorized" and reason in violation.reason
+    assert violation.close == CLOSE_POLICY and connection.state is State.CLOSED
+    assert connection.receive(NOW, json.dumps(first)) == []  # closed: ignores the rest
+
+
+def test_bad_requests_are_answered_and_the_connection_stays_open() -> None:
+    connection = opened()
+    cases = [
+        ({"t": "ack"}, "seq"),
+        ({"t": "ack", "seq": -1}, "non-negative"),
+        ({"t": "send", "to": "bob", "body": "x", "qos": 2, "ref": "q"}, "qos"),
+        ({"t": "send", "to": "bob", "body": "x", "ttl": 0}, "ttl"),
+        ({"t": "send", "body": "x"}, "to"),
+        ({"t": "sub", "topics": []}, "topics"),
+        ({"t": "sub", "topics": ["x" * 300]}, "topic"),
+        ({"t": "hello", "token": "t"}, "already"),
+        ({"t": "teleport"}, "unknown"),
+    ]
+    for obj, reason in cases:
+        [violation] = send(connection, obj)
+        assert isinstance(violation, Violation) and violation.code == "bad_request", obj
+        assert reason in violation.reason and violation.close is None
+    assert violation.frame() == {"t": "error", "code": "bad_request",
+                                 "reason": "unknown frame type 'teleport'"}
+    assert connection.state is State.OPEN
+
+
+@pytest.mark.parametrize(("data", "code", "close"), [
+    (b"\xc1", "bad_frame", CLOSE_UNSUPPORTED),
+    ("{not json", "bad_frame", CLOSE_UNSUPPORTED),
+    ("[1, 2]", "bad_frame", CLOSE_UNSUPPORTED),
+    ('{"no_t": 1}', "bad_frame", CLOSE_UNSUPPORTED),
+    ("[]", "bad_frame", CLOSE_UNSUPPORTED),
+    ("x" * 70_000, "too_large", CLOSE_TOO_BIG),
+    (msgpack.packb({"t": "up", "body": "x" * 70_000}), "too_large", CLOSE_TOO_BIG),
+])
+def test_broken_frames_close_the_connection(data: bytes | str, code: str, close: int) -> None:
+    connection = opened()
+    [violation] = connection.receive(NOW, data)
+    assert isinstance(violation, Violation) and (violation.code, violation.close) == (code, close)
+    assert connection.state is State.CLOSED
+
+
+def test_a_flood_is_cut_off_and_a_steady_client_is_not() -> None:
+    steady = opened(rate=10.0, burst=5)
+    for i in range(100):  # 10 pings a second for 10 s
+        assert send(steady, {"t": "ping"}, at=NOW + i / 10) == [Ping(None)]
+    flood = opened(rate=10.0, burst=5)
+    results = [send(flood, {"t": "ping"}, at=NOW) for _ in range(7)]
+    assert results[:4] == [[Ping(None)]] * 4  # the hello took one token
+    [violation] = results[4]
+    assert violation.code == "rate_limited" and violation.close == CLOSE_POLICY
+    assert results[5] == results[6] == []
+    big_batch = opened(rate=10.0, burst=5)
+    [violation] = send(big_batch, *({"t": "ping"} for _ in range(6)))
+    assert violation.code == "rate_limited"
+
+
+def test_the_subscription_cap_refuses_the_whole_request() -> None:
+    connection = opened(max_subscriptions=3)
+    assert send(connection, {"t": "sub", "topics": ["a", "b"]}) == [Subscribe(("a", "b"))]
+    [violation] = send(connection, {"t": "sub", "topics": ["a", "c", "d"], "ref": "s"})
+    assert violation.code == "too_many_subscriptions" and violation.ref == "s"
+    assert connection.subscriptions == {"a", "b"} and connection.state is State.OPEN
+    assert send(connection, {"t": "sub", "topics": ["a", "c"]}) == [Subscribe(("c",))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=200), st.text(max_size=200),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                 lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.sampled_from(["t", "seq", "topics", "body", "to", "qos",
+                                                    "ttl", "ref"]), inner, max_size=5),
+                 max_leaves=12).map(json.dumps),
+))
+def test_random_frames_never_raise(data: bytes | str) -> None:
+    connection = opened()
+    for event in connection.receive(NOW, data):
+        assert isinstance(event, Violation | Ack | Subscribe | Unsubscribe | Upstream | SendTo
+                          | Ping)
