@@ -48,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--api-key", default=env("API_KEY"), help="bearer key for the HTTP API")
     parser.add_argument(
+        "--client", default=env("CLIENT", "off"), metavar="HOST:PORT|off",
+        help="client WebSocket address (default off; needs --token-secret)",
+    )
+    parser.add_argument(
+        "--token-secret", default=env("TOKEN_SECRET"), metavar="SECRET",
+        help="HS256 secret of client tokens (grapevine token --secret mints them)",
+    )
+    parser.add_argument(
         "--profile", default=env("PROFILE", "lan"), choices=PROFILES,
         help="timing profile, as memberlist's (default lan)",
     )
@@ -95,6 +103,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             api_host, api_port = host_port(args.api, default_host="127.0.0.1")
         except ValueError as exc:
             raise ValueError(f"--api: {exc}") from None
+    client_host, client_port = "127.0.0.1", None
+    if args.client != "off":
+        try:
+            client_host, client_port = host_port(args.client, default_host="127.0.0.1")
+        except ValueError as exc:
+            raise ValueError(f"--client: {exc}") from None
     for seed in args.join:
         try:
             host_port(seed)
@@ -117,7 +131,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             args.profile, name, bind_addr=bind_host, bind_port=bind_port,
             advertise_addr=advertise_host, advertise_port=advertise_port,
             join=tuple(args.join), api_addr=api_host, api_port=api_port,
-            api_key=args.api_key or None, data_dir=args.data_dir, label=args.label,
+            api_key=args.api_key or None, client_addr=client_host, client_port=client_port,
+            token_secret=args.token_secret or None, data_dir=args.data_dir, label=args.label,
             tags=tuple(tags), keys=tuple(keys),
         )
     except ValueError as exc:
@@ -125,7 +140,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
     return config, (Keyring(keys) if keys else None)
 
 
-_FLAG_OF_FIELD = {"name": "--name", "api_key": "--api-key", "label": "--label", "tags": "--tag"}
+_FLAG_OF_FIELD = {
+    "name": "--name", "api_key": "--api-key", "label": "--label", "tags": "--tag",
+    "token_secret": "--token-secret", "client_port": "--client",
+}
 
 
 def _flag_for(message: str) -> str:

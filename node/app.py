@@ -21,6 +21,7 @@ from gossip.keyring import Keyring
 from membership.member import Address
 from membership.service import Membership, serve_membership
 
+from .client_server import ClientServer, LocalClients
 from .config import Config
 from .http_api import serve_http_api
 from .metrics import node_registry
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 class NodeAddresses:
     gossip: Address
     api: Address | None
+    client: Address | None
 
 
 class Node:
@@ -40,14 +42,16 @@ class Node:
         self.config = config
         self.membership = membership
         self.ring = HashRing(config.ring_vnodes)
+        self.clients = LocalClients()
         self.api_address: Address | None = None
+        self.client_address: Address | None = None
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
 
     @property
     def addresses(self) -> NodeAddresses:
-        return NodeAddresses(self.membership.address, self.api_address)
+        return NodeAddresses(self.membership.address, self.api_address, self.client_address)
 
     def uptime(self) -> float:
         return trio.current_time() - self._started
@@ -98,6 +102,9 @@ async def run_node(
         )
         node = Node(config, membership)
         nursery.start_soon(node.follow_members)
+        if config.client_port is not None:
+            server = ClientServer(config, config.name, node.clients)
+            node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()
         if config.api_port is not None:
             node.api_address = await nursery.start(_serve_api, node, api_done)
@@ -138,6 +145,7 @@ def _write_node_file(data_dir: str, node: Node) -> None:
         "pid": os.getpid(),
         "gossip": "{}:{}".format(*node.membership.address),
         "api": None if api is None else "{}:{}".format(*api),
+        "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
     }
     path = os.path.join(data_dir, "node.json")
     temporary = path + ".tmp"

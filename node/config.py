@@ -99,6 +99,18 @@ class Config:
     #: bearer token for the HTTP API; required when the API is bound beyond loopback
     api_key: str | None = None
     data_dir: str | None = None
+    # Client WebSocket server (docs/protocol.md); client_port None means no client server.
+    client_addr: str = "127.0.0.1"
+    client_port: int | None = None
+    #: HS256 secret that signs client tokens; required with a client server
+    token_secret: str | None = None
+    max_frame: int = 64 * 1024
+    client_rate: float = 50.0
+    client_burst: int = 100
+    max_subscriptions: int = 100
+    heartbeat: float = 30.0
+    #: objects queued for one client before QoS 0 messages are dropped for it
+    client_queue: int = 1024
     # Failure detection (memberlist names).
     probe_interval: float = 1.0
     probe_timeout: float = 0.5
@@ -140,14 +152,14 @@ class Config:
             )
         if self.profile not in PROFILES:
             raise ValueError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
-        for port_field in ("bind_port", "advertise_port", "api_port"):
+        for port_field in ("bind_port", "advertise_port", "api_port", "client_port"):
             port = getattr(self, port_field)
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"{port_field}: {port} is not a port number (0-65535)")
         for positive in (
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
-            "reconnect_interval",
+            "reconnect_interval", "client_rate", "heartbeat",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")
@@ -158,7 +170,8 @@ class Config:
             )
         for at_least_one in (
             "suspicion_mult", "suspicion_max_timeout_mult", "awareness_max_multiplier",
-            "retransmit_mult", "ring_vnodes", "replicas",
+            "retransmit_mult", "ring_vnodes", "replicas", "client_burst", "max_subscriptions",
+            "client_queue",
         ):
             if getattr(self, at_least_one) < 1:
                 raise ValueError(f"{at_least_one}: must be >= 1, got {getattr(self, at_least_one)}")
@@ -169,6 +182,10 @@ class Config:
             raise ValueError(
                 f"api_key: required when the API listens beyond loopback ({self.api_addr})"
             )
+        if self.client_port is not None and not self.token_secret:
+            raise ValueError("token_secret: required with a client server (clients need tokens)")
+        if not 1024 <= self.max_frame <= 1024 * 1024:
+            raise ValueError(f"max_frame: {self.max_frame} outside 1024..1048576")
         if not 512 <= self.udp_buffer_size <= 65000:
             raise ValueError(f"udp_buffer_size: {self.udp_buffer_size} outside 512..65000")
         if len(self.label.encode()) > 255:

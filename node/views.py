@@ -45,6 +45,8 @@ def status_json(node: Node) -> dict[str, Any]:
         "profile": node.config.profile,
         "gossip": "{}:{}".format(*node.membership.address),
         "api": None if api is None else "{}:{}".format(*api),
+        "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
+        "clients": {"sessions": len(node.clients), "users": node.clients.users()},
         "incarnation": stats.incarnation,
         "health_score": stats.health_score,
         "joined": stats.joined,
@@ -57,7 +59,8 @@ def status_json(node: Node) -> dict[str, Any]:
         "gossip_queue": stats.queue_depth,
         "uptime_seconds": round(node.uptime(), 3),
         "counters": dict(sorted({**stats.counters, **node.membership.counters,
-                                 **node.membership.transport.counters}.items())),
+                                 **node.membership.transport.counters,
+                                 **node.clients.counters}.items())),
     }
 
 

@@ -36,6 +36,8 @@ def grapevine(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[st
     ["ring", "--api", "nope"],
     ["node", "--name", "n", "--tag", "role=web"],
     ["node", "--name", "n", "--tag", "weight=heavy"],
+    ["node", "--name", "n", "--client", "127.0.0.1:0"],
+    ["node", "--name", "n", "--client", "nope", "--token-secret", "s"],
     ["frobnicate"],
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:

@@ -1,0 +1,259 @@
+"""The client WebSocket server (trio-websocket): the shell around ``client_proto``.
+
+Each connection runs two tasks in its own nursery (a failure ends only that connection):
+
+* the **reader** feeds every WebSocket message to the connection's
+  :class:`~node.client_proto.ClientConnection` and acts on what comes out;
+* the **writer** drains the connection's bounded queue and packs everything queued into
+  one frame (one ``send_message`` per object caps a node near 9 k messages/s here; packed
+  writes are several times faster). When the queue is full, QoS 0 messages for that
+  client are dropped and counted: a slow client never slows anyone else.
+
+:class:`LocalClients` is this node's register of connected sessions by user: what the
+routing layer delivers into.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from .client_proto import (
+    CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
+    Unsubscribe, Upstream, Violation,
+)
+from .config import Config
+
+logger = logging.getLogger(__name__)
+#: trio-websocket refuses messages above this outright (close 1009, no error frame); below
+#: it and above ``Config.max_frame`` the client gets a ``too_large`` error frame first
+WS_MAX_MESSAGE = 1024 * 1024
+
+Object = dict[str, Any]
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One authenticated connection, as the rest of the node sees it."""
+
+    session: str
+    user: str
+    device: str
+    remote: str
+    outbox: trio.MemorySendChannel[Object]
+    subscriptions: set[str]
+    connected_at: float = field(default_factory=time.time)
+    dropped: int = 0
+
+    def offer(self, obj: Object) -> bool:
+        """Queue ``obj`` for the client; False (and counted) when its queue is full."""
+        try:
+            self.outbox.send_nowait(obj)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+            return False
+        return True
+
+
+class LocalClients:
+    """The sessions connected to this node, by user and by id."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, dict[str, ClientSession]] = {}
+        self._by_id: dict[str, ClientSession] = {}
+        self.counters: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def users(self) -> int:
+        return len(self._by_user)
+
+    def sessions_of(self, user: str) -> list[ClientSession]:
+        return list(self._by_user.get(user, {}).values())
+
+    def attach(self, session: ClientSession) -> None:
+        self._by_user.setdefault(session.user, {})[session.session] = session
+        self._by_id[session.session] = session
+        self.counters["sessions_opened"] += 1
+
+    def detach(self, session: ClientSession) -> None:
+        self._by_id.pop(session.session, None)
+        devices = self._by_user.get(session.user, {})
+        devices.pop(session.session, None)
+        if not devices:
+            self._by_user.pop(session.user, None)
+        self.counters["sessions_closed"] += 1
+
+    def deliver(self, user: str, obj: Object) -> int:
+        """Queue ``obj`` for every device of ``user`` here; how many took it."""
+        taken = 0
+        for session in self.sessions_of(user):
+            if session.offer(obj):
+                taken += 1
+            else:
+                self.counters["client_queue_full_drops"] += 1
+        return taken
+
+
+#: What the node does with requests beyond the protocol's own (routing, upstream); the
+#: server answers the client with whatever object the handler returns (or nothing).
+RequestHandler = Callable[[ClientSession, Request], "Object | None"]
+
+
+class ClientServer:
+    def __init__(self, config: Config, node_name: str, clients: LocalClients,
+                 handle: RequestHandler | None = None) -> None:
+        self.config = config
+        self.node_name = node_name
+        self.clients = clients
+        self.handle = handle or _unavailable
+        self.limits = Limits(
+            max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
+            max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
+        )
+        self._secret = (config.token_secret or "").encode()
+        self._ids = itertools.count(1)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(lambda task_status: serve_websocket(
+                self._accept, self.config.client_addr, self.config.client_port or 0, None,
+                max_message_size=WS_MAX_MESSAGE, connect_timeout=10, disconnect_timeout=5,
+                task_status=task_status,
+            ))
+            endpoint = server.listeners[0]
+            address = (str(endpoint.address), int(endpoint.port))
+            logger.info("client_listening address=%s:%d", *address)
+            task_status.started(address)
+
+    async def _accept(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        remote = f"{ws.remote.address}:{ws.remote.port}"  # type: ignore[union-attr]
+        try:
+            await self._converse(ws, remote)
+        except ConnectionClosed:
+            pass
+        except Exception:  # the connection's boundary: one client never stops the node
+            logger.exception("client_handler_failed remote=%s", remote)
+            await ws.aclose(1011, "internal error")
+
+    async def _converse(self, ws: WebSocketConnection, remote: str) -> None:
+        machine = ClientConnection(self._secret, time.time(), self.limits)
+        data: bytes | str | None = None
+        with trio.move_on_after(self.limits.hello_timeout):
+            data = await ws.get_message()
+        if data is None:
+            self.clients.counters["hello_timeouts"] += 1
+            await _refuse(ws, machine, Violation("unauthorized", "no hello within "
+                                                 f"{self.limits.hello_timeout:g} s", None, 1008))
+            return
+        events = machine.receive(time.time(), data)
+        hello = events[0] if events else None
+        if not isinstance(hello, Hello):
+            self.clients.counters["hello_refused"] += 1
+            logger.info("client_refused remote=%s reason=%r", remote,
+                        getattr(hello, "reason", "no hello"))
+            if isinstance(hello, Violation):
+                await _refuse(ws, machine, hello)
+            return
+        send, receive = trio.open_memory_channel[Object](self.config.client_queue)
+        session = ClientSession(
+            f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}", hello.user,
+            hello.device, remote, send, machine.subscriptions,
+        )
+        welcome = {"t": "welcome", "session": session.session, "user": session.user,
+                   "node": self.node_name, "heartbeat": self.limits.heartbeat,
+                   "resumed": False}
+        await ws.send_message(machine.encode([welcome]))
+        self.clients.attach(session)
+        logger.info("client_connected user=%s session=%s device=%s remote=%s",
+                    session.user, session.session, session.device or "-", remote)
+        reason = "closed"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, ws, machine, receive)
+                reason = await self._read(ws, machine, session, events[1:])
+                nursery.cancel_scope.cancel()
+        finally:
+            self.clients.detach(session)
+            logger.info("client_disconnected user=%s session=%s reason=%s dropped=%d",
+                        session.user, session.session, reason, session.dropped)
+
+    async def _read(self, ws: WebSocketConnection, machine: ClientConnection,
+                    session: ClientSession, pending: list[Request | Violation]) -> str:
+        idle = self.limits.heartbeat * 2
+        while True:
+            for event in pending:
+                if isinstance(event, Violation):
+                    self.clients.counters[f"client_error_{event.code}"] += 1
+                    if event.close is not None:
+                        await _refuse(ws, machine, event)
+                        return event.code
+                    session.offer(event.frame())
+                    continue
+                answer = self._answer(session, event)
+                if answer is not None and not session.offer(answer):
+                    self.clients.counters["answers_dropped"] += 1
+            with trio.move_on_after(idle):
+                try:
+                    data = await ws.get_message()
+                except ConnectionClosed:
+                    return "client_closed"
+                pending = machine.receive(time.time(), data)
+                continue
+            await ws.aclose(CLOSE_NORMAL, f"silent for {idle:g} s")
+            return "heartbeat_missed"
+
+    def _answer(self, session: ClientSession, event: Request) -> Object | None:
+        if isinstance(event, Ping):
+            return {"t": "pong", **({"ref": event.ref} if event.ref else {})}
+        if isinstance(event, Subscribe):
+            return {"t": "subbed", "topics": list(event.topics)}
+        if isinstance(event, Unsubscribe):
+            return {"t": "unsubbed", "topics": list(event.topics)}
+        return self.handle(session, event)
+
+    async def _write(self, ws: WebSocketConnection, machine: ClientConnection,
+                     outbox: trio.MemoryReceiveChannel[Object]) -> None:
+        batch_limit = self.limits.max_batch
+        async for first in outbox:
+            batch = [first]
+            while len(batch) < batch_limit:
+                try:
+                    batch.append(outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await ws.send_message(machine.encode(batch))
+
+
+def _unavailable(_session: ClientSession, event: Request) -> Object | None:
+    """The answer while no router is attached: messages cannot be taken, acks are moot."""
+    if isinstance(event, SendTo | Upstream):
+        error: Object = {"t": "error", "code": "unavailable",
+                         "reason": "this node has no route for messages yet"}
+        if event.ref:
+            error["ref"] = event.ref
+        return error
+    return None
+
+
+async def _refuse(ws: WebSocketConnection, machine: ClientConnection, violation: Violation) -> None:
+    """Tell the client why, then close with the violation's code."""
+    with trio.move_on_after(2):
+        try:
+            await ws.send_message(machine.encode([violation.frame()]))
+            await ws.aclose(violation.close or 1008, violation.reason[:120])
+        except ConnectionClosed:
+            pass

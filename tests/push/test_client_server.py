@@ -1,0 +1,149 @@
+"""The client WebSocket server of a real node on 127.0.0.1: hello, limits, delivery."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
+
+from node.app import Node
+from node.token import mint
+from tests.node.helpers import local_config, start_node
+
+SECRET = "client-secret"
+
+
+def token(user: str, secret: str = SECRET) -> str:
+    return mint(secret.encode(), user, time.time())
+
+
+@asynccontextmanager
+async def client_node(**overrides: Any) -> AsyncIterator[Node]:
+    async with trio.open_nursery() as nursery:
+        config = local_config("c1", client_port=0, token_secret=SECRET, **overrides)
+        yield await start_node(nursery, config)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect(node: Node) -> AsyncIterator[WebSocketConnection]:
+    host, port = node.client_address  # type: ignore[misc]
+    async with open_websocket(host, port, "/", use_ssl=False) as ws:
+        yield ws
+
+
+async def hello(ws: WebSocketConnection, user: str, binary: bool = False) -> dict:
+    frame = {"t": "hello", "token": token(user), "device": "d"}
+    await ws.send_message(msgpack.packb(frame) if binary else json.dumps(frame))
+    return await receive(ws)
+
+
+async def receive(ws: WebSocketConnection) -> Any:
+    with trio.fail_after(5):
+        data = await ws.get_message()
+    return msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+
+
+async def closed_with(ws: WebSocketConnection) -> int | None:
+    with trio.fail_after(5):
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed as exc:
+            return exc.reason.code
+
+
+async def test_hello_welcome_ping_and_sub_in_json_and_msgpack() -> None:
+    async with client_node() as node, connect(node) as ws, connect(node) as binary:
+        welcome = await hello(ws, "alice")
+        assert welcome["t"] == "welcome" and welcome["user"] == "alice"
+        assert welcome["node"] == "c1" and welcome["resumed"] is False
+        await ws.send_message(json.dumps([{"t": "ping", "ref": "p1"},
+                                          {"t": "sub", "topics": ["news"]}]))
+        answers = [await receive(ws)]
+        if not isinstance(answers[0], list):
+            answers.append(await receive(ws))
+        flat = [o for a in answers for o in (a if isinstance(a, list) else [a])]
+        assert flat == [{"t": "pong", "ref": "p1"}, {"t": "subbed", "topics": ["news"]}]
+        assert (await hello(binary, "bob", binary=True))["user"] == "bob"
+        assert len(node.clients) == 2 and node.clients.users() == 2
+
+
+async def test_every_device_of_a_user_gets_a_message_and_writes_are_batched() -> None:
+    async with client_node() as node, connect(node) as phone, connect(node) as laptop:
+        await hello(phone, "alice")
+        await hello(laptop, "alice")
+        for i in range(50):  # queued without yielding: the writer packs them
+            assert node.clients.deliver("alice", {"t": "msg", "id": str(i), "body": "x"}) == 2
+        for ws in (phone, laptop):
+            got: list[dict] = []
+            frames = 0
+            while len(got) < 50:
+                frame = await receive(ws)
+                frames += 1
+                got.extend(frame if isinstance(frame, list) else [frame])
+            assert [m["id"] for m in got] == [str(i) for i in range(50)]
+            assert frames < 50
+        assert node.clients.deliver("nobody", {"t": "msg"}) == 0
+
+
+@pytest.mark.parametrize(("first", "code", "close"), [
+    ({"t": "hello", "token": "garbage"}, "unauthorized", 1008),
+    ({"t": "hello", "token": "@@"}, "unauthorized", 1008),
+    ({"t": "ping"}, "unauthorized", 1008),
+])
+async def test_bad_hellos_get_an_error_frame_then_close(first: dict, code: str, close: int) -> None:
+    async with client_node() as node, connect(node) as ws:
+        await ws.send_message(json.dumps(first))
+        error = await receive(ws)
+        assert error["t"] == "error" and error["code"] == code
+        assert await closed_with(ws) == close
+        assert node.clients.counters["hello_refused"] == 1
+
+
+async def test_a_token_for_another_cluster_is_refused() -> None:
+    async with client_node() as node, connect(node) as ws:
+        await ws.send_message(json.dumps({"t": "hello", "token": mint(b"other", "eve", 0, None)}))
+        assert (await receive(ws))["reason"] == "token signature does not match"
+        assert await closed_with(ws) == 1008
+
+
+async def test_oversized_frames_and_floods_are_cut_off_and_the_node_carries_on() -> None:
+    async with client_node(max_frame=4096, client_rate=5.0, client_burst=10) as node:
+        async with connect(node) as ws:
+            await hello(ws, "alice")
+            await ws.send_message(json.dumps({"t": "up", "body": "x" * 5000}))
+            error = await receive(ws)
+            assert error["code"] == "too_large"
+            assert await closed_with(ws) == 1009
+        async with connect(node) as ws:
+            await hello(ws, "alice")
+            for _ in range(20):
+                try:
+                    await ws.send_message(json.dumps({"t": "ping"}))
+                except ConnectionClosed:
+                    break
+            seen = []
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        seen.append(await receive(ws))
+                except ConnectionClosed as exc:
+                    assert exc.reason.code == 1008
+            assert seen[-1]["code"] == "rate_limited" and len(seen) <= 11
+        async with connect(node) as ws:  # unharmed
+            assert (await hello(ws, "carol"))["t"] == "welcome"
+            await ws.send_message(json.dumps({"t": "teleport", "ref": "r"}))
+            assert await receive(ws) == {"t": "error", "code": "bad_request", "ref": "r",
+                                         "reason": "unknown frame type 'teleport'"}
+            await ws.send_message(json.dumps({"t": "send", "to": "x", "body": "b", "ref": "s"}))
+            assert (await receive(ws))["code"] == "unavailable"
+        assert node.clients.counters["client_error_too_large"] == 1
+        assert node.clients.counters["client_error_rate_limited"] == 1
