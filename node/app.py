@@ -1,4 +1,7 @@
-"""A whole node under one nursery: membership first, then the ring, then the HTTP API.
+"""A whole node under one nursery: peer links, membership, the ring, clients, the API.
+
+The :class:`Node` is also where the pieces meet: the router (``routing.py``) decides,
+the node carries out its actions on the peer links and the local clients.
 
 ``run_node(config, *, task_status)`` starts the services in dependency order with
 ``nursery.start`` and reports a :class:`Node` once everything listens, so tests can bind
@@ -9,23 +12,33 @@ port 0 and read the real addresses. ``Node.request_stop()`` (SIGINT/SIGTERM in t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import random
+import secrets
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
+from gossip.codec import decode_tags
+from gossip.errors import DecodeError
 from gossip.keyring import Keyring
-from membership.member import Address
-from membership.service import Membership, serve_membership
+from gossip.transport import advertise_address
+from membership.member import Address, EventKind, MemberState
+from membership.service import Membership, serve_membership, split_host_port
 
-from .client_server import ClientServer, LocalClients
-from .config import Config
+from .client_proto import Request, SendTo
+from .client_server import ClientServer, ClientSession, LocalClients
+from .config import ROLE, Config
 from .http_api import serve_http_api
 from .metrics import node_registry
+from .peer_link import PeerLinks
 from .ring import HashRing, ring_members
+from .routing import Action, DeliverLocal, NoOwner, Router, SendPeer, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -35,23 +48,32 @@ class NodeAddresses:
     gossip: Address
     api: Address | None
     client: Address | None
+    peer: Address
 
 
 class Node:
-    def __init__(self, config: Config, membership: Membership) -> None:
+    def __init__(self, config: Config, membership: Membership, peer_address: Address) -> None:
         self.config = config
         self.membership = membership
+        self.peer_address = peer_address
         self.ring = HashRing(config.ring_vnodes)
-        self.clients = LocalClients()
+        self.router = Router(config.name, self.ring.owner)
+        self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed)
+        self.links = PeerLinks(config.name, self._keys, self._peer_frame, self._peer_connected)
         self.api_address: Address | None = None
         self.client_address: Address | None = None
+        self._routing_changed = trio.Event()
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{config.name}.{secrets.token_hex(4)}"
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
 
     @property
     def addresses(self) -> NodeAddresses:
-        return NodeAddresses(self.membership.address, self.api_address, self.client_address)
+        return NodeAddresses(
+            self.membership.address, self.api_address, self.client_address, self.peer_address
+        )
 
     def uptime(self) -> float:
         return trio.current_time() - self._started
@@ -63,27 +85,111 @@ class Node:
     async def wait_stop_requested(self) -> None:
         await self._stop.wait()
 
+    # ---- messages ---------------------------------------------------------------------
+
+    def send_message(self, user: str, body: str, *, qos: int = 0, ttl: float | None = None,
+                     sender: str | None = None) -> dict[str, Any]:
+        """Hand a message for ``user`` to the cluster; returns ``{"id", "seq"}``."""
+        if qos != 0:
+            raise Unavailable("qos 1 is not available yet: durable mailboxes are still to come")
+        message: dict[str, Any] = {
+            "t": "msg", "id": f"{self._id_prefix}.{next(self._ids)}", "seq": 0, "qos": qos,
+            "body": body, "ts": round(time.time(), 3),
+        }
+        if sender is not None:
+            message["from"] = sender
+        if ttl is not None:
+            message["ttl"] = ttl
+        self._carry_out(self.router.send(user, message))
+        return {"id": message["id"], "seq": 0}
+
+    async def wait_routing_changed(self) -> None:
+        """Wait until the router has taken one more input (sessions, peer frames, ring)."""
+        await self._routing_changed.wait()
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        self._routing_changed.set()
+        self._routing_changed = trio.Event()
+        for action in actions:
+            if isinstance(action, DeliverLocal):
+                self.clients.deliver(action.user, action.message)
+            elif isinstance(action, SendPeer):
+                self.links.send(action.node, action.frame)
+            elif isinstance(action, NoOwner):
+                raise Unavailable("no grapevine node is alive to own this user")
+
+    def _client_request(self, session: ClientSession, request: Request) -> dict[str, Any] | None:
+        if not isinstance(request, SendTo):
+            return None
+        ref = {"ref": request.ref} if request.ref else {}
+        try:
+            sent = self.send_message(request.to, request.body, qos=request.qos,
+                                     ttl=request.ttl, sender=session.user)
+        except Unavailable as exc:
+            return {"t": "error", "code": "unavailable", "reason": str(exc), **ref}
+        return {"t": "sent", **sent, **ref}
+
+    def _session_opened(self, session: ClientSession) -> None:
+        self._carry_out(self.router.connected(session.user, session.session))
+
+    def _session_closed(self, session: ClientSession) -> None:
+        self._carry_out(self.router.disconnected(session.session))
+
+    def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
+        self._carry_out(self.router.from_peer(node, frame))
+
+    def _peer_connected(self, node: str) -> None:
+        self._carry_out(self.router.peer_connected(node))
+
+    def _keys(self) -> list[bytes]:
+        keyring = self.membership.keyring
+        return list(keyring.keys) if keyring is not None else []
+
+    # ---- membership -------------------------------------------------------------------
+
     def refresh_ring(self) -> bool:
         """Rebuild the ring from the member table; True (and one log line) if it changed."""
-        if not self.ring.update(ring_members(self.membership.members())):
+        members = self.membership.members()
+        self.links.set_peers(peer_addresses(members))
+        if not self.ring.update(ring_members(members)):
             return False
         logger.info(
             "ring_changed nodes=%d version=%d members=%s", len(self.ring), self.ring.version,
             ",".join(sorted(self.ring.nodes)),
         )
+        self._carry_out(self.router.ring_changed())
         return True
 
     async def follow_members(self) -> None:
-        """Keep the ring in step with membership (every event may change who owns what)."""
+        """Keep the ring and the links in step with membership."""
         events = self.membership.subscribe()
         self.refresh_ring()
-        async for _event in events:
+        async for event in events:
+            burst = [event]
             while True:  # a burst of events (a join storm) costs one rebuild
                 try:
-                    events.receive_nowait()
+                    burst.append(events.receive_nowait())
                 except trio.WouldBlock:
                     break
+            for gone in burst:
+                if gone.kind in (EventKind.FAILED, EventKind.LEFT, EventKind.REAPED):
+                    self.router.node_gone(gone.member.name)
             self.refresh_ring()
+
+
+def peer_addresses(members: Any) -> dict[str, Address]:
+    """Live grapevine members and their link addresses (the ``peer`` tag)."""
+    found: dict[str, Address] = {}
+    for member in members:
+        if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            continue
+        try:
+            tags = decode_tags(member.meta)
+            if tags.get("role") == ROLE and "peer" in tags:
+                found[member.name] = split_host_port(tags["peer"])
+        except (DecodeError, ValueError):
+            continue
+    return found
 
 
 async def run_node(
@@ -93,17 +199,23 @@ async def run_node(
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = config.with_node_tags()
+    peer_host = config.peer_addr or config.bind_addr
+    listeners = await trio.open_tcp_listeners(config.peer_port, host=peer_host)
+    port = listeners[0].socket.getsockname()[1]
+    peer_address = (advertise_address(peer_host, config.advertise_addr), port)
+    config = config.with_node_tags(peer="{}:{}".format(*peer_address))
     async with trio.open_nursery() as nursery:
         membership = await nursery.start(
             lambda task_status: serve_membership(
                 config, keyring=keyring, rng=rng, task_status=task_status
             )
         )
-        node = Node(config, membership)
+        node = Node(config, membership, peer_address)
+        await nursery.start(node.links.serve, listeners)
+        logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
         if config.client_port is not None:
-            server = ClientServer(config, config.name, node.clients)
+            server = ClientServer(config, config.name, node.clients, node._client_request)
             node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()
         if config.api_port is not None:

@@ -67,7 +67,10 @@ class ClientSession:
 class LocalClients:
     """The sessions connected to this node, by user and by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_open: Callable[[ClientSession], None] | None = None,
+                 on_close: Callable[[ClientSession], None] | None = None) -> None:
+        self._on_open = on_open
+        self._on_close = on_close
         self._by_user: dict[str, dict[str, ClientSession]] = {}
         self._by_id: dict[str, ClientSession] = {}
         self.counters: Counter[str] = Counter()
@@ -85,6 +88,8 @@ class LocalClients:
         self._by_user.setdefault(session.user, {})[session.session] = session
         self._by_id[session.session] = session
         self.counters["sessions_opened"] += 1
+        if self._on_open is not None:
+            self._on_open(session)
 
     def detach(self, session: ClientSession) -> None:
         self._by_id.pop(session.session, None)
@@ -93,6 +98,8 @@ class LocalClients:
         if not devices:
             self._by_user.pop(session.user, None)
         self.counters["sessions_closed"] += 1
+        if self._on_close is not None:
+            self._on_close(session)
 
     def deliver(self, user: str, obj: Object) -> int:
         """Queue ``obj`` for every device of ``user`` here; how many took it."""

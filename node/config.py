@@ -99,6 +99,9 @@ class Config:
     #: bearer token for the HTTP API; required when the API is bound beyond loopback
     api_key: str | None = None
     data_dir: str | None = None
+    # Links between nodes (TCP); peer_addr None means the gossip bind address, port 0 any
+    peer_addr: str | None = None
+    peer_port: int = 0
     # Client WebSocket server (docs/protocol.md); client_port None means no client server.
     client_addr: str = "127.0.0.1"
     client_port: int | None = None
@@ -152,7 +155,7 @@ class Config:
             )
         if self.profile not in PROFILES:
             raise ValueError(f"profile: {self.profile!r} is not one of {', '.join(PROFILES)}")
-        for port_field in ("bind_port", "advertise_port", "api_port", "client_port"):
+        for port_field in ("bind_port", "advertise_port", "api_port", "client_port", "peer_port"):
             port = getattr(self, port_field)
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"{port_field}: {port} is not a port number (0-65535)")
@@ -227,11 +230,11 @@ class Config:
     def wan(cls, name: str, **overrides: Any) -> Config:
         return cls.for_profile("wan", name, **overrides)
 
-    def with_node_tags(self) -> Config:
-        """The tags a running node gossips: the operator's plus ``role=grapevine``."""
-        if ("role", ROLE) in self.tags:
-            return self
-        return self.replace(tags=(*self.tags, ("role", ROLE)))
+    def with_node_tags(self, **system: str) -> Config:
+        """The tags a running node gossips: the operator's, ``role=grapevine`` and
+        ``system`` ones (the node's own addresses), which replace any of the same name."""
+        tags = {**dict(self.tags), "role": ROLE, **system}
+        return self.replace(tags=tuple(tags.items()))
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

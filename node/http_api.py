@@ -5,6 +5,7 @@ Routes (JSON unless noted; ``docs/http-api.md`` documents each):
     GET  /healthz            "ok" (text)
     GET  /v1/members         every member with state, incarnation and tags
     GET  /v1/status          this node: name, addresses, health, counts, uptime
+    POST /v1/send            {"to", "body", "qos"?, "ttl"?} -> {"id", "seq"}
     GET  /v1/ring[?key=K]    the ring's nodes, weights and shares; for K its owner+replicas
     POST /v1/join            {"addresses": ["host:port", ...]}
     POST /v1/leave           leave the cluster gracefully and stop the node
@@ -32,6 +33,7 @@ from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
+from .routing import Unavailable
 from .views import member_json, ring_json, status_json
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ class HttpApi:
             ("GET", "/v1/members"): self._members,
             ("GET", "/v1/status"): self._status,
             ("GET", "/v1/ring"): self._ring,
+            ("POST", "/v1/send"): self._send,
             ("POST", "/v1/join"): self._join,
             ("POST", "/v1/leave"): self._leave,
             ("GET", "/v1/keyring"): self._keyring,
@@ -125,6 +128,26 @@ class HttpApi:
             raise HttpError(503, "the ring is empty: no grapevine node is alive yet")
         replicas = ring.replicas(key, self._node.config.replicas)
         return 200, {"owner": replicas[0], "replicas": replicas}
+
+    async def _send(self, body: bytes, _query: Query) -> tuple[int, Any]:
+        request = _json(body)
+        to, text = _field(request, "to", str), _field(request, "body", str)
+        if not to or len(to) > 256:
+            raise HttpError(400, "to: give a user id of 1 to 256 characters")
+        if len(text.encode()) > self._node.config.max_frame:
+            raise HttpError(413, f"body: longer than {self._node.config.max_frame} bytes")
+        qos = request.get("qos", 0)
+        if qos not in (0, 1) or isinstance(qos, bool):
+            raise HttpError(400, "qos: 0 (at most once) or 1 (at least once)")
+        ttl = request.get("ttl")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                                or not ttl > 0):
+            raise HttpError(400, "ttl: a positive number of seconds")
+        try:
+            sent = self._node.send_message(to, text, qos=qos, ttl=ttl)
+        except Unavailable as exc:
+            raise HttpError(503, str(exc)) from None
+        return 202, sent
 
     async def _join(self, body: bytes, _query: Query) -> tuple[int, Any]:
         addresses = _field(_json(body), "addresses", list)

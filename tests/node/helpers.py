@@ -31,16 +31,17 @@ async def start_node(nursery: trio.Nursery, config: Config, **kwargs: Any) -> No
 async def wait_until(nodes: list[Node], predicate: Callable[[], bool]) -> None:
     """Wait, step by step of the nodes' own machines, until ``predicate()`` holds.
 
-    Event-driven: wakes whenever any node's membership owner has run a step. The
-    caller bounds it with ``trio.fail_after``.
+    Event-driven: wakes whenever any node's membership owner has run a step or its router
+    has taken an input. The caller bounds it with ``trio.fail_after``.
     """
     while not predicate():
         async with trio.open_nursery() as nursery:
             for node in nodes:
-                async def wake(node: Node = node) -> None:
-                    await node.membership.wait_changed()
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(wake)
+                for changed in (node.membership.wait_changed, node.wait_routing_changed):
+                    async def wake(changed: Callable[[], Any] = changed) -> None:
+                        await changed()
+                        nursery.cancel_scope.cancel()
+                    nursery.start_soon(wake)
 
 
 def states(node: Node) -> dict[str, MemberState]:

@@ -61,7 +61,8 @@ async def test_http_api_members_status_and_errors() -> None:
         assert status == 200
         [member] = body["members"]
         assert member["name"] == "api-node" and member["state"] == "alive"
-        assert member["tags"] == {"zone": "z1", "role": "grapevine"}
+        assert member["tags"] == {"zone": "z1", "role": "grapevine",
+                                  "peer": "{}:{}".format(*node.peer_address)}
         assert member["protocol"] == [1, 5, 2]
         status, body = await http(api, "GET", "/v1/status")
         assert status == 200 and body["name"] == "api-node" and body["members"]["alive"] == 1

@@ -144,6 +144,9 @@ async def test_oversized_frames_and_floods_are_cut_off_and_the_node_carries_on()
             assert await receive(ws) == {"t": "error", "code": "bad_request", "ref": "r",
                                          "reason": "unknown frame type 'teleport'"}
             await ws.send_message(json.dumps({"t": "send", "to": "x", "body": "b", "ref": "s"}))
+            sent = await receive(ws)
+            assert sent["t"] == "sent" and sent["ref"] == "s" and sent["id"].startswith("c1.")
+            await ws.send_message(json.dumps({"t": "send", "to": "x", "body": "b", "qos": 1}))
             assert (await receive(ws))["code"] == "unavailable"
         assert node.clients.counters["client_error_too_large"] == 1
         assert node.clients.counters["client_error_rate_limited"] == 1

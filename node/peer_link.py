@@ -1,0 +1,241 @@
+"""Links between nodes: one persistent, authenticated TCP connection per pair.
+
+Of two nodes, the one with the smaller name dials, as soon as it sees the other alive,
+and dials again with backoff while the other stays alive; the other only accepts. Frames
+for a peer wait in its bounded queue while the link is down (the oldest are dropped and
+counted when it overflows) and go out packed: the writer takes everything queued and
+writes it with one ``send_all``. The opening is ``peer_proto``'s hello/auth exchange.
+
+``PeerLinks.send(node, frame)`` never blocks; frames that arrive are handed to
+``on_frame(node, frame)``; ``on_connected(node)`` runs each time a link opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from .frames import FrameError
+from .peer_proto import (
+    NONCE_SIZE, FrameReader, check_proof, encode_frames, hello, parse_hello, proof,
+)
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+Address = tuple[str, int]
+HANDSHAKE_TIMEOUT = 5.0
+QUEUE_LIMIT = 100_000
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+
+
+class _Peer:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.address: Address | None = None
+        self.queue: deque[Frame] = deque()
+        self.wake = trio.Event()
+        self.stream: trio.SocketStream | None = None
+        self.generation = 0  # bumped by every new connection
+        self.wanted = False  # alive in the member table
+
+    def kick(self) -> None:
+        self.wake.set()
+
+
+class PeerLinks:
+    def __init__(
+        self, me: str, keys: Callable[[], Sequence[bytes]],
+        on_frame: Callable[[str, Frame], None], on_connected: Callable[[str], None],
+    ) -> None:
+        self.me = me
+        self._keys = keys
+        self._on_frame = on_frame
+        self._on_connected = on_connected
+        self._peers: dict[str, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
+        self.counters: Counter[str] = Counter()
+
+    def _peer(self, name: str) -> _Peer:
+        peer = self._peers.get(name)
+        if peer is None:
+            peer = self._peers[name] = _Peer(name)
+        return peer
+
+    def connected(self) -> list[str]:
+        return sorted(name for name, peer in self._peers.items() if peer.stream is not None)
+
+    # ---- what the node calls ------------------------------------------------------------
+
+    def send(self, node: str, frame: Frame) -> None:
+        peer = self._peer(node)
+        if len(peer.queue) >= QUEUE_LIMIT:
+            peer.queue.popleft()
+            self.counters["peer_queue_drops"] += 1
+        peer.queue.append(frame)
+        peer.kick()
+
+    def set_peers(self, peers: dict[str, Address]) -> None:
+        """The live grapevine nodes and their link addresses (from their tags)."""
+        for name, peer in self._peers.items():
+            if name not in peers and peer.wanted:
+                peer.wanted = False
+                peer.queue.clear()
+                peer.kick()
+        for name, address in peers.items():
+            if name == self.me:
+                continue
+            peer = self._peer(name)
+            start = not peer.wanted
+            peer.wanted, peer.address = True, address
+            if start and self.me < name and self._nursery is not None:
+                self._nursery.start_soon(self._dial_loop, peer)
+
+    # ---- serving ------------------------------------------------------------------------
+
+    async def serve(self, listeners: list[trio.SocketListener],
+                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        keys = list(self._keys())
+        reader = _Inbound()
+        async with stream:
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    name, theirs = parse_hello(await _next(stream, reader))
+                    mine = os.urandom(NONCE_SIZE)
+                    await stream.send_all(encode_frames([hello(self.me, mine, keys, theirs)]))
+                    auth = await _next(stream, reader)
+                    if auth.get("t") != "auth" or not check_proof(
+                        keys, name, mine, theirs, auth.get("proof")
+                    ):
+                        raise FrameError("peer did not prove it holds a cluster key")
+            except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+                self.counters["peer_handshakes_refused"] += 1
+                logger.warning("peer_refused reason=%r", str(exc) or type(exc).__name__)
+                return
+            await self._run(self._peer(name), stream, reader)
+
+    async def _dial_loop(self, peer: _Peer) -> None:
+        delay = BACKOFF_MIN
+        while peer.wanted:
+            try:
+                stream, reader = await self._dial(peer)
+            except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+                self.counters["peer_dial_failures"] += 1
+                logger.debug("peer_dial_failed peer=%s reason=%r", peer.name, str(exc))
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            delay = BACKOFF_MIN
+            async with stream:
+                await self._run(peer, stream, reader)
+
+    async def _dial(self, peer: _Peer) -> tuple[trio.SocketStream, _Inbound]:
+        assert peer.address is not None
+        keys = list(self._keys())
+        reader = _Inbound()
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            stream = await trio.open_tcp_stream(*peer.address)
+            try:
+                mine = os.urandom(NONCE_SIZE)
+                await stream.send_all(encode_frames([hello(self.me, mine, keys)]))
+                reply = await _next(stream, reader)
+                name, theirs = parse_hello(reply)
+                if name != peer.name:
+                    raise FrameError(f"dialled {peer.name} but {name} answered")
+                if not check_proof(keys, name, mine, theirs, reply.get("proof")):
+                    raise FrameError("peer did not prove it holds a cluster key")
+                auth = proof(keys[0], self.me, theirs, mine) if keys else b""
+                await stream.send_all(encode_frames([{"t": "auth", "proof": auth}]))
+            except BaseException:
+                await stream.aclose()
+                raise
+        return stream, reader
+
+    async def _run(self, peer: _Peer, stream: trio.SocketStream, reader: _Inbound) -> None:
+        """Carry frames both ways until the connection breaks or a newer one replaces it."""
+        if peer.stream is not None:
+            self.counters["peer_links_replaced"] += 1
+        peer.generation += 1
+        generation = peer.generation
+        peer.stream = stream
+        self.counters["peer_links_opened"] += 1
+        logger.info("peer_connected peer=%s", peer.name)
+        self._on_connected(peer.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, peer, stream, generation, nursery.cancel_scope)
+                await self._read(peer, stream, reader)
+                nursery.cancel_scope.cancel()
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.info("peer_link_broken peer=%s reason=%r", peer.name, str(exc))
+        finally:
+            if peer.generation == generation:
+                peer.stream = None
+            self.counters["peer_links_closed"] += 1
+
+    async def _read(self, peer: _Peer, stream: trio.SocketStream, inbound: _Inbound) -> None:
+        while True:
+            frames, inbound.pending = list(inbound.pending), deque()
+            if not frames:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                frames = inbound.reader.feed(data)
+            for frame in frames:
+                self.counters["peer_frames_in"] += 1
+                try:
+                    self._on_frame(peer.name, frame)
+                except Exception:  # a frame the node cannot handle must not end the link
+                    self.counters["peer_frames_failed"] += 1
+                    logger.exception("peer_frame_failed peer=%s type=%s", peer.name,
+                                     frame.get("t"))
+
+    async def _write(self, peer: _Peer, stream: trio.SocketStream, generation: int,
+                     scope: trio.CancelScope) -> None:
+        while peer.generation == generation:
+            if not peer.queue:
+                peer.wake = trio.Event()
+                await peer.wake.wait()
+                continue
+            if stream is not peer.stream:
+                break  # a newer link took over; it sends the queue
+            batch = list(peer.queue)
+            peer.queue.clear()
+            try:
+                await stream.send_all(encode_frames(batch))
+            except BaseException:
+                peer.queue.extendleft(reversed(batch))  # the next link sends them
+                raise
+            self.counters["peer_frames_out"] += len(batch)
+            self.counters["peer_writes"] += 1
+        scope.cancel()
+
+
+class _Inbound:
+    """Frames read from one connection; what the opening read past waits in ``pending``."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.pending: deque[Frame] = deque()
+
+
+async def _next(stream: trio.SocketStream, inbound: _Inbound) -> Frame:
+    while not inbound.pending:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise trio.BrokenResourceError("peer closed during the opening")
+        inbound.pending.extend(inbound.reader.feed(data))
+    return inbound.pending.popleft()

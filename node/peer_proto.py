@@ -1,0 +1,102 @@
+"""Framing and authentication of the links between nodes, without I/O.
+
+A link is one TCP connection per pair of nodes, full duplex. On it travel **frames**: a
+4-byte big-endian length, then one msgpack map (``node/frames.py``). A writer packs every
+frame it has queued into one ``send_all``; the reader splits them again with
+:class:`FrameReader`, which refuses a frame longer than its limit.
+
+Opening, dialer D and acceptor A, both knowing the cluster keys (the gossip keyring; a
+cluster without keys authenticates nothing, like its gossip)::
+
+    D -> A  {"t": "hello", "v": 1, "node": D, "nonce": nd}
+    A -> D  {"t": "hello", "v": 1, "node": A, "nonce": na, "proof": mac(k, "A" | nd | na)}
+    D -> A  {"t": "auth", "proof": mac(k, "D" | na | nd)}
+
+where ``mac`` is HMAC-SHA256 and ``k`` the primary key of the side that computes it; the
+checking side accepts a proof made with any installed key (rotation). Each side proves it
+holds a key over the other's fresh nonce, so a recorded opening cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from .frames import FrameError, pack, unpack
+
+PEER_PROTOCOL = 1
+HEADER = struct.Struct(">I")
+MAX_PEER_FRAME = 4 * 1024 * 1024
+NONCE_SIZE = 16
+
+
+def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
+    out = bytearray()
+    for obj in objects:
+        body = pack(obj)
+        out += HEADER.pack(len(body))
+        out += body
+    return bytes(out)
+
+
+class FrameReader:
+    """Feed bytes as they arrive; take whole frames out. Raises only :class:`FrameError`."""
+
+    def __init__(self, max_frame: int = MAX_PEER_FRAME) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        frames: list[dict[str, Any]] = []
+        while len(self._buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buffer)
+            if size > self._max:
+                raise FrameError(f"peer frame of {size} bytes is over {self._max}", "too_large")
+            end = HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            value = unpack(bytes(self._buffer[HEADER.size:end]), self._max)
+            del self._buffer[:end]
+            if not isinstance(value, dict) or not isinstance(value.get("t"), str):
+                raise FrameError("a peer frame is a map with a string 't'")
+            frames.append(value)
+        return frames
+
+
+def proof(key: bytes, name: str, theirs: bytes, mine: bytes) -> bytes:
+    return hmac.new(key, b"grapevine-peer|" + name.encode() + b"|" + theirs + mine,
+                    hashlib.sha256).digest()
+
+
+def check_proof(keys: Sequence[bytes], name: str, theirs: bytes, mine: bytes,
+                given: object) -> bool:
+    """Whether ``given`` proves that ``name`` holds one of ``keys`` (no keys: always)."""
+    if not keys:
+        return True
+    if not isinstance(given, bytes):
+        return False
+    return any(hmac.compare_digest(proof(key, name, theirs, mine), given) for key in keys)
+
+
+def hello(name: str, nonce: bytes, keys: Sequence[bytes], answer_to: bytes | None = None
+          ) -> dict[str, Any]:
+    frame: dict[str, Any] = {"t": "hello", "v": PEER_PROTOCOL, "node": name, "nonce": nonce}
+    if answer_to is not None:
+        frame["proof"] = proof(keys[0], name, answer_to, nonce) if keys else b""
+    return frame
+
+
+def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes]:
+    """The (node, nonce) of a hello, or FrameError."""
+    if frame.get("t") != "hello" or frame.get("v") != PEER_PROTOCOL:
+        raise FrameError("expected a peer hello of protocol 1")
+    node, nonce = frame.get("node"), frame.get("nonce")
+    if not isinstance(node, str) or not node:
+        raise FrameError("peer hello without a node name")
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+        raise FrameError("peer hello without a 16-byte nonce")
+    return node, nonce

@@ -1,0 +1,180 @@
+"""Where a user's messages go: the session register at the owner, and the send path.
+
+Pure: the shell feeds what happens (a client connected here, a frame from a peer, the
+ring changed, a node died) and executes the actions that come back.
+
+* The node holding a connection **registers** it with ``ring.owner(user)`` and
+  remembers with whom, so the unregister goes to the same node. When the ring changes,
+  every local session whose owner changed registers again with the new owner.
+* The owner keeps ``user -> {node: {session, ...}}``. It forgets a node's entries when the
+  node dies or leaves, and forgets users it no longer owns when the ring changes (their
+  holders register with the new owner).
+* A message handed to any node goes to the owner (one hop, or none), and from the owner
+  to every node holding a session of the user (one more hop, or none).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, Any]
+
+
+class Unavailable(Exception):
+    """The cluster cannot take a message now (the reason is for the sender)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverLocal:
+    user: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendPeer:
+    node: str
+    frame: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NoOwner:
+    """No node owns the user right now (an empty ring); the message was not taken."""
+
+    user: str
+
+
+Action = DeliverLocal | SendPeer | NoOwner
+
+
+class Router:
+    def __init__(self, me: str, owner_of: Callable[[str], str | None]) -> None:
+        self.me = me
+        self._owner_of = owner_of
+        #: at the owner: user -> node -> sessions
+        self.register: dict[str, dict[str, set[str]]] = {}
+        #: here: session -> (user, the owner we registered it with)
+        self.local: dict[str, tuple[str, str]] = {}
+        self.counters: Counter[str] = Counter()
+
+    # ---- sessions on this node --------------------------------------------------------
+
+    def connected(self, user: str, session: str) -> list[Action]:
+        owner = self._owner_of(user)
+        if owner is None:
+            self.local[session] = (user, "")
+            return []
+        self.local[session] = (user, owner)
+        return self._register(owner, user, session)
+
+    def disconnected(self, session: str) -> list[Action]:
+        user, owner = self.local.pop(session, ("", ""))
+        if not owner:
+            return []
+        if owner == self.me:
+            self._unregister(user, self.me, session)
+            return []
+        return [SendPeer(owner, {"t": "unregister", "user": user, "session": session})]
+
+    def _register(self, owner: str, user: str, session: str) -> list[Action]:
+        if owner == self.me:
+            self.register.setdefault(user, {}).setdefault(self.me, set()).add(session)
+            return []
+        return [SendPeer(owner, {"t": "register", "user": user, "session": session})]
+
+    def _unregister(self, user: str, node: str, session: str) -> None:
+        nodes = self.register.get(user)
+        if nodes is None:
+            return
+        sessions = nodes.get(node)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del nodes[node]
+        if not nodes:
+            del self.register[user]
+
+    # ---- messages ---------------------------------------------------------------------
+
+    def send(self, user: str, message: Message) -> list[Action]:
+        """A message for ``user`` entered the cluster here."""
+        owner = self._owner_of(user)
+        if owner is None:
+            self.counters["no_owner"] += 1
+            return [NoOwner(user)]
+        if owner != self.me:
+            self.counters["routed_to_owner"] += 1
+            return [SendPeer(owner, {"t": "route", "user": user, "msg": message})]
+        return self._fan_out(user, message)
+
+    def _fan_out(self, user: str, message: Message) -> list[Action]:
+        actions: list[Action] = []
+        for node in sorted(self.register.get(user, {})):
+            if node == self.me:
+                actions.append(DeliverLocal(user, message))
+            else:
+                actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
+        if not actions:
+            self.counters["offline_drops"] += 1
+        self.counters["fanned_out"] += len(actions)
+        return actions
+
+    # ---- peers ------------------------------------------------------------------------
+
+    def from_peer(self, node: str, frame: dict[str, Any]) -> list[Action]:
+        """A routing frame from ``node``; malformed ones are counted and dropped."""
+        kind, user = frame.get("t"), frame.get("user")
+        if not isinstance(user, str):
+            self.counters["bad_peer_frames"] += 1
+            return []
+        if kind == "register" and isinstance(frame.get("session"), str):
+            self.register.setdefault(user, {}).setdefault(node, set()).add(frame["session"])
+            return []
+        if kind == "unregister" and isinstance(frame.get("session"), str):
+            self._unregister(user, node, frame["session"])
+            return []
+        message = frame.get("msg")
+        if not isinstance(message, dict):
+            self.counters["bad_peer_frames"] += 1
+            return []
+        if kind == "route":
+            owner = self._owner_of(user)
+            if owner is not None and owner != self.me and frame.get("hops", 0) < 1:
+                # the sender's ring and ours disagree for a moment: pass it on, once
+                self.counters["rerouted"] += 1
+                return [SendPeer(owner, {**frame, "hops": 1})]
+            return self._fan_out(user, message)
+        if kind == "deliver":
+            return [DeliverLocal(user, message)]
+        self.counters["bad_peer_frames"] += 1
+        return []
+
+    # ---- membership -------------------------------------------------------------------
+
+    def ring_changed(self) -> list[Action]:
+        """Register sessions whose owner moved; forget users this node no longer owns."""
+        actions: list[Action] = []
+        for user in [u for u in self.register if self._owner_of(u) != self.me]:
+            del self.register[user]
+        for session, (user, old) in sorted(self.local.items()):
+            owner = self._owner_of(user) or ""
+            if owner != old:
+                self.local[session] = (user, owner)
+                if owner:
+                    actions += self._register(owner, user, session)
+        return actions
+
+    def node_gone(self, node: str) -> None:
+        """``node`` died or left: its sessions are gone with it."""
+        for user in list(self.register):
+            nodes = self.register[user]
+            nodes.pop(node, None)
+            if not nodes:
+                del self.register[user]
+
+    def peer_connected(self, node: str) -> list[Action]:
+        """A (new) link to ``node``: it may have restarted and lost what we registered."""
+        return [SendPeer(node, {"t": "register", "user": user, "session": session})
+                for session, (user, owner) in sorted(self.local.items()) if owner == node]

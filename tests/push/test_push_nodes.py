@@ -1,0 +1,114 @@
+"""Push across real nodes on 127.0.0.1: a message through any node reaches the user."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket
+
+from gossip.keyring import Keyring
+from node.app import Node
+from node.peer_proto import FrameReader, encode_frames, hello
+from node.token import mint
+from tests.node.helpers import http, local_config, start_node, wait_until
+
+SECRET = "push-secret"
+KEY = bytes(range(32))
+
+
+@asynccontextmanager
+async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,)) -> AsyncIterator[list[Node]]:
+    async with trio.open_nursery() as nursery:
+        def config(name: str, join: tuple[str, ...] = ()) -> Any:
+            return local_config(name, client_port=0, token_secret=SECRET, keys=keys, join=join)
+        keyring = Keyring(list(keys)) if keys else None
+        first = await start_node(nursery, config(names[0]), keyring=keyring)
+        seed = "{}:{}".format(*first.membership.address)
+        nodes = [first] + [await start_node(nursery, config(n, (seed,)), keyring=keyring)
+                           for n in names[1:]]
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(len(n.ring) == len(nodes) for n in nodes))
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def device(node: Node, user: str) -> AsyncIterator[WebSocketConnection]:
+    host, port = node.client_address  # type: ignore[misc]
+    async with open_websocket(host, port, "/", use_ssl=False) as ws:
+        token = mint(SECRET.encode(), user, time.time())
+        await ws.send_message(json.dumps({"t": "hello", "token": token}))
+        assert (await next_object(ws))["t"] == "welcome"
+        yield ws
+
+
+async def next_object(ws: WebSocketConnection) -> dict:
+    with trio.fail_after(5):
+        frame = json.loads(await ws.get_message())
+    assert not isinstance(frame, list) or len(frame) == 1
+    return frame[0] if isinstance(frame, list) else frame
+
+
+def registered(nodes: list[Node], user: str, count: int) -> bool:
+    owner = next(n for n in nodes if n.config.name == nodes[0].ring.owner(user))
+    return sum(len(s) for s in owner.router.register.get(user, {}).values()) == count
+
+
+async def test_sent_through_node_a_to_a_user_on_node_c_is_delivered() -> None:
+    async with cluster(["a", "b", "c"]) as nodes, device(nodes[2], "alice") as alice:
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: registered(nodes, "alice", 1))
+        status, sent = await http(nodes[0].api_address, "POST", "/v1/send",
+                                  {"to": "alice", "body": "hello from a"})
+        assert status == 202 and sent["seq"] == 0
+        message = await next_object(alice)
+        assert message["t"] == "msg" and message["id"] == sent["id"]
+        assert message["body"] == "hello from a" and message["qos"] == 0
+
+
+async def test_every_device_on_every_node_gets_a_client_sent_message() -> None:
+    async with cluster(["a", "b", "c"]) as nodes, device(nodes[0], "bob") as phone, \
+            device(nodes[1], "bob") as laptop, device(nodes[2], "carol") as carol:
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: registered(nodes, "bob", 2))
+        await carol.send_message(json.dumps({"t": "send", "to": "bob", "body": "hi", "ref": "1"}))
+        sent = await next_object(carol)
+        assert sent["t"] == "sent" and sent["ref"] == "1"
+        for ws in (phone, laptop):
+            message = await next_object(ws)
+            assert (message["id"], message["body"], message["from"]) == (sent["id"], "hi", "carol")
+
+
+async def test_links_open_only_with_the_cluster_key() -> None:
+    async with cluster(["a", "b"]) as nodes:
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: nodes[0].links.connected() == ["b"])
+        # a stranger that knows the address but not the key is refused
+        stream = await trio.open_tcp_stream(*nodes[1].peer_address)
+        async with stream:
+            await stream.send_all(encode_frames([hello("mallory", b"n" * 16, [b"k" * 32])]))
+            reader = FrameReader()
+            with trio.fail_after(5):
+                reply = reader.feed(await stream.receive_some(4096))[0]
+            assert reply["node"] == "b"
+            await stream.send_all(encode_frames([{"t": "auth", "proof": b"x" * 32}]))
+            with trio.fail_after(5):
+                assert await stream.receive_some(4096) == b""  # closed on us
+        assert nodes[1].links.counters["peer_handshakes_refused"] == 1
+
+
+async def test_bad_sends_get_a_reason() -> None:
+    async with cluster(["a"], keys=()) as nodes:
+        api = nodes[0].api_address
+        for body, code in [({"body": "x"}, 400), ({"to": "u", "body": 5}, 400),
+                           ({"to": "u", "body": "x", "qos": 3}, 400),
+                           ({"to": "u", "body": "x", "ttl": -1}, 400),
+                           ({"to": "u", "body": "x" * 70_000}, 413),
+                           ({"to": "u", "body": "x", "qos": 1}, 503)]:
+            status, answer = await http(api, "POST", "/v1/send", body)
+            assert status == code and answer["error"], (body, answer)
