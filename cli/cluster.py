@@ -2,8 +2,11 @@
 
 Each node is a ``grapevine node`` process in its own session, with its log, data dir and
 ``node.json`` under ``DIR/<name>/``; ``DIR/cluster.json`` remembers them. Ports derive
-from ``--base-port P`` (node i: gossip P+3i, client P+3i+1, API P+3i+2); ``--base-port
-0`` lets every node pick free ports and report them in its ``node.json``.
+from ``--base-port P`` (node i: gossip P+4i, client P+4i+1, API P+4i+2, peer links
+P+4i+3); ``--base-port 0`` lets every node pick free ports and report them in its
+``node.json``. Every node gets the cluster's token secret (``--token-secret``, or a
+random one kept in ``cluster.json``); ``grapevine cluster token USER`` mints a client
+token with it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import PROFILES
+from node.token import mint
 
 from .common import EXIT_OK, CliError, api_request, host_port, print_json, print_table
 
@@ -35,9 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="start N nodes and wait until they converge")
     up.add_argument("n", type=int, metavar="N", help="number of nodes")
     up.add_argument("--base-port", type=int, default=17946, metavar="P",
-                    help="node i uses P+3i (gossip), P+3i+2 (API); 0 picks free ports")
+                    help="node i uses P+4i (gossip), +1 (client), +2 (API), +3 (peer links); "
+                    "0 picks free ports")
     up.add_argument("--profile", default="local", choices=PROFILES)
     up.add_argument("--encrypt", metavar="BASE64KEY", help="gossip key for every node")
+    up.add_argument("--token-secret", metavar="SECRET",
+                    help="client token secret for every node (default: a random one)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
     up.set_defaults(run=run_up)
 
@@ -63,7 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     down = commands.add_parser("down", help="stop every node (gracefully, then by force)")
     down.set_defaults(run=run_down)
 
-    for command in (up, status, kill, restart, wait, down):
+    token = commands.add_parser("token", help="print a client token for USER (1 hour)")
+    token.add_argument("user")
+    token.set_defaults(run=run_token)
+
+    for command in (up, status, kill, restart, wait, down, token):
         command.add_argument(
             "--dir", default=DEFAULT_DIR, help=f"cluster dir (default {DEFAULT_DIR})"
         )
@@ -111,10 +123,12 @@ def _node_file(node: dict[str, Any]) -> dict[str, Any] | None:
 
 def _node_args(state: dict[str, Any], index: int, seeds: list[str]) -> list[str]:
     base = state["base_port"]
-    gossip, api = (0, 0) if base == 0 else (base + 3 * index, base + 3 * index + 2)
+    gossip, client, api, peer = (0, 0, 0, 0) if base == 0 else (
+        base + 4 * index + offset for offset in range(4))
     name = f"node-{index + 1}"
     args = [
         "node", "--name", name, "--bind", f"127.0.0.1:{gossip}", "--api", f"127.0.0.1:{api}",
+        "--client", f"127.0.0.1:{client}", "--peer", f"127.0.0.1:{peer}",
         "--profile", state["profile"], "--data-dir", str(Path(state["dir"], name)),
     ]
     for seed in seeds:
@@ -129,14 +143,15 @@ def _spawn(state: dict[str, Any], node: dict[str, Any]) -> None:
     Path(node["dir"], "node.json").unlink(missing_ok=True)
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
+    # the secret goes by environment, not argv, so that ps does not show it
+    env = dict(os.environ, PYTHONPATH=path, GRAPEVINE_TOKEN_SECRET=state["token_secret"])
     with open(Path(node["dir"], "node.log"), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *node["args"]], stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, env=env, start_new_session=True,
         )
     node["pid"] = process.pid
-    node["gossip"] = node["api"] = None
+    node["gossip"] = node["api"] = node["client"] = None
 
 
 def _wait_ready(node: dict[str, Any], deadline: float) -> None:
@@ -144,6 +159,7 @@ def _wait_ready(node: dict[str, Any], deadline: float) -> None:
         info = _node_file(node)
         if info is not None and info.get("pid") == node["pid"]:
             node["gossip"], node["api"] = info["gossip"], info["api"]
+            node["client"] = info.get("client")
             return
         if not _running(node["pid"]):
             tail = _log_tail(node)
@@ -161,8 +177,8 @@ def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
 
 
 def _print_node(node: dict[str, Any]) -> None:
-    print(f"{node['name']:<8} up  pid={node['pid']}  gossip={node['gossip']}  api={node['api']}",
-          flush=True)
+    print(f"{node['name']:<8} up  pid={node['pid']}  gossip={node['gossip']}  "
+          f"client={node['client']}  api={node['api']}", flush=True)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -180,7 +196,8 @@ def run_up(args: argparse.Namespace) -> int:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {
         "dir": str(Path(args.dir).resolve()), "profile": args.profile,
-        "base_port": args.base_port, "encrypt": args.encrypt, "nodes": [],
+        "base_port": args.base_port, "encrypt": args.encrypt,
+        "token_secret": args.token_secret or secrets.token_urlsafe(24), "nodes": [],
     }
     deadline = time.monotonic() + args.timeout
     first = _new_node(state, 0, [])
@@ -250,14 +267,14 @@ def run_status(args: argparse.Namespace) -> int:
     for node in state["nodes"]:
         process = "running" if _running(node.get("pid")) else "stopped"
         rows.append({"name": node["name"], "pid": node.get("pid"), "process": process,
-                     "gossip": node.get("gossip"), "api": node.get("api"),
+                     "gossip": node.get("gossip"), "client": node.get("client"),
+                     "api": node.get("api"),
                      "state": view.get(node["name"], "unknown")})
     if args.json:
         print_json({"nodes": rows})
     else:
-        print_table(["NAME", "PID", "PROCESS", "GOSSIP", "API", "STATE"],
-                    [[str(r[k]) for k in ("name", "pid", "process", "gossip", "api", "state")]
-                     for r in rows])
+        keys = ("name", "pid", "process", "gossip", "client", "api", "state")
+        print_table([k.upper() for k in keys], [[str(r[k]) for k in keys] for r in rows])
     return EXIT_OK
 
 
@@ -335,4 +352,13 @@ def run_down(args: argparse.Namespace) -> int:
     _stop(state["nodes"])
     Path(args.dir, STATE_FILE).unlink(missing_ok=True)
     print(f"stopped {len(live)} node{'s' if len(live) != 1 else ''} (logs kept in {args.dir})")
+    return EXIT_OK
+
+
+def run_token(args: argparse.Namespace) -> int:
+    state = _load(args.dir)
+    try:
+        print(mint(state["token_secret"].encode(), args.user, time.time()))
+    except ValueError as exc:
+        raise CliError(f"USER: {exc}", 2) from None
     return EXIT_OK

@@ -25,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ring.add_argument("--key", metavar="USER", help="show the owner and replicas of this key")
     ring.add_argument("--json", action="store_true", help="print JSON")
     ring.set_defaults(run=run_ring)
+    user = sub.add_parser("user", help="where a user is connected (asked of its owner)")
+    add_api_arguments(user)
+    user.add_argument("user", metavar="USER")
+    user.add_argument("--json", action="store_true", help="print JSON")
+    user.set_defaults(run=run_user)
 
 
 def run_members(args: argparse.Namespace) -> int:
@@ -82,4 +87,17 @@ def run_ring(args: argparse.Namespace) -> int:
           f"({data['vnodes']} per unit of weight), {data['replicas']} replicas per key")
     rows = [[n["name"], f"{n['weight']:g}", f"{100 * n['share']:.1f}%"] for n in data["nodes"]]
     print_table(["NAME", "WEIGHT", "SHARE"], rows)
+    return EXIT_OK
+
+
+def run_user(args: argparse.Namespace) -> int:
+    data = api_request(args.api, "GET", f"/v1/users/{quote(args.user, safe='')}",
+                       api_key=args.api_key)
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    where = ", ".join(data["nodes"]) or "-"
+    print(f"{data['user']}: {'online' if data['online'] else 'offline'}, "
+          f"{data['devices']} device(s) on {where}; owner {data['owner']}, "
+          f"{data['pending']} pending")
     return EXIT_OK

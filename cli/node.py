@@ -52,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="client WebSocket address (default off; needs --token-secret)",
     )
     parser.add_argument(
+        "--peer", default=env("PEER"), metavar="HOST:PORT",
+        help="TCP address of the links between nodes (default: the --bind host, any port)",
+    )
+    parser.add_argument(
         "--token-secret", default=env("TOKEN_SECRET"), metavar="SECRET",
         help="HS256 secret of client tokens (grapevine token --secret mints them)",
     )
@@ -109,6 +113,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             client_host, client_port = host_port(args.client, default_host="127.0.0.1")
         except ValueError as exc:
             raise ValueError(f"--client: {exc}") from None
+    peer_host, peer_port = None, 0
+    if args.peer:
+        try:
+            peer_host, peer_port = host_port(args.peer, default_host=bind_host)
+        except ValueError as exc:
+            raise ValueError(f"--peer: {exc}") from None
     for seed in args.join:
         try:
             host_port(seed)
@@ -132,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             advertise_addr=advertise_host, advertise_port=advertise_port,
             join=tuple(args.join), api_addr=api_host, api_port=api_port,
             api_key=args.api_key or None, client_addr=client_host, client_port=client_port,
+            peer_addr=peer_host, peer_port=peer_port,
             token_secret=args.token_secret or None, data_dir=args.data_dir, label=args.label,
             tags=tuple(tags), keys=tuple(keys),
         )

@@ -135,7 +135,23 @@ class Node:
     def _session_closed(self, session: ClientSession) -> None:
         self._carry_out(self.router.disconnected(session.session))
 
+    async def user_presence(self, user: str) -> dict[str, Any]:
+        """Where ``user`` is connected, as the user's owner knows it (asked over a link)."""
+        owner = self.ring.owner(user)
+        if owner is None:
+            raise Unavailable("no grapevine node is alive to own this user")
+        if owner == self.config.name:
+            nodes = self.router.sessions_at_owner(user)
+        else:
+            reply = await self.links.request(owner, {"t": "presence", "user": user})
+            nodes = reply.get("nodes") if isinstance(reply.get("nodes"), dict) else {}
+        return {"user": user, "online": bool(nodes), "devices": sum(nodes.values()),
+                "nodes": sorted(nodes), "owner": owner, "pending": 0}
+
     def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
+            self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(frame["user"])})
+            return
         self._carry_out(self.router.from_peer(node, frame))
 
     def _peer_connected(self, node: str) -> None:
@@ -258,6 +274,7 @@ def _write_node_file(data_dir: str, node: Node) -> None:
         "gossip": "{}:{}".format(*node.membership.address),
         "api": None if api is None else "{}:{}".format(*api),
         "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
+        "peer": "{}:{}".format(*node.peer_address),
     }
     path = os.path.join(data_dir, "node.json")
     temporary = path + ".tmp"

@@ -168,6 +168,8 @@ class ClientConnection:
                 text = False
         except FrameError as exc:
             return [self._close(exc.code, str(exc))]
+        if self.state is State.GREETING:
+            self.text = text  # answer in the encoding the client opened with, even a refusal
         objects = value if isinstance(value, list) else [value]
         if not objects or len(objects) > self.limits.max_batch:
             return [self._close("bad_frame", f"a batch holds 1 to {self.limits.max_batch} objects")]

@@ -6,6 +6,7 @@ Routes (JSON unless noted; ``docs/http-api.md`` documents each):
     GET  /v1/members         every member with state, incarnation and tags
     GET  /v1/status          this node: name, addresses, health, counts, uptime
     POST /v1/send            {"to", "body", "qos"?, "ttl"?} -> {"id", "seq"}
+    GET  /v1/users/{id}      online, devices, nodes, owner, pending (asked of the owner)
     GET  /v1/ring[?key=K]    the ring's nodes, weights and shares; for K its owner+replicas
     POST /v1/join            {"addresses": ["host:port", ...]}
     POST /v1/leave           leave the cluster gracefully and stop the node
@@ -88,12 +89,15 @@ class HttpApi:
             return
         try:
             handler = self._routes.get((method, path))
+            if path.startswith("/v1/users/") and method == "GET":
+                handler = self._user
             if handler is None:
                 if any(route_path == path for _method, route_path in self._routes):
                     raise HttpError(405, f"{method} is not allowed on {path}")
                 raise HttpError(404, f"no route {path}")
             self._authorize(scope)
             query = _query(scope.get("query_string", b""))
+            query["_path"] = path
             body = await _read_body(receive)
             status, payload = await handler(body, query)
         except HttpError as exc:
@@ -148,6 +152,18 @@ class HttpApi:
         except Unavailable as exc:
             raise HttpError(503, str(exc)) from None
         return 202, sent
+
+    async def _user(self, _body: bytes, query: Query) -> tuple[int, Any]:
+        user = query["_path"][len("/v1/users/"):]  # ASGI paths arrive percent-decoded
+        if not user or len(user) > 256:
+            raise HttpError(400, "give a user id: /v1/users/{id}")
+        try:
+            with trio.fail_after(self._node.config.tcp_timeout):
+                return 200, await self._node.user_presence(user)
+        except Unavailable as exc:
+            raise HttpError(503, str(exc)) from None
+        except trio.TooSlowError:
+            raise HttpError(504, "the user's owner did not answer in time") from None
 
     async def _join(self, body: bytes, _query: Query) -> tuple[int, Any]:
         addresses = _field(_json(body), "addresses", list)

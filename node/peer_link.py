@@ -8,10 +8,13 @@ writes it with one ``send_all``. The opening is ``peer_proto``'s hello/auth exch
 
 ``PeerLinks.send(node, frame)`` never blocks; frames that arrive are handed to
 ``on_frame(node, frame)``; ``on_connected(node)`` runs each time a link opens.
+``await request(node, frame)`` tags the frame with a request id (``rid``) and returns the
+peer's ``{"t": "reply", "rid": ...}`` frame; the caller bounds the wait.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -60,6 +63,8 @@ class PeerLinks:
         self._on_connected = on_connected
         self._peers: dict[str, _Peer] = {}
         self._nursery: trio.Nursery | None = None
+        self._rids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[Frame]]] = {}
         self.counters: Counter[str] = Counter()
 
     def _peer(self, name: str) -> _Peer:
@@ -80,6 +85,30 @@ class PeerLinks:
             self.counters["peer_queue_drops"] += 1
         peer.queue.append(frame)
         peer.kick()
+
+    async def request(self, node: str, frame: Frame) -> Frame:
+        """Send ``frame`` to ``node`` and wait for its reply (bound it with a timeout)."""
+        rid = next(self._rids)
+        arrived, slot = trio.Event(), []
+        self._waiting[rid] = (arrived, slot)
+        try:
+            self.send(node, {**frame, "rid": rid})
+            await arrived.wait()
+            return slot[0]
+        finally:
+            self._waiting.pop(rid, None)
+
+    def reply(self, node: str, request: Frame, answer: Frame) -> None:
+        """Answer a request frame from ``node``."""
+        self.send(node, {**answer, "t": "reply", "rid": request.get("rid")})
+
+    def _replied(self, frame: Frame) -> None:
+        waiting = self._waiting.get(frame.get("rid"))  # type: ignore[arg-type]
+        if waiting is None:
+            self.counters["peer_late_replies"] += 1
+            return
+        waiting[1].append(frame)
+        waiting[0].set()
 
     def set_peers(self, peers: dict[str, Address]) -> None:
         """The live grapevine nodes and their link addresses (from their tags)."""
@@ -196,6 +225,9 @@ class PeerLinks:
                 frames = inbound.reader.feed(data)
             for frame in frames:
                 self.counters["peer_frames_in"] += 1
+                if frame["t"] == "reply":
+                    self._replied(frame)
+                    continue
                 try:
                     self._on_frame(peer.name, frame)
                 except Exception:  # a frame the node cannot handle must not end the link

@@ -151,6 +151,10 @@ class Router:
         self.counters["bad_peer_frames"] += 1
         return []
 
+    def sessions_at_owner(self, user: str) -> dict[str, int]:
+        """What this node, as the owner, knows of ``user``: node -> number of sessions."""
+        return {node: len(s) for node, s in sorted(self.register.get(user, {}).items())}
+
     # ---- membership -------------------------------------------------------------------
 
     def ring_changed(self) -> list[Action]:

@@ -108,10 +108,18 @@ async def test_bad_hellos_get_an_error_frame_then_close(first: dict, code: str, 
         assert node.clients.counters["hello_refused"] == 1
 
 
-async def test_a_token_for_another_cluster_is_refused() -> None:
+@pytest.mark.parametrize("binary", [False, True])
+async def test_a_token_for_another_cluster_is_refused_in_the_clients_encoding(
+    binary: bool,
+) -> None:
     async with client_node() as node, connect(node) as ws:
-        await ws.send_message(json.dumps({"t": "hello", "token": mint(b"other", "eve", 0, None)}))
-        assert (await receive(ws))["reason"] == "token signature does not match"
+        frame = {"t": "hello", "token": mint(b"other", "eve", 0, None)}
+        await ws.send_message(msgpack.packb(frame) if binary else json.dumps(frame))
+        with trio.fail_after(5):
+            data = await ws.get_message()
+        assert isinstance(data, bytes) is binary
+        error = msgpack.unpackb(data) if binary else json.loads(data)
+        assert error["reason"] == "token signature does not match"
         assert await closed_with(ws) == 1008
 
 

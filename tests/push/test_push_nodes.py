@@ -69,6 +69,12 @@ async def test_sent_through_node_a_to_a_user_on_node_c_is_delivered() -> None:
         message = await next_object(alice)
         assert message["t"] == "msg" and message["id"] == sent["id"]
         assert message["body"] == "hello from a" and message["qos"] == 0
+        for node in nodes:  # every node answers presence, asking the owner
+            status, presence = await http(node.api_address, "GET", "/v1/users/alice")
+            assert status == 200 and presence["online"] and presence["nodes"] == ["c"]
+            assert presence["devices"] == 1 and presence["owner"] == nodes[0].ring.owner("alice")
+        status, presence = await http(nodes[1].api_address, "GET", "/v1/users/nobody%20here")
+        assert status == 200 and presence["user"] == "nobody here" and not presence["online"]
 
 
 async def test_every_device_on_every_node_gets_a_client_sent_message() -> None:

@@ -1,0 +1,172 @@
+"""``grapevine send`` and ``grapevine listen``: push a message, and be a client that gets it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import OrderedDict
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
+
+from node.token import mint
+
+from .common import (
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, add_api_arguments, api_request, env,
+    host_port_arg, print_json,
+)
+
+SEEN_IDS = 10_000  # message ids remembered to drop duplicates, like a client SDK would
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    send = sub.add_parser("send", help="send a message to a user through a node")
+    add_api_arguments(send)
+    send.add_argument("--to", required=True, metavar="USER", help="the receiving user")
+    send.add_argument("--qos", type=int, choices=[0, 1], default=0,
+                      help="0: at most once (default); 1: at least once, stored")
+    send.add_argument("--ttl", type=float, metavar="SECONDS", help="drop it after this long")
+    send.add_argument("--json", action="store_true", help="print the answer as JSON")
+    send.add_argument("text", help="the message body")
+    send.set_defaults(run=run_send)
+
+    listen = sub.add_parser(
+        "listen", help="connect as a user's client and print each message as a JSON line",
+        description="Hold a client connection like an app would: print every message as "
+        "one JSON line, acknowledge QoS 1 messages, drop duplicates by id, and on losing "
+        "the node fail over to the next --client with backoff.",
+    )
+    listen.add_argument("--client", action="append", type=host_port_arg, required=True,
+                        metavar="HOST:PORT", help="a node's client address (repeatable)")
+    listen.add_argument("--token", default=env("TOKEN"), help="a client token")
+    listen.add_argument("--user", help="mint a token for this user (needs --secret)")
+    listen.add_argument("--secret", default=env("TOKEN_SECRET"),
+                        help="the token secret, to mint with --user")
+    listen.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    listen.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="exit with status 1 if --count messages have not come by then")
+    listen.add_argument("--device", default="cli", help="this device's name")
+    listen.set_defaults(run=run_listen)
+
+
+def run_send(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"to": args.to, "body": args.text, "qos": args.qos}
+    if args.ttl is not None:
+        body["ttl"] = args.ttl
+    data = api_request(args.api, "POST", "/v1/send", body, api_key=args.api_key)
+    if args.json:
+        print_json(data)
+    else:
+        print(data["id"])
+    return EXIT_OK
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    if args.token:
+        token = args.token
+    elif args.user and args.secret:
+        try:
+            token = mint(args.secret.encode(), args.user, time.time())
+        except ValueError as exc:
+            raise CliError(f"--user: {exc}", EXIT_USAGE) from None
+    else:
+        raise CliError("give --token, or --user with --secret", EXIT_USAGE)
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be at least 1", EXIT_USAGE)
+    try:
+        return trio.run(_listen, args, token)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+class _Done(Exception):
+    pass
+
+
+async def _listen(args: argparse.Namespace, token: str) -> int:
+    state: dict[str, Any] = {"count": 0, "session": None, "last_seq": None,
+                             "seen": OrderedDict()}
+    with trio.move_on_after(args.timeout if args.timeout else float("inf")):
+        delay = 0.1
+        for attempt in range(1_000_000):
+            host, port = args.client[attempt % len(args.client)]
+            try:
+                try:
+                    await _hold(host, port, token, args, state)
+                except BaseExceptionGroup as group:
+                    raise _leaf(group) from None
+            except _Done:
+                return EXIT_OK
+            except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as exc:
+                print(f"listen: lost {host}:{port} ({type(exc).__name__}); trying the next "
+                      f"node in {delay:.1f} s", file=sys.stderr, flush=True)
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 5.0)
+    print(f"listen: {state['count']} of {args.count} messages before the timeout",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The one exception a group of nested nurseries wraps (the first, if several)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _hold(host: str, port: int, token: str, args: argparse.Namespace,
+                state: dict[str, Any]) -> None:
+    async with open_websocket(host, port, "/", use_ssl=False, connect_timeout=5) as ws:
+        hello: dict[str, Any] = {"t": "hello", "token": token, "device": args.device}
+        if state["session"]:
+            hello.update(session=state["session"], last_seq=state["last_seq"])
+        await ws.send_message(json.dumps(hello))
+        async with trio.open_nursery() as nursery:
+            heartbeat = 30.0
+            while True:
+                frame = json.loads(await ws.get_message())
+                for obj in frame if isinstance(frame, list) else [frame]:
+                    kind = obj.get("t")
+                    if kind == "welcome":
+                        heartbeat = float(obj.get("heartbeat", 30.0))
+                        state["session"] = obj.get("session")
+                        print(f"listen: connected to {obj.get('node')} as {obj.get('user')} "
+                              f"(session {state['session']})", file=sys.stderr, flush=True)
+                        nursery.start_soon(_ping, ws, heartbeat / 2)
+                    elif kind == "msg":
+                        await _message(ws, obj, args, state)
+                    elif kind == "error":
+                        print(f"listen: error {obj.get('code')}: {obj.get('reason')}",
+                              file=sys.stderr, flush=True)
+                        if obj.get("code") == "unauthorized":
+                            raise CliError(f"refused: {obj.get('reason')}")
+                    elif kind == "kick":
+                        raise CliError(f"kicked: {obj.get('reason')}")
+
+
+async def _message(ws: Any, obj: dict[str, Any], args: argparse.Namespace,
+                   state: dict[str, Any]) -> None:
+    seen: OrderedDict[str, None] = state["seen"]
+    if obj.get("qos") == 1 and isinstance(obj.get("seq"), int):
+        state["last_seq"] = max(state["last_seq"] or 0, obj["seq"])
+        await ws.send_message(json.dumps({"t": "ack", "seq": obj["seq"]}))
+    if obj.get("id") in seen:
+        return
+    seen[obj.get("id")] = None
+    if len(seen) > SEEN_IDS:
+        seen.popitem(last=False)
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+    state["count"] += 1
+    if args.count is not None and state["count"] >= args.count:
+        raise _Done
+
+
+async def _ping(ws: Any, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        await ws.send_message(json.dumps({"t": "ping"}))
