@@ -31,14 +31,16 @@ from gossip.transport import advertise_address
 from membership.member import Address, EventKind, MemberState
 from membership.service import Membership, serve_membership, split_host_port
 
-from .client_proto import Request, SendTo
+from .client_proto import Ack, Request, SendTo
 from .client_server import ClientServer, ClientSession, LocalClients
 from .config import ROLE, Config
+from .delivery import Delivery
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
 from .ring import HashRing, ring_members
-from .routing import Action, DeliverLocal, NoOwner, Router, SendPeer, Unavailable
+from .routing import Action, DeliverLocal, NoOwner, Registered, Router, SendPeer, Unavailable
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,10 @@ class Node:
         self.router = Router(config.name, self.ring.owner)
         self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed)
         self.links = PeerLinks(config.name, self._keys, self._peer_frame, self._peer_connected)
+        self.delivery = Delivery(
+            config, ring=self.ring, router=self.router, clients=self.clients, links=self.links,
+            store=Store.in_dir(config.data_dir), carry_out=self._carry_out,
+        )
         self.api_address: Address | None = None
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
@@ -87,13 +93,19 @@ class Node:
 
     # ---- messages ---------------------------------------------------------------------
 
-    def send_message(self, user: str, body: str, *, qos: int = 0, ttl: float | None = None,
+    async def send(self, user: str, body: str, *, qos: int = 0, ttl: float | None = None,
+                   sender: str | None = None) -> dict[str, Any]:
+        """Hand a message for ``user`` to the cluster; ``{"id", "seq"}`` once it is taken:
+        at once for QoS 0, once durable on R nodes for QoS 1 (:class:`Unavailable` if not)."""
+        if qos == 1:
+            return await self.delivery.send(user, body, ttl, sender)
+        return self.send_message(user, body, ttl=ttl, sender=sender)
+
+    def send_message(self, user: str, body: str, *, ttl: float | None = None,
                      sender: str | None = None) -> dict[str, Any]:
-        """Hand a message for ``user`` to the cluster; returns ``{"id", "seq"}``."""
-        if qos != 0:
-            raise Unavailable("qos 1 is not available yet: durable mailboxes are still to come")
+        """A QoS 0 message: routed now, never stored."""
         message: dict[str, Any] = {
-            "t": "msg", "id": f"{self._id_prefix}.{next(self._ids)}", "seq": 0, "qos": qos,
+            "t": "msg", "id": f"{self._id_prefix}.{next(self._ids)}", "seq": 0, "qos": 0,
             "body": body, "ts": round(time.time(), 3),
         }
         if sender is not None:
@@ -115,16 +127,22 @@ class Node:
                 self.clients.deliver(action.user, action.message)
             elif isinstance(action, SendPeer):
                 self.links.send(action.node, action.frame)
+            elif isinstance(action, Registered):
+                self.delivery.push(action.user, reconnect=True)
             elif isinstance(action, NoOwner):
                 raise Unavailable("no grapevine node is alive to own this user")
 
-    def _client_request(self, session: ClientSession, request: Request) -> dict[str, Any] | None:
+    async def _client_request(self, session: ClientSession, request: Request
+                              ) -> dict[str, Any] | None:
+        if isinstance(request, Ack):
+            self.delivery.client_ack(session.user, request.seq)
+            return None
         if not isinstance(request, SendTo):
             return None
         ref = {"ref": request.ref} if request.ref else {}
         try:
-            sent = self.send_message(request.to, request.body, qos=request.qos,
-                                     ttl=request.ttl, sender=session.user)
+            sent = await self.send(request.to, request.body, qos=request.qos,
+                                   ttl=request.ttl, sender=session.user)
         except Unavailable as exc:
             return {"t": "error", "code": "unavailable", "reason": str(exc), **ref}
         return {"t": "sent", **sent, **ref}
@@ -145,14 +163,20 @@ class Node:
         else:
             reply = await self.links.request(owner, {"t": "presence", "user": user})
             nodes = reply.get("nodes") if isinstance(reply.get("nodes"), dict) else {}
+            pending = reply.get("pending", 0)
+        if owner == self.config.name:
+            pending = self.delivery.mailboxes.pending_count(user)
         return {"user": user, "online": bool(nodes), "devices": sum(nodes.values()),
-                "nodes": sorted(nodes), "owner": owner, "pending": 0}
+                "nodes": sorted(nodes), "owner": owner, "pending": pending}
 
     def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
         if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
-            self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(frame["user"])})
+            user = frame["user"]
+            self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(user),
+                                           "pending": self.delivery.mailboxes.pending_count(user)})
             return
-        self._carry_out(self.router.from_peer(node, frame))
+        if not self.delivery.from_peer(node, frame):
+            self._carry_out(self.router.from_peer(node, frame))
 
     def _peer_connected(self, node: str) -> None:
         self._carry_out(self.router.peer_connected(node))
@@ -174,6 +198,7 @@ class Node:
             ",".join(sorted(self.ring.nodes)),
         )
         self._carry_out(self.router.ring_changed())
+        self.delivery.ring_changed()
         return True
 
     async def follow_members(self) -> None:
@@ -227,6 +252,7 @@ async def run_node(
             )
         )
         node = Node(config, membership, peer_address)
+        await nursery.start(node.delivery.run)
         await nursery.start(node.links.serve, listeners)
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)

@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +114,7 @@ class LocalClients:
 
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
 #: server answers the client with whatever object the handler returns (or nothing).
-RequestHandler = Callable[[ClientSession, Request], "Object | None"]
+RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
 
 
 class ClientServer:
@@ -149,9 +149,14 @@ class ClientServer:
         ws = await request.accept()
         remote = f"{ws.remote.address}:{ws.remote.port}"  # type: ignore[union-attr]
         try:
-            await self._converse(ws, remote)
+            try:
+                await self._converse(ws, remote)
+            except BaseExceptionGroup as group:  # from the reader/writer nursery
+                rest = group.subgroup(lambda e: not isinstance(e, ConnectionClosed))
+                if rest is not None:
+                    raise rest from None
         except ConnectionClosed:
-            pass
+            pass  # the client went away: nothing to answer
         except Exception:  # the connection's boundary: one client never stops the node
             logger.exception("client_handler_failed remote=%s", remote)
             await ws.aclose(1011, "internal error")
@@ -190,8 +195,16 @@ class ClientServer:
         reason = "closed"
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, ws, machine, receive)
-                reason = await self._read(ws, machine, session, events[1:])
+                written = trio.Event()
+                nursery.start_soon(self._write, ws, machine, receive, written)
+                reason, violation = await self._read(ws, machine, session, events[1:])
+                if violation is not None:
+                    # the error goes after everything already queued, then we close
+                    session.offer(violation.frame())
+                    send.close()
+                    with trio.move_on_after(2):
+                        await written.wait()
+                    await _refuse(ws, machine, violation, frame=False)
                 nursery.cancel_scope.cancel()
         finally:
             self.clients.detach(session)
@@ -199,53 +212,54 @@ class ClientServer:
                         session.user, session.session, reason, session.dropped)
 
     async def _read(self, ws: WebSocketConnection, machine: ClientConnection,
-                    session: ClientSession, pending: list[Request | Violation]) -> str:
+                    session: ClientSession, pending: list[Request | Violation]
+                    ) -> tuple[str, Violation | None]:
         idle = self.limits.heartbeat * 2
         while True:
             for event in pending:
                 if isinstance(event, Violation):
                     self.clients.counters[f"client_error_{event.code}"] += 1
                     if event.close is not None:
-                        await _refuse(ws, machine, event)
-                        return event.code
+                        return event.code, event
                     session.offer(event.frame())
                     continue
-                answer = self._answer(session, event)
+                answer = await self._answer(session, event)
                 if answer is not None and not session.offer(answer):
                     self.clients.counters["answers_dropped"] += 1
             with trio.move_on_after(idle):
                 try:
                     data = await ws.get_message()
                 except ConnectionClosed:
-                    return "client_closed"
+                    return "client_closed", None
                 pending = machine.receive(time.time(), data)
                 continue
             await ws.aclose(CLOSE_NORMAL, f"silent for {idle:g} s")
-            return "heartbeat_missed"
+            return "heartbeat_missed", None
 
-    def _answer(self, session: ClientSession, event: Request) -> Object | None:
+    async def _answer(self, session: ClientSession, event: Request) -> Object | None:
         if isinstance(event, Ping):
             return {"t": "pong", **({"ref": event.ref} if event.ref else {})}
         if isinstance(event, Subscribe):
             return {"t": "subbed", "topics": list(event.topics)}
         if isinstance(event, Unsubscribe):
             return {"t": "unsubbed", "topics": list(event.topics)}
-        return self.handle(session, event)
+        return await self.handle(session, event)
 
     async def _write(self, ws: WebSocketConnection, machine: ClientConnection,
-                     outbox: trio.MemoryReceiveChannel[Object]) -> None:
+                     outbox: trio.MemoryReceiveChannel[Object], written: trio.Event) -> None:
         batch_limit = self.limits.max_batch
         async for first in outbox:
             batch = [first]
             while len(batch) < batch_limit:
                 try:
                     batch.append(outbox.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await ws.send_message(machine.encode(batch))
+        written.set()  # the outbox was closed and everything in it is sent
 
 
-def _unavailable(_session: ClientSession, event: Request) -> Object | None:
+async def _unavailable(_session: ClientSession, event: Request) -> Object | None:
     """The answer while no router is attached: messages cannot be taken, acks are moot."""
     if isinstance(event, SendTo | Upstream):
         error: Object = {"t": "error", "code": "unavailable",
@@ -256,11 +270,13 @@ def _unavailable(_session: ClientSession, event: Request) -> Object | None:
     return None
 
 
-async def _refuse(ws: WebSocketConnection, machine: ClientConnection, violation: Violation) -> None:
-    """Tell the client why, then close with the violation's code."""
+async def _refuse(ws: WebSocketConnection, machine: ClientConnection, violation: Violation,
+                  *, frame: bool = True) -> None:
+    """Tell the client why (unless the error frame went already), then close."""
     with trio.move_on_after(2):
         try:
-            await ws.send_message(machine.encode([violation.frame()]))
+            if frame:
+                await ws.send_message(machine.encode([violation.frame()]))
             await ws.aclose(violation.close or 1008, violation.reason[:120])
         except ConnectionClosed:
             pass

@@ -114,6 +114,12 @@ class Config:
     heartbeat: float = 30.0
     #: objects queued for one client before QoS 0 messages are dropped for it
     client_queue: int = 1024
+    # QoS 1 delivery (docs/push.md).
+    ack_timeout: float = 10.0
+    max_attempts: int = 10
+    default_ttl: float = 3 * 24 * 3600.0
+    max_pending: int = 10_000
+    replicate_timeout: float = 5.0
     # Failure detection (memberlist names).
     probe_interval: float = 1.0
     probe_timeout: float = 0.5
@@ -162,7 +168,8 @@ class Config:
         for positive in (
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
-            "reconnect_interval", "client_rate", "heartbeat",
+            "reconnect_interval", "client_rate", "heartbeat", "ack_timeout", "default_ttl",
+            "replicate_timeout",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")
@@ -174,7 +181,7 @@ class Config:
         for at_least_one in (
             "suspicion_mult", "suspicion_max_timeout_mult", "awareness_max_multiplier",
             "retransmit_mult", "ring_vnodes", "replicas", "client_burst", "max_subscriptions",
-            "client_queue",
+            "client_queue", "max_attempts", "max_pending",
         ):
             if getattr(self, at_least_one) < 1:
                 raise ValueError(f"{at_least_one}: must be >= 1, got {getattr(self, at_least_one)}")

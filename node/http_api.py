@@ -148,7 +148,7 @@ class HttpApi:
                                 or not ttl > 0):
             raise HttpError(400, "ttl: a positive number of seconds")
         try:
-            sent = self._node.send_message(to, text, qos=qos, ttl=ttl)
+            sent = await self._node.send(to, text, qos=qos, ttl=ttl)
         except Unavailable as exc:
             raise HttpError(503, str(exc)) from None
         return 202, sent

@@ -40,13 +40,20 @@ class SendPeer:
 
 
 @dataclass(frozen=True, slots=True)
+class Registered:
+    """A session of ``user`` registered here, its owner: send it what is waiting."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class NoOwner:
     """No node owns the user right now (an empty ring); the message was not taken."""
 
     user: str
 
 
-Action = DeliverLocal | SendPeer | NoOwner
+Action = DeliverLocal | SendPeer | NoOwner | Registered
 
 
 class Router:
@@ -81,7 +88,7 @@ class Router:
     def _register(self, owner: str, user: str, session: str) -> list[Action]:
         if owner == self.me:
             self.register.setdefault(user, {}).setdefault(self.me, set()).add(session)
-            return []
+            return [Registered(user)]
         return [SendPeer(owner, {"t": "register", "user": user, "session": session})]
 
     def _unregister(self, user: str, node: str, session: str) -> None:
@@ -131,7 +138,7 @@ class Router:
             return []
         if kind == "register" and isinstance(frame.get("session"), str):
             self.register.setdefault(user, {}).setdefault(node, set()).add(frame["session"])
-            return []
+            return [Registered(user)]
         if kind == "unregister" and isinstance(frame.get("session"), str):
             self._unregister(user, node, frame["session"])
             return []
@@ -150,6 +157,10 @@ class Router:
             return [DeliverLocal(user, message)]
         self.counters["bad_peer_frames"] += 1
         return []
+
+    def holders(self, user: str) -> list[str]:
+        """The nodes holding sessions of ``user``, as its owner knows them."""
+        return sorted(self.register.get(user, {}))
 
     def sessions_at_owner(self, user: str) -> dict[str, int]:
         """What this node, as the owner, knows of ``user``: node -> number of sessions."""

@@ -59,8 +59,10 @@ def test_listen_on_c_send_through_a_and_fail_over_when_c_dies(three: Path) -> No
 
 def test_bad_sends_and_listens_say_why(three: Path) -> None:
     api = nodes(three)[0]["api"]
-    refused = grapevine("send", "--api", api, "--to", "alice", "--qos", "1", "x")
-    assert refused.returncode == 1 and "qos 1" in refused.stderr
+    refused = grapevine("send", "--api", api, "--to", "", "x")
+    assert refused.returncode == 1 and "to:" in refused.stderr
+    stored = grapevine("send", "--api", api, "--to", "alice", "--qos", "1", "--json", "x")
+    assert stored.returncode == 0 and json.loads(stored.stdout)["seq"] > 0
     client = nodes(three)[0]["client"]
     bad = grapevine("listen", "--client", client, "--token", "nope", "--timeout", "10")
     assert bad.returncode == 1 and "refused" in bad.stderr

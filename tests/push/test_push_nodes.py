@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +14,7 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket
 
 from gossip.keyring import Keyring
-from node.app import Node
+from node.app import Node, run_node
 from node.peer_proto import FrameReader, encode_frames, hello
 from node.token import mint
 from tests.node.helpers import http, local_config, start_node, wait_until
@@ -47,11 +49,18 @@ async def device(node: Node, user: str) -> AsyncIterator[WebSocketConnection]:
         yield ws
 
 
+_unread: weakref.WeakKeyDictionary[WebSocketConnection, deque[dict]] = (
+    weakref.WeakKeyDictionary())
+
+
 async def next_object(ws: WebSocketConnection) -> dict:
-    with trio.fail_after(5):
-        frame = json.loads(await ws.get_message())
-    assert not isinstance(frame, list) or len(frame) == 1
-    return frame[0] if isinstance(frame, list) else frame
+    """The next object from the node, taking batches (arrays) apart."""
+    queue = _unread.setdefault(ws, deque())
+    while not queue:
+        with trio.fail_after(5):
+            frame = json.loads(await ws.get_message())
+        queue.extend(frame if isinstance(frame, list) else [frame])
+    return queue.popleft()
 
 
 def registered(nodes: list[Node], user: str, count: int) -> bool:
@@ -115,6 +124,107 @@ async def test_bad_sends_get_a_reason() -> None:
                            ({"to": "u", "body": "x", "qos": 3}, 400),
                            ({"to": "u", "body": "x", "ttl": -1}, 400),
                            ({"to": "u", "body": "x" * 70_000}, 413),
-                           ({"to": "u", "body": "x", "qos": 1}, 503)]:
+                           ({"to": "u", "body": "x", "qos": True}, 400)]:
             status, answer = await http(api, "POST", "/v1/send", body)
             assert status == code and answer["error"], (body, answer)
+
+
+def owner_of(nodes: list[Node], user: str) -> Node:
+    name = nodes[0].ring.owner(user)
+    return next(n for n in nodes if n.config.name == name)
+
+
+async def next_message(ws: WebSocketConnection) -> dict:
+    while True:
+        obj = await next_object(ws)
+        if obj["t"] == "msg":
+            return obj
+
+
+async def test_qos1_waits_offline_then_arrives_in_order_and_acks_clear_every_copy() -> None:
+    async with cluster(["a", "b", "c"]) as nodes:
+        sent = []
+        for i in range(5):
+            status, answer = await http(nodes[i % 3].api_address, "POST", "/v1/send",
+                                        {"to": "dora", "body": f"m{i}", "qos": 1})
+            assert status == 202, answer
+            sent.append(answer)
+        holders = [n for n in nodes if n.delivery.mailboxes.pending_count("dora") == 5]
+        assert len(holders) == 2  # the owner and one replica (R = 2)
+        status, presence = await http(nodes[0].api_address, "GET", "/v1/users/dora")
+        assert presence["pending"] == 5 and not presence["online"]
+        async with device(nodes[2], "dora") as dora:
+            got = [await next_message(dora) for _ in range(5)]
+            assert [m["body"] for m in got] == [f"m{i}" for i in range(5)]
+            assert [m["id"] for m in got] == [s["id"] for s in sent]
+            assert [m["seq"] for m in got] == sorted(s["seq"] for s in sent)
+            await dora.send_message(json.dumps({"t": "ack", "seq": got[-1]["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: all(
+                    n.delivery.mailboxes.pending_count("dora") == 0 for n in nodes))
+
+
+async def test_an_unacked_message_comes_again_after_the_ack_timeout() -> None:
+    async with trio.open_nursery() as nursery:
+        config = local_config("solo", client_port=0, token_secret=SECRET, ack_timeout=0.5)
+        node = await start_node(nursery, config)
+        async with device(node, "eve") as eve:
+            sent = await node.send("eve", "again?", qos=1)
+            first = await next_message(eve)
+            second = await next_message(eve)  # not acked: sent again
+            assert first["id"] == second["id"] == sent["id"]
+            await eve.send_message(json.dumps({"t": "ack", "seq": sent["seq"]}))
+            with trio.fail_after(5):
+                await wait_until([node], lambda: node.delivery.mailboxes.pending_count() == 0)
+        assert node.delivery.mailboxes.counters["redelivered"] >= 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_survive_a_restart_from_the_data_dir(tmp_path: Any) -> None:
+    config = local_config("disk", client_port=0, token_secret=SECRET,
+                          data_dir=str(tmp_path / "disk"))
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, config)
+        for i in range(3):
+            await node.send("fay", f"kept {i}", qos=1)
+        nursery.cancel_scope.cancel()  # no leave, no flush: like a kill
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, config)
+        assert node.delivery.mailboxes.pending_count("fay") == 3
+        async with device(node, "fay") as fay:
+            assert [(await next_message(fay))["body"] for _ in range(3)] == [
+                "kept 0", "kept 1", "kept 2"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies() -> None:
+    keyring = Keyring([KEY])
+    scopes: dict[str, trio.CancelScope] = {}
+
+    async def run_one(config: Any, task_status: Any) -> None:
+        with trio.CancelScope() as scope:
+            scopes[config.name] = scope
+            await run_node(config, keyring=keyring, task_status=task_status)
+
+    def config(name: str, join: tuple[str, ...] = ()) -> Any:
+        return local_config(name, client_port=0, token_secret=SECRET, keys=(KEY,), join=join)
+
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(run_one, config("a"))
+        seed = "{}:{}".format(*first.membership.address)
+        nodes = [first] + [await nursery.start(run_one, config(n, (seed,))) for n in "bc"]
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(len(n.ring) == 3 for n in nodes))
+        user = next(u for u in (f"user{i}" for i in range(200)) if first.ring.owner(u) == "c")
+        acked = [(await nodes[0].send(user, f"n{i}", qos=1))["id"] for i in range(10)]
+        scopes["c"].cancel()  # like kill -9: no leave, no goodbye
+        survivors = nodes[:2]
+        with trio.fail_after(30):
+            await wait_until(survivors, lambda: all(len(n.ring) == 2 for n in survivors))
+        with trio.fail_after(10):  # back to R = 2 copies: the new owner copied its mailbox
+            await wait_until(survivors, lambda: all(
+                n.delivery.mailboxes.pending_count(user) == 10 for n in survivors))
+        async with device(nodes[1], user) as ws:
+            got = [await next_message(ws) for _ in range(10)]
+        assert [m["id"] for m in got] == acked
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,151 @@
+"""Durable mailboxes: embedded SQLite in WAL mode, group-committed.
+
+Every write goes through one writer task: it takes whatever writes are queued, applies
+them in **one** transaction in a worker thread (``synchronous=FULL``: the commit is on
+disk when it returns), then wakes every caller. Under load many sends share one fsync;
+alone, a send pays one. ``await store.write(puts, deletes)`` returns once the change is
+durable; that is what lets the owner acknowledge a QoS 1 message.
+
+Without a data dir the store lives in memory (tests, throwaway nodes); the node logs
+that QoS 1 messages are then not durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from .mailbox import Stored
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    user TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    ts REAL NOT NULL, expires REAL NOT NULL, sender TEXT, attempts INTEGER NOT NULL,
+    PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sequences (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
+QUEUE = 4096
+
+
+@dataclass(slots=True)
+class _Write:
+    puts: list[Stored]
+    deletes: list[tuple[str, int]]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class Store:
+    def __init__(self, path: str | None) -> None:
+        self.path = path or ":memory:"
+        self.durable = path is not None
+        self._db: sqlite3.Connection | None = None
+        self._send, self._receive = trio.open_memory_channel[_Write](QUEUE)
+        self.commits = 0
+        self.writes = 0
+
+    @classmethod
+    def in_dir(cls, data_dir: str | None) -> Store:
+        if data_dir is None:
+            return cls(None)
+        os.makedirs(data_dir, exist_ok=True)
+        return cls(os.path.join(data_dir, "mailboxes.sqlite3"))
+
+    async def open(self) -> tuple[list[Stored], dict[str, int]]:
+        """Open (creating it if need be) and load everything: messages and last seqs."""
+        def _open() -> tuple[list[Stored], dict[str, int]]:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+            rows = db.execute(
+                "SELECT user, seq, id, body, ts, expires, sender, attempts FROM messages "
+                "ORDER BY user, seq"
+            ).fetchall()
+            seqs = dict(db.execute("SELECT user, last_seq FROM sequences").fetchall())
+            return [Stored(*row) for row in rows], seqs
+        return await trio.to_thread.run_sync(_open)
+
+    async def write(self, puts: Iterable[Stored] = (), deletes: Iterable[tuple[str, int]] = ()
+                    ) -> None:
+        """Make ``puts`` and ``deletes`` durable (group-committed with others)."""
+        request = _Write(list(puts), list(deletes))
+        if not request.puts and not request.deletes:
+            return
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+
+    def write_soon(self, puts: Iterable[Stored] = (),
+                   deletes: Iterable[tuple[str, int]] = ()) -> None:
+        """Queue a write nobody waits for (acks, expiry); dropped and logged if the queue is
+        full: the message then comes back after a restart and is delivered again."""
+        request = _Write(list(puts), list(deletes))
+        if request.puts or request.deletes:
+            try:
+                self._send.send_nowait(request)
+            except trio.WouldBlock:
+                logger.warning("store_queue_full dropped_deletes=%d", len(request.deletes))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The writer: one transaction per batch of queued writes."""
+        task_status.started()
+        async for first in self._receive:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await trio.to_thread.run_sync(self._commit, batch)
+            except sqlite3.Error as exc:
+                logger.error("store_write_failed error=%r writes=%d", str(exc), len(batch))
+                for request in batch:
+                    request.error = exc
+            for request in batch:
+                request.done.set()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        assert self._db is not None, "Store.open() first"
+        db = self._db
+        puts = [s for request in batch for s in request.puts]
+        deletes = [d for request in batch for d in request.deletes]
+        last: dict[str, int] = {}
+        for stored in puts:
+            last[stored.user] = max(last.get(stored.user, 0), stored.seq)
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.user, s.seq, s.id, s.body, s.ts, s.expires, s.sender, s.attempts)
+                 for s in puts],
+            )
+            db.executemany(
+                "INSERT INTO sequences VALUES (?, ?) ON CONFLICT(user) DO UPDATE "
+                "SET last_seq = max(last_seq, excluded.last_seq)", list(last.items()),
+            )
+            db.executemany("DELETE FROM messages WHERE user = ? AND seq = ?", deletes)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.writes += len(batch)
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await trio.to_thread.run_sync(db.close)

@@ -1,0 +1,96 @@
+"""Mailboxes as a pure core: numbering, safe cumulative acks, retries, expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.mailbox import Limits, Mailboxes, Stored
+
+NOW = 1_800_000_000.0
+
+
+def fill(boxes: Mailboxes, user: str, count: int, now: float = NOW) -> list[Stored]:
+    out = []
+    for i in range(count):
+        stored = boxes.new(user, f"{user}-{i}", f"body {i}", now, ttl=60)
+        assert boxes.put(stored)
+        out.append(stored)
+    return out
+
+
+def test_sequence_numbers_increase_and_follow_the_clock() -> None:
+    boxes = Mailboxes()
+    first, second = fill(boxes, "u", 2)
+    assert first.seq == int(NOW * 1_000_000) and second.seq == first.seq + 1
+    later = boxes.new("u", "x", "b", NOW - 100, ttl=None)  # a clock that went back
+    assert later.seq == second.seq + 1
+    other = Mailboxes()  # a new owner that has not heard of them
+    assert other.new("u", "y", "b", NOW + 0.5, None).seq > second.seq
+
+
+def test_an_ack_removes_only_what_was_sent_up_to_its_number() -> None:
+    boxes = Mailboxes()
+    a, b, c = fill(boxes, "u", 3)
+    for stored in (a, c):
+        boxes.sent(stored, NOW)
+    assert [s.seq for s in boxes.ack("u", c.seq)] == [a.seq, c.seq]
+    assert [s.seq for s in boxes.pending("u")] == [b.seq]  # never sent: kept
+    assert boxes.ack("nobody", 5) == []
+    assert [s.seq for s in boxes.ack("u", c.seq, sent_only=False)] == [b.seq]
+
+
+def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
+    boxes = Mailboxes(Limits(ack_timeout=10))
+    a, b = fill(boxes, "u", 2)
+    assert boxes.to_send("u", NOW) == [a, b]  # never sent
+    boxes.sent(a, NOW)
+    assert boxes.to_send("u", NOW + 1) == [b]
+    assert [s.seq for s in boxes.to_send("u", NOW + 1, reconnect=True)] == [a.seq, b.seq]
+    boxes.sent(b, NOW + 1)
+    assert boxes.retry_users(NOW + 5) == []
+    assert boxes.retry_users(NOW + 10) == ["u"]
+    assert [s.seq for s in boxes.to_send("u", NOW + 10)] == [a.seq]
+    again = boxes.sent(a, NOW + 10)
+    assert again.attempts == 2 and boxes.counters["redelivered"] == 1
+
+
+def test_expiry_and_the_cap_on_attempts() -> None:
+    boxes = Mailboxes(Limits(ack_timeout=1, max_attempts=2))
+    short = boxes.new("u", "short", "b", NOW, ttl=5)
+    boxes.put(short)
+    [poison] = fill(boxes, "v", 1)
+    boxes.sent(poison, NOW)
+    assert boxes.expire(NOW + 1) == []
+    boxes.sent(poison, NOW + 1)
+    assert boxes.expire(NOW + 1.5) == []  # its last attempt still has time to be acked
+    removed = boxes.expire(NOW + 5)
+    assert {s.id for s in removed} == {"short", "v-0"}
+    assert boxes.counters["expired"] == 1 and boxes.counters["dead_lettered"] == 1
+    assert boxes.pending_count() == 0
+
+
+def test_replicas_and_handovers_are_idempotent_and_move_the_numbering() -> None:
+    owner, replica = Mailboxes(), Mailboxes()
+    for stored in fill(owner, "u", 3):
+        assert replica.put(stored)
+        assert not replica.put(stored)
+    assert replica.last_seq("u") == owner.last_seq("u")
+    assert replica.new("u", "n", "b", NOW, None).seq == owner.last_seq("u") + 1
+    assert [s.id for s in replica.drop_user("u")] == ["u-0", "u-1", "u-2"]
+    assert replica.pending("u") == [] and replica.users() == []
+
+
+def test_a_full_mailbox_refuses_more() -> None:
+    boxes = Mailboxes(Limits(max_pending_per_user=2))
+    fill(boxes, "u", 2)
+    with pytest.raises(OverflowError, match="limit"):
+        boxes.new("u", "x", "b", NOW, None)
+
+
+def test_wire_form_round_trips_and_refuses_junk() -> None:
+    [stored] = fill(Mailboxes(), "u", 1)
+    assert Stored.from_wire(stored.to_wire()) == stored
+    assert stored.to_client()["qos"] == 1 and stored.to_client()["seq"] == stored.seq
+    for junk in (None, {}, {**stored.to_wire(), "seq": "1"}, {**stored.to_wire(), "ts": "x"}):
+        with pytest.raises(ValueError):
+            Stored.from_wire(junk)
