@@ -115,6 +115,17 @@ class Node:
         self._carry_out(self.router.send(user, message))
         return {"id": message["id"], "seq": 0}
 
+    def push_counters(self) -> dict[str, int]:
+        """Counters of sessions, routing, links and mailboxes (for status and metrics)."""
+        return {**self.clients.counters, **self.router.counters, **self.links.counters,
+                **self.delivery.mailboxes.counters}
+
+    def push_gauges(self) -> dict[str, float]:
+        return {"sessions": len(self.clients), "users_connected": self.clients.users(),
+                "links": len(self.links.connected()), "ring_nodes": len(self.ring),
+                "pending_messages": self.delivery.mailboxes.pending_count(),
+                "store_commits": self.delivery.store.commits}
+
     async def wait_routing_changed(self) -> None:
         """Wait until the router has taken one more input (sessions, peer frames, ring)."""
         await self._routing_changed.wait()

@@ -48,6 +48,17 @@ class NodeCollector(Collector):
         for name, value in sorted(merged.items()):
             events.add_metric([name], value)
         yield events
+        push = CounterMetricFamily(
+            "grapevine_push_events", "Sessions, routing, peer link and mailbox counters",
+            labels=["event"],
+        )
+        for name, value in sorted(self._node.push_counters().items()):
+            push.add_metric([name], value)
+        yield push
+        gauges = GaugeMetricFamily("grapevine_push", "Push state right now", labels=["what"])
+        for name, value in sorted(self._node.push_gauges().items()):
+            gauges.add_metric([name], value)
+        yield gauges
 
 
 def node_registry(node: Node) -> CollectorRegistry:

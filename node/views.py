@@ -46,7 +46,7 @@ def status_json(node: Node) -> dict[str, Any]:
         "gossip": "{}:{}".format(*node.membership.address),
         "api": None if api is None else "{}:{}".format(*api),
         "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
-        "clients": {"sessions": len(node.clients), "users": node.clients.users()},
+        "push": node.push_gauges(),
         "incarnation": stats.incarnation,
         "health_score": stats.health_score,
         "joined": stats.joined,
@@ -60,7 +60,7 @@ def status_json(node: Node) -> dict[str, Any]:
         "uptime_seconds": round(node.uptime(), 3),
         "counters": dict(sorted({**stats.counters, **node.membership.counters,
                                  **node.membership.transport.counters,
-                                 **node.clients.counters}.items())),
+                                 **node.push_counters()}.items())),
     }
 
 
