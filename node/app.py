@@ -31,10 +31,11 @@ from gossip.transport import advertise_address
 from membership.member import Address, EventKind, MemberState
 from membership.service import Membership, serve_membership, split_host_port
 
-from .client_proto import Ack, Request, SendTo
+from .client_proto import Ack, Request, SendTo, Upstream
 from .client_server import ClientServer, ClientSession, LocalClients
 from .config import ROLE, Config
 from .delivery import Delivery
+from .fanout import Fanout
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
@@ -66,6 +67,7 @@ class Node:
             config, ring=self.ring, router=self.router, clients=self.clients, links=self.links,
             store=Store.in_dir(config.data_dir), carry_out=self._carry_out,
         )
+        self.fanout = Fanout(config, ring=self.ring, clients=self.clients, links=self.links)
         self.api_address: Address | None = None
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
@@ -117,13 +119,17 @@ class Node:
 
     def push_counters(self) -> dict[str, int]:
         """Counters of sessions, routing, links and mailboxes (for status and metrics)."""
+        webhook = self.fanout.webhook
         return {**self.clients.counters, **self.router.counters, **self.links.counters,
-                **self.delivery.mailboxes.counters}
+                **self.delivery.mailboxes.counters, **self.fanout.counters,
+                **(webhook.counters if webhook else {})}
 
     def push_gauges(self) -> dict[str, float]:
         return {"sessions": len(self.clients), "users_connected": self.clients.users(),
                 "links": len(self.links.connected()), "ring_nodes": len(self.ring),
                 "pending_messages": self.delivery.mailboxes.pending_count(),
+                "topics": self.clients.topics(),
+                "webhook_queue": len(self.fanout.webhook) if self.fanout.webhook else 0,
                 "store_commits": self.delivery.store.commits}
 
     async def wait_routing_changed(self) -> None:
@@ -148,6 +154,9 @@ class Node:
         if isinstance(request, Ack):
             self.delivery.client_ack(session.user, request.seq)
             return None
+        if isinstance(request, Upstream):
+            self.fanout.upstream(session, request.body, request.ref)
+            return None
         if not isinstance(request, SendTo):
             return None
         ref = {"ref": request.ref} if request.ref else {}
@@ -160,9 +169,15 @@ class Node:
 
     def _session_opened(self, session: ClientSession) -> None:
         self._carry_out(self.router.connected(session.user, session.session))
+        self.fanout.presence(session, online=True)
 
     def _session_closed(self, session: ClientSession) -> None:
         self._carry_out(self.router.disconnected(session.session))
+        self.fanout.presence(session, online=False)
+
+    def kick(self, user: str, reason: str) -> None:
+        """Close every session of ``user`` in the cluster, with a ``kick`` frame first."""
+        self._carry_out(self.router.send(user, {"t": "kick", "reason": reason}))
 
     async def user_presence(self, user: str) -> dict[str, Any]:
         """Where ``user`` is connected, as the user's owner knows it (asked over a link)."""
@@ -186,7 +201,7 @@ class Node:
             self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(user),
                                            "pending": self.delivery.mailboxes.pending_count(user)})
             return
-        if not self.delivery.from_peer(node, frame):
+        if not (self.delivery.from_peer(node, frame) or self.fanout.from_peer(frame)):
             self._carry_out(self.router.from_peer(node, frame))
 
     def _peer_connected(self, node: str) -> None:
@@ -264,6 +279,7 @@ async def run_node(
         )
         node = Node(config, membership, peer_address)
         await nursery.start(node.delivery.run)
+        await nursery.start(node.fanout.run)
         await nursery.start(node.links.serve, listeners)
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)

@@ -45,6 +45,7 @@ class Hello:
     device: str
     session: str | None
     last_seq: int | None
+    service: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class ClientConnection:
     state: State = State.GREETING
     text: bool = False
     user: str | None = None
+    service: bool = False
     subscriptions: set[str] = field(default_factory=set)
     _bucket: _Bucket = field(init=False)
 
@@ -204,7 +206,8 @@ class ClientConnection:
         except _Bad as exc:
             return self._close("unauthorized", exc.reason, CLOSE_POLICY)
         self.state, self.text, self.user = State.OPEN, text, claims.user
-        return Hello(claims.user, device, session, last_seq)
+        self.service = claims.service
+        return Hello(claims.user, device, session, last_seq, claims.service)
 
     def _request(self, obj: dict[str, Any]) -> Request | Violation:
         kind = obj["t"]
@@ -244,6 +247,10 @@ class ClientConnection:
             return Violation("bad_request", exc.reason, ref)
 
     def _subscribe(self, topics: tuple[str, ...], ref: str | None) -> Request | Violation:
+        reserved = [t for t in topics if t.startswith("$")]
+        if reserved and not self.service:
+            return Violation("forbidden", f"{reserved[0]}: topics starting with $ are for "
+                             "application servers (a token with \"svc\": true)", ref)
         new = tuple(dict.fromkeys(t for t in topics if t not in self.subscriptions))
         if len(self.subscriptions) + len(new) > self.limits.max_subscriptions:
             return Violation("too_many_subscriptions",

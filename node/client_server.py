@@ -9,8 +9,7 @@ Each connection runs two tasks in its own nursery (a failure ends only that conn
   writes are several times faster). When the queue is full, QoS 0 messages for that
   client are dropped and counted: a slow client never slows anyone else.
 
-:class:`LocalClients` is this node's register of connected sessions by user: what the
-routing layer delivers into.
+The sessions themselves, by user and by topic, live in ``clients.py``.
 """
 
 from __future__ import annotations
@@ -19,10 +18,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -31,85 +27,13 @@ from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
     Unsubscribe, Upstream, Violation,
 )
+from .clients import ClientSession, LocalClients, Object
 from .config import Config
 
 logger = logging.getLogger(__name__)
 #: trio-websocket refuses messages above this outright (close 1009, no error frame); below
 #: it and above ``Config.max_frame`` the client gets a ``too_large`` error frame first
 WS_MAX_MESSAGE = 1024 * 1024
-
-Object = dict[str, Any]
-
-
-@dataclass(eq=False)
-class ClientSession:
-    """One authenticated connection, as the rest of the node sees it."""
-
-    session: str
-    user: str
-    device: str
-    remote: str
-    outbox: trio.MemorySendChannel[Object]
-    subscriptions: set[str]
-    connected_at: float = field(default_factory=time.time)
-    dropped: int = 0
-
-    def offer(self, obj: Object) -> bool:
-        """Queue ``obj`` for the client; False (and counted) when its queue is full."""
-        try:
-            self.outbox.send_nowait(obj)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.dropped += 1
-            return False
-        return True
-
-
-class LocalClients:
-    """The sessions connected to this node, by user and by id."""
-
-    def __init__(self, on_open: Callable[[ClientSession], None] | None = None,
-                 on_close: Callable[[ClientSession], None] | None = None) -> None:
-        self._on_open = on_open
-        self._on_close = on_close
-        self._by_user: dict[str, dict[str, ClientSession]] = {}
-        self._by_id: dict[str, ClientSession] = {}
-        self.counters: Counter[str] = Counter()
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def users(self) -> int:
-        return len(self._by_user)
-
-    def sessions_of(self, user: str) -> list[ClientSession]:
-        return list(self._by_user.get(user, {}).values())
-
-    def attach(self, session: ClientSession) -> None:
-        self._by_user.setdefault(session.user, {})[session.session] = session
-        self._by_id[session.session] = session
-        self.counters["sessions_opened"] += 1
-        if self._on_open is not None:
-            self._on_open(session)
-
-    def detach(self, session: ClientSession) -> None:
-        self._by_id.pop(session.session, None)
-        devices = self._by_user.get(session.user, {})
-        devices.pop(session.session, None)
-        if not devices:
-            self._by_user.pop(session.user, None)
-        self.counters["sessions_closed"] += 1
-        if self._on_close is not None:
-            self._on_close(session)
-
-    def deliver(self, user: str, obj: Object) -> int:
-        """Queue ``obj`` for every device of ``user`` here; how many took it."""
-        taken = 0
-        for session in self.sessions_of(user):
-            if session.offer(obj):
-                taken += 1
-            else:
-                self.counters["client_queue_full_drops"] += 1
-        return taken
 
 
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
@@ -240,8 +164,10 @@ class ClientServer:
         if isinstance(event, Ping):
             return {"t": "pong", **({"ref": event.ref} if event.ref else {})}
         if isinstance(event, Subscribe):
+            self.clients.subscribe(session, event.topics)
             return {"t": "subbed", "topics": list(event.topics)}
         if isinstance(event, Unsubscribe):
+            self.clients.unsubscribe(session, event.topics)
             return {"t": "unsubbed", "topics": list(event.topics)}
         return await self.handle(session, event)
 
@@ -256,6 +182,10 @@ class ClientServer:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await ws.send_message(machine.encode(batch))
+            kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
+            if kick is not None:
+                await ws.aclose(CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120])
+                return
         written.set()  # the outbox was closed and everything in it is sent
 
 

@@ -114,6 +114,10 @@ class Config:
     heartbeat: float = 30.0
     #: objects queued for one client before QoS 0 messages are dropped for it
     client_queue: int = 1024
+    #: client deliveries per second of a broadcast, per node
+    broadcast_rate: float = 10_000.0
+    #: where upstream frames and presence events are POSTed (None: nowhere)
+    webhook: str | None = None
     # QoS 1 delivery (docs/push.md).
     ack_timeout: float = 10.0
     max_attempts: int = 10
@@ -169,7 +173,7 @@ class Config:
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
             "reconnect_interval", "client_rate", "heartbeat", "ack_timeout", "default_ttl",
-            "replicate_timeout",
+            "broadcast_rate", "replicate_timeout",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")
@@ -194,6 +198,8 @@ class Config:
             )
         if self.client_port is not None and not self.token_secret:
             raise ValueError("token_secret: required with a client server (clients need tokens)")
+        if self.webhook is not None and not re.match(r"^https?://[^/]+", self.webhook):
+            raise ValueError(f"webhook: {self.webhook!r} is not an http:// or https:// URL")
         if not 1024 <= self.max_frame <= 1024 * 1024:
             raise ValueError(f"max_frame: {self.max_frame} outside 1024..1048576")
         if not 512 <= self.udp_buffer_size <= 65000:

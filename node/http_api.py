@@ -6,6 +6,9 @@ Routes (JSON unless noted; ``docs/http-api.md`` documents each):
     GET  /v1/members         every member with state, incarnation and tags
     GET  /v1/status          this node: name, addresses, health, counts, uptime
     POST /v1/send            {"to", "body", "qos"?, "ttl"?} -> {"id", "seq"}
+    POST /v1/publish         {"topic", "body"} -> {"id"}: every subscriber, every node (QoS 0)
+    POST /v1/broadcast       {"body"} -> {"id"}: every connected client, paced per node
+    POST /v1/kick            {"user", "reason"?}: close every session of the user
     GET  /v1/users/{id}      online, devices, nodes, owner, pending (asked of the owner)
     GET  /v1/ring[?key=K]    the ring's nodes, weights and shares; for K its owner+replicas
     POST /v1/join            {"addresses": ["host:port", ...]}
@@ -67,6 +70,9 @@ class HttpApi:
             ("GET", "/v1/status"): self._status,
             ("GET", "/v1/ring"): self._ring,
             ("POST", "/v1/send"): self._send,
+            ("POST", "/v1/publish"): self._publish,
+            ("POST", "/v1/broadcast"): self._broadcast,
+            ("POST", "/v1/kick"): self._kick,
             ("POST", "/v1/join"): self._join,
             ("POST", "/v1/leave"): self._leave,
             ("GET", "/v1/keyring"): self._keyring,
@@ -135,11 +141,9 @@ class HttpApi:
 
     async def _send(self, body: bytes, _query: Query) -> tuple[int, Any]:
         request = _json(body)
-        to, text = _field(request, "to", str), _field(request, "body", str)
+        to, text = _field(request, "to", str), self._body_field(request)
         if not to or len(to) > 256:
             raise HttpError(400, "to: give a user id of 1 to 256 characters")
-        if len(text.encode()) > self._node.config.max_frame:
-            raise HttpError(413, f"body: longer than {self._node.config.max_frame} bytes")
         qos = request.get("qos", 0)
         if qos not in (0, 1) or isinstance(qos, bool):
             raise HttpError(400, "qos: 0 (at most once) or 1 (at least once)")
@@ -152,6 +156,38 @@ class HttpApi:
         except Unavailable as exc:
             raise HttpError(503, str(exc)) from None
         return 202, sent
+
+    def _body_field(self, request: dict[str, Any]) -> str:
+        text = _field(request, "body", str)
+        if len(text.encode()) > self._node.config.max_frame:
+            raise HttpError(413, f"body: longer than {self._node.config.max_frame} bytes")
+        return text
+
+    async def _publish(self, body: bytes, _query: Query) -> tuple[int, Any]:
+        request = _json(body)
+        topic = _field(request, "topic", str)
+        if not topic or len(topic) > 256 or topic.startswith("$"):
+            raise HttpError(400, "topic: 1 to 256 characters, not starting with $ (reserved)")
+        return 202, self._node.fanout.publish(topic, self._body_field(request))
+
+    async def _broadcast(self, body: bytes, _query: Query) -> tuple[int, Any]:
+        text = self._body_field(_json(body))
+        try:
+            return 202, self._node.fanout.broadcast(text)
+        except Unavailable as exc:
+            raise HttpError(503, str(exc)) from None
+
+    async def _kick(self, body: bytes, _query: Query) -> tuple[int, Any]:
+        request = _json(body)
+        user = _field(request, "user", str)
+        reason = request.get("reason", "kicked by the application")
+        if not user or not isinstance(reason, str):
+            raise HttpError(400, "user: a user id; reason: a string")
+        try:
+            self._node.kick(user, reason[:200])
+        except Unavailable as exc:
+            raise HttpError(503, str(exc)) from None
+        return 202, {"kicked": user}
 
     async def _user(self, _body: bytes, query: Query) -> tuple[int, Any]:
         user = query["_path"][len("/v1/users/"):]  # ASGI paths arrive percent-decoded

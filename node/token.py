@@ -32,6 +32,9 @@ class Claims:
     user: str
     expires: float | None
     issued: float | None
+    #: an application server's token (``"svc": true``): may listen to the reserved
+    #: ``$upstream`` and ``$presence`` topics
+    service: bool = False
 
 
 def _b64(data: bytes) -> str:
@@ -57,7 +60,8 @@ def check_user(user: str) -> str:
     return user
 
 
-def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0) -> str:
+def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0,
+         *, service: bool = False) -> str:
     """A token for ``user``, valid ``ttl`` seconds from ``now`` (None: no expiry)."""
     if not secret:
         raise ValueError("the token secret is empty")
@@ -66,6 +70,8 @@ def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0) -> st
         if ttl <= 0:
             raise ValueError(f"ttl must be > 0, got {ttl}")
         claims["exp"] = int(now + ttl)
+    if service:
+        claims["svc"] = True
     parts = [_b64(json.dumps(p, separators=(",", ":")).encode()) for p in (_HEADER, claims)]
     signing_input = ".".join(parts).encode()
     return f"{parts[0]}.{parts[1]}.{_b64(_sign(secret, signing_input))}"
@@ -95,7 +101,7 @@ def verify(secret: bytes, token: object, now: float) -> Claims:
         user = check_user(payload.get("sub"))  # type: ignore[arg-type]
     except ValueError as exc:
         raise TokenError(f"token subject: {exc}") from None
-    return Claims(user, expires, issued)
+    return Claims(user, expires, issued, payload.get("svc") is True)
 
 
 def _json(raw: bytes) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""The client sessions connected to this node: by id, by user and by topic.
+
+What the routing layer delivers into. Each :class:`ClientSession` has a bounded queue
+that its connection's writer drains (``client_server.py``); :meth:`ClientSession.offer`
+never blocks: a full queue drops the object and counts it, so a slow client never slows
+the node (QoS 1 messages dropped that way are sent again by their owner).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+Object = dict[str, Any]
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One authenticated connection, as the rest of the node sees it."""
+
+    session: str
+    user: str
+    device: str
+    remote: str
+    outbox: trio.MemorySendChannel[Object]
+    subscriptions: set[str]
+    connected_at: float = field(default_factory=time.time)
+    dropped: int = 0
+
+    def offer(self, obj: Object) -> bool:
+        """Queue ``obj`` for the client; False (and counted) when its queue is full."""
+        try:
+            self.outbox.send_nowait(obj)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+            return False
+        return True
+
+
+class LocalClients:
+    """The sessions connected to this node, by user and by id."""
+
+    def __init__(self, on_open: Callable[[ClientSession], None] | None = None,
+                 on_close: Callable[[ClientSession], None] | None = None) -> None:
+        self._on_open = on_open
+        self._on_close = on_close
+        self._by_user: dict[str, dict[str, ClientSession]] = {}
+        self._by_id: dict[str, ClientSession] = {}
+        self._by_topic: dict[str, set[ClientSession]] = {}
+        self.counters: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def users(self) -> int:
+        return len(self._by_user)
+
+    def sessions_of(self, user: str) -> list[ClientSession]:
+        return list(self._by_user.get(user, {}).values())
+
+    def attach(self, session: ClientSession) -> None:
+        self._by_user.setdefault(session.user, {})[session.session] = session
+        self._by_id[session.session] = session
+        self.counters["sessions_opened"] += 1
+        if self._on_open is not None:
+            self._on_open(session)
+
+    def sessions(self) -> list[ClientSession]:
+        return list(self._by_id.values())
+
+    def topics(self) -> int:
+        return len(self._by_topic)
+
+    def subscribe(self, session: ClientSession, topics: tuple[str, ...]) -> None:
+        for topic in topics:
+            self._by_topic.setdefault(topic, set()).add(session)
+
+    def unsubscribe(self, session: ClientSession, topics: tuple[str, ...] | set[str]) -> None:
+        for topic in topics:
+            members = self._by_topic.get(topic)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self._by_topic[topic]
+
+    def detach(self, session: ClientSession) -> None:
+        self.unsubscribe(session, set(session.subscriptions))
+        self._by_id.pop(session.session, None)
+        devices = self._by_user.get(session.user, {})
+        devices.pop(session.session, None)
+        if not devices:
+            self._by_user.pop(session.user, None)
+        self.counters["sessions_closed"] += 1
+        if self._on_close is not None:
+            self._on_close(session)
+
+    def deliver(self, user: str, obj: Object) -> int:
+        """Queue ``obj`` for every device of ``user`` here; how many took it."""
+        return self._offer(self.sessions_of(user), obj)
+
+    def publish(self, topic: str, obj: Object) -> int:
+        """Queue ``obj`` for every session here subscribed to ``topic``."""
+        return self._offer(list(self._by_topic.get(topic, ())), obj)
+
+    def _offer(self, sessions: list[ClientSession], obj: Object) -> int:
+        taken = 0
+        for session in sessions:
+            if session.offer(obj):
+                taken += 1
+            else:
+                self.counters["client_queue_full_drops"] += 1
+        return taken
