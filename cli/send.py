@@ -34,6 +34,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     send.add_argument("text", help="the message body")
     send.set_defaults(run=run_send)
 
+    publish = sub.add_parser("publish", help="publish to a topic (every subscriber, QoS 0)")
+    add_api_arguments(publish)
+    publish.add_argument("--topic", required=True)
+    publish.add_argument("text", help="the message body")
+    publish.set_defaults(run=lambda args: _post_and_print(
+        args, "/v1/publish", {"topic": args.topic, "body": args.text}, "id"))
+
+    broadcast = sub.add_parser("broadcast", help="send to every connected client (paced)")
+    add_api_arguments(broadcast)
+    broadcast.add_argument("text", help="the message body")
+    broadcast.set_defaults(run=lambda args: _post_and_print(
+        args, "/v1/broadcast", {"body": args.text}, "id"))
+
+    kick = sub.add_parser("kick", help="disconnect every session of a user")
+    add_api_arguments(kick)
+    kick.add_argument("user", metavar="USER")
+    kick.add_argument("--reason", default="kicked by an operator")
+    kick.set_defaults(run=lambda args: _post_and_print(
+        args, "/v1/kick", {"user": args.user, "reason": args.reason}, "kicked"))
+
     listen = sub.add_parser(
         "listen", help="connect as a user's client and print each message as a JSON line",
         description="Hold a client connection like an app would: print every message as "
@@ -50,6 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="exit with status 1 if --count messages have not come by then")
     listen.add_argument("--device", default="cli", help="this device's name")
+    listen.add_argument("--sub", action="append", default=[], metavar="TOPIC",
+                        help="also receive what is published to TOPIC (repeatable)")
     listen.set_defaults(run=run_listen)
 
 
@@ -62,6 +84,13 @@ def run_send(args: argparse.Namespace) -> int:
         print_json(data)
     else:
         print(data["id"])
+    return EXIT_OK
+
+
+def _post_and_print(args: argparse.Namespace, path: str, body: dict[str, Any], key: str
+                    ) -> int:
+    data = api_request(args.api, "POST", path, body, api_key=args.api_key)
+    print(data[key])
     return EXIT_OK
 
 
@@ -138,6 +167,8 @@ async def _hold(host: str, port: int, token: str, args: argparse.Namespace,
                         print(f"listen: connected to {obj.get('node')} as {obj.get('user')} "
                               f"(session {state['session']})", file=sys.stderr, flush=True)
                         nursery.start_soon(_ping, ws, heartbeat / 2)
+                        if args.sub:
+                            await ws.send_message(json.dumps({"t": "sub", "topics": args.sub}))
                     elif kind == "msg":
                         await _message(ws, obj, args, state)
                     elif kind == "error":

@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     token.add_argument("--user", required=True, help="the user id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
                        help="lifetime in seconds (default 3600; 0 for a token that never expires)")
+    token.add_argument("--service", action="store_true",
+                       help="an application server's token: may hear $presence and $upstream")
     token.set_defaults(run=run_token)
 
 
@@ -30,7 +32,8 @@ def run_token(args: argparse.Namespace) -> int:
     if args.ttl < 0:
         raise CliError(f"--ttl: {args.ttl:g} is negative", EXIT_USAGE)
     try:
-        token = mint(args.secret.encode(), args.user, time.time(), args.ttl or None)
+        token = mint(args.secret.encode(), args.user, time.time(), args.ttl or None,
+                     service=args.service)
     except ValueError as exc:
         raise CliError(f"--user: {exc}", EXIT_USAGE) from None
     print(token)

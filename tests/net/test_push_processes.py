@@ -68,3 +68,33 @@ def test_bad_sends_and_listens_say_why(three: Path) -> None:
     assert bad.returncode == 1 and "refused" in bad.stderr
     usage = grapevine("listen", "--client", client)
     assert usage.returncode == 2 and len(usage.stderr.splitlines()) == 1
+
+
+def status(api: str) -> dict:
+    return api_request(host_port(api), "GET", "/v1/status", timeout=2.0)
+
+
+def test_publish_broadcast_and_kick_through_the_cli(three: Path) -> None:
+    listed = {n["name"]: n for n in nodes(three)}
+    token = grapevine("cluster", "token", "bo", "--dir", str(three)).stdout.strip()
+    listen = subprocess.Popen(
+        [sys.executable, "-m", "cli", "listen", "--client", listed["node-2"]["client"],
+         "--token", token, "--sub", "news", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        api1, api3 = listed["node-1"]["api"], listed["node-3"]["api"]
+        assert poll(lambda: status(listed["node-2"]["api"])["push"]["topics"] == 1, 20)
+        assert poll(lambda: presence(api1, "bo")["online"], 20) is not None
+        assert grapevine("publish", "--api", api1, "--topic", "news", "headline").returncode == 0
+        assert grapevine("broadcast", "--api", api3, "to everyone").returncode == 0
+        assert listen.stdout is not None  # both lines before the kick (bounded by --timeout)
+        lines = [listen.stdout.readline(), listen.stdout.readline()]
+        kicked = grapevine("kick", "--api", api3, "bo", "--reason", "enough")
+        assert kicked.returncode == 0 and kicked.stdout.strip() == "bo"
+        out, err = listen.communicate(timeout=30)
+    finally:
+        listen.kill()
+    assert listen.returncode == 1 and "kicked: enough" in err
+    bodies = sorted(json.loads(line)["body"] for line in [*lines, *out.splitlines()])
+    assert bodies == ["headline", "to everyone"]
