@@ -31,8 +31,9 @@ from gossip.transport import advertise_address
 from membership.member import Address, EventKind, MemberState
 from membership.service import Membership, serve_membership, split_host_port
 
-from .client_proto import Ack, Request, SendTo, Upstream
-from .client_server import ClientServer, ClientSession, LocalClients
+from .client_proto import Ack, Hello, Request, SendTo, Upstream
+from .client_server import RESUMABLE, ClientServer
+from .clients import ClientSession, LocalClients
 from .config import ROLE, Config
 from .delivery import Delivery
 from .fanout import Fanout
@@ -136,9 +137,12 @@ class Node:
         """Wait until the router has taken one more input (sessions, peer frames, ring)."""
         await self._routing_changed.wait()
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def _changed(self) -> None:
         self._routing_changed.set()
         self._routing_changed = trio.Event()
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        self._changed()
         for action in actions:
             if isinstance(action, DeliverLocal):
                 self.clients.deliver(action.user, action.message)
@@ -174,6 +178,34 @@ class Node:
     def _session_closed(self, session: ClientSession) -> None:
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
+        owner = self.ring.owner(session.user)
+        if session.closed_reason in RESUMABLE and owner is not None:
+            topics = sorted(session.subscriptions)
+            until = time.time() + self.config.resume_window
+            if owner == self.config.name:
+                self.router.park(session.user, session.session, topics, until, time.time())
+            else:
+                self.links.send(owner, {"t": "park", "user": session.user, "until": until,
+                                        "session": session.session, "topics": topics})
+
+    async def _resume(self, hello: Hello) -> list[str] | None:
+        """A client came back with its session id: its topics if the owner parked them.
+
+        ``last_seq`` counts as an ack: the client has seen those, so they are not sent
+        again; the owner's ack reaches it before the new session registers."""
+        owner = self.ring.owner(hello.user)
+        if hello.last_seq is not None:
+            self.delivery.client_ack(hello.user, hello.last_seq)
+        if owner is None or hello.session is None:
+            return None
+        if owner == self.config.name:
+            return self.router.unpark(hello.user, hello.session, time.time())
+        reply = await self.links.request(
+            owner, {"t": "unpark", "user": hello.user, "session": hello.session})
+        topics = reply.get("topics")
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            return None
+        return topics
 
     def kick(self, user: str, reason: str) -> None:
         """Close every session of ``user`` in the cluster, with a ``kick`` frame first."""
@@ -201,8 +233,30 @@ class Node:
             self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(user),
                                            "pending": self.delivery.mailboxes.pending_count(user)})
             return
+        if self._session_frame(node, frame):
+            return
         if not (self.delivery.from_peer(node, frame) or self.fanout.from_peer(frame)):
             self._carry_out(self.router.from_peer(node, frame))
+
+    def _session_frame(self, node: str, frame: dict[str, Any]) -> bool:
+        """Parking and resuming sessions, at the owner."""
+        kind, user, session = frame.get("t"), frame.get("user"), frame.get("session")
+        if kind not in ("park", "unpark"):
+            return False
+        self._changed()
+        if not isinstance(user, str) or not isinstance(session, str):
+            self.router.counters["bad_peer_frames"] += 1
+            return True
+        now = time.time()
+        if kind == "unpark":
+            self.links.reply(node, frame, {"topics": self.router.unpark(user, session, now)})
+            return True
+        topics, until = frame.get("topics"), frame.get("until")
+        if isinstance(topics, list) and isinstance(until, int | float):
+            limit = now + self.config.resume_window
+            self.router.park(user, session, [t for t in topics if isinstance(t, str)],
+                             min(float(until), limit), now)
+        return True
 
     def _peer_connected(self, node: str) -> None:
         self._carry_out(self.router.peer_connected(node))
@@ -284,7 +338,8 @@ async def run_node(
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
         if config.client_port is not None:
-            server = ClientServer(config, config.name, node.clients, node._client_request)
+            server = ClientServer(config, config.name, node.clients, node._client_request,
+                                  node._resume)
             node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()
         if config.api_port is not None:

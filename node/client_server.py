@@ -39,15 +39,21 @@ WS_MAX_MESSAGE = 1024 * 1024
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
 #: server answers the client with whatever object the handler returns (or nothing).
 RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
+#: Resume a session after a short disconnect: its topics, or None if it cannot be resumed.
+ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
+#: A connection that ended for one of these may come back and resume.
+RESUMABLE = ("client_closed", "heartbeat_missed")
 
 
 class ClientServer:
     def __init__(self, config: Config, node_name: str, clients: LocalClients,
-                 handle: RequestHandler | None = None) -> None:
+                 handle: RequestHandler | None = None, resume: ResumeHandler | None = None
+                 ) -> None:
         self.config = config
         self.node_name = node_name
         self.clients = clients
         self.handle = handle or _unavailable
+        self.resume = resume
         self.limits = Limits(
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
             max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
@@ -104,14 +110,22 @@ class ClientServer:
             if isinstance(hello, Violation):
                 await _refuse(ws, machine, hello)
             return
+        topics = None
+        if hello.session is not None and self.resume is not None:
+            with trio.move_on_after(2.0):
+                topics = await self.resume(hello)
+        if topics is not None:
+            machine.subscriptions.update(topics[:self.limits.max_subscriptions])
         send, receive = trio.open_memory_channel[Object](self.config.client_queue)
-        session = ClientSession(
-            f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}", hello.user,
-            hello.device, remote, send, machine.subscriptions,
-        )
+        session_id = hello.session if topics is not None else (
+            f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}")
+        session = ClientSession(session_id, hello.user, hello.device, remote, send,
+                                machine.subscriptions)
         welcome = {"t": "welcome", "session": session.session, "user": session.user,
                    "node": self.node_name, "heartbeat": self.limits.heartbeat,
-                   "resumed": False}
+                   "resumed": topics is not None}
+        if topics is not None:
+            welcome["topics"] = sorted(machine.subscriptions)
         await ws.send_message(machine.encode([welcome]))
         self.clients.attach(session)
         logger.info("client_connected user=%s session=%s device=%s remote=%s",
@@ -120,7 +134,7 @@ class ClientServer:
         try:
             async with trio.open_nursery() as nursery:
                 written = trio.Event()
-                nursery.start_soon(self._write, ws, machine, receive, written)
+                nursery.start_soon(self._write, ws, machine, session, receive, written)
                 reason, violation = await self._read(ws, machine, session, events[1:])
                 if violation is not None:
                     # the error goes after everything already queued, then we close
@@ -131,9 +145,10 @@ class ClientServer:
                     await _refuse(ws, machine, violation, frame=False)
                 nursery.cancel_scope.cancel()
         finally:
+            session.closed_reason = session.closed_reason or reason
             self.clients.detach(session)
             logger.info("client_disconnected user=%s session=%s reason=%s dropped=%d",
-                        session.user, session.session, reason, session.dropped)
+                        session.user, session.session, session.closed_reason, session.dropped)
 
     async def _read(self, ws: WebSocketConnection, machine: ClientConnection,
                     session: ClientSession, pending: list[Request | Violation]
@@ -172,7 +187,8 @@ class ClientServer:
         return await self.handle(session, event)
 
     async def _write(self, ws: WebSocketConnection, machine: ClientConnection,
-                     outbox: trio.MemoryReceiveChannel[Object], written: trio.Event) -> None:
+                     session: ClientSession, outbox: trio.MemoryReceiveChannel[Object],
+                     written: trio.Event) -> None:
         batch_limit = self.limits.max_batch
         async for first in outbox:
             batch = [first]
@@ -184,6 +200,7 @@ class ClientServer:
             await ws.send_message(machine.encode(batch))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:
+                session.closed_reason = "kicked"
                 await ws.aclose(CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120])
                 return
         written.set()  # the outbox was closed and everything in it is sent

@@ -31,6 +31,8 @@ class ClientSession:
     subscriptions: set[str]
     connected_at: float = field(default_factory=time.time)
     dropped: int = 0
+    #: why the connection ended (set just before the session is detached)
+    closed_reason: str = ""
 
     def offer(self, obj: Object) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full."""
@@ -64,6 +66,7 @@ class LocalClients:
         return list(self._by_user.get(user, {}).values())
 
     def attach(self, session: ClientSession) -> None:
+        self.subscribe(session, tuple(session.subscriptions))  # restored by a resume
         self._by_user.setdefault(session.user, {})[session.session] = session
         self._by_id[session.session] = session
         self.counters["sessions_opened"] += 1

@@ -114,6 +114,8 @@ class Config:
     heartbeat: float = 30.0
     #: objects queued for one client before QoS 0 messages are dropped for it
     client_queue: int = 1024
+    #: how long a dropped session may come back and resume (its topics kept)
+    resume_window: float = 30.0
     #: client deliveries per second of a broadcast, per node
     broadcast_rate: float = 10_000.0
     #: where upstream frames and presence events are POSTed (None: nowhere)

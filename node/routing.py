@@ -15,7 +15,7 @@ ring changed, a node died) and executes the actions that come back.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +64,9 @@ class Router:
         self.register: dict[str, dict[str, set[str]]] = {}
         #: here: session -> (user, the owner we registered it with)
         self.local: dict[str, tuple[str, str]] = {}
+        #: at the owner: sessions that dropped and may resume: session -> (user, topics, until)
+        self.parked: dict[str, tuple[str, list[str], float]] = {}
+        self._park_order: deque[tuple[float, str]] = deque()
         self.counters: Counter[str] = Counter()
 
     # ---- sessions on this node --------------------------------------------------------
@@ -102,6 +105,32 @@ class Router:
                 del nodes[node]
         if not nodes:
             del self.register[user]
+
+    # ---- flash disconnects ----------------------------------------------------------------
+
+    def park(self, user: str, session: str, topics: list[str], until: float, now: float) -> None:
+        """A session of ``user`` dropped; keep its topics until ``until`` for a resume."""
+        self._expire_parked(now)
+        self.parked[session] = (user, topics, until)
+        self._park_order.append((until, session))
+
+    def unpark(self, user: str, session: str, now: float) -> list[str] | None:
+        """The topics of a parked session of ``user`` (and forget it), or None."""
+        self._expire_parked(now)
+        parked = self.parked.get(session)
+        if parked is None or parked[0] != user:
+            self.counters["resumes_unknown"] += 1
+            return None
+        del self.parked[session]
+        self.counters["resumes"] += 1
+        return parked[1]
+
+    def _expire_parked(self, now: float) -> None:
+        while self._park_order and self._park_order[0][0] <= now:
+            _until, session = self._park_order.popleft()
+            parked = self.parked.get(session)
+            if parked is not None and parked[2] <= now:
+                del self.parked[session]
 
     # ---- messages ---------------------------------------------------------------------
 
@@ -173,6 +202,8 @@ class Router:
         actions: list[Action] = []
         for user in [u for u in self.register if self._owner_of(u) != self.me]:
             del self.register[user]
+        for session in [s for s, p in self.parked.items() if self._owner_of(p[0]) != self.me]:
+            del self.parked[session]
         for session, (user, old) in sorted(self.local.items()):
             owner = self._owner_of(user) or ""
             if owner != old:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket
 
@@ -228,3 +229,51 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
             got = [await next_message(ws) for _ in range(10)]
         assert [m["id"] for m in got] == acked
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def hello_again(node: Node, user: str, session: str, last_seq: int | None
+                      ) -> AsyncIterator[tuple[WebSocketConnection, dict]]:
+    host, port = node.client_address  # type: ignore[misc]
+    async with open_websocket(host, port, "/", use_ssl=False) as ws:
+        token = mint(SECRET.encode(), user, time.time())
+        await ws.send_message(json.dumps({"t": "hello", "token": token, "session": session,
+                                          "last_seq": last_seq}))
+        yield ws, await next_object(ws)
+
+
+def parked(nodes: list[Node], user: str, session: str) -> bool:
+    return session in owner_of(nodes, user).router.parked
+
+
+@pytest.mark.parametrize("same_node", [True, False])
+async def test_a_dropped_client_resumes_without_loss_duplicates_or_resubscribing(
+    same_node: bool,
+) -> None:
+    async with cluster(["a", "b", "c"]) as nodes:
+        host, port = nodes[2].client_address  # type: ignore[misc]
+        async with open_websocket(host, port, "/", use_ssl=False) as ws:
+            token = mint(SECRET.encode(), "ivy", time.time())
+            await ws.send_message(json.dumps({"t": "hello", "token": token}))
+            session = (await next_object(ws))["session"]
+            await ws.send_message(json.dumps({"t": "sub", "topics": ["news"]}))
+            assert (await next_object(ws))["t"] == "subbed"
+            for i in range(2):
+                await nodes[0].send("ivy", f"seen {i}", qos=1)
+            seen = [await next_message(ws) for _ in range(2)]  # seen, never acked
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: parked(nodes, "ivy", session))
+        await nodes[1].send("ivy", "while away", qos=1)
+        back = nodes[2] if same_node else nodes[0]
+        async with hello_again(back, "ivy", session, seen[-1]["seq"]) as (ws, welcome):
+            assert welcome["resumed"] is True and welcome["session"] == session
+            assert welcome["topics"] == ["news"]
+            assert (await next_message(ws))["body"] == "while away"  # and not "seen 0/1"
+            nodes[1].fanout.publish("news", "no need to subscribe again")
+            assert (await next_message(ws))["body"] == "no need to subscribe again"
+
+
+async def test_an_unknown_or_expired_session_starts_afresh() -> None:
+    async with cluster(["a"], keys=()) as nodes, \
+            hello_again(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
+        assert welcome["resumed"] is False and welcome["session"] != "a.1.nope"
