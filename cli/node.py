@@ -56,6 +56,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="TCP address of the links between nodes (default: the --bind host, any port)",
     )
     parser.add_argument(
+        "--replicas", type=int, default=int(env("REPLICAS", "2") or 2), metavar="R",
+        help="nodes that hold each QoS 1 message on disk before it is acknowledged (default 2)",
+    )
+    parser.add_argument(
+        "--webhook", default=env("WEBHOOK"), metavar="URL",
+        help="where upstream frames and presence events are POSTed (JSON)",
+    )
+    parser.add_argument(
+        "--broadcast-rate", type=float, default=float(env("BROADCAST_RATE", "10000") or 1e4),
+        metavar="N", help="client deliveries per second of a broadcast, per node (10000)",
+    )
+    parser.add_argument(
+        "--resume-window", type=float, default=float(env("RESUME_WINDOW", "30") or 30),
+        metavar="SECONDS", help="how long a dropped client may resume its session (30)",
+    )
+    parser.add_argument(
         "--token-secret", default=env("TOKEN_SECRET"), metavar="SECRET",
         help="HS256 secret of client tokens (grapevine token --secret mints them)",
     )
@@ -142,7 +158,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             advertise_addr=advertise_host, advertise_port=advertise_port,
             join=tuple(args.join), api_addr=api_host, api_port=api_port,
             api_key=args.api_key or None, client_addr=client_host, client_port=client_port,
-            peer_addr=peer_host, peer_port=peer_port,
+            peer_addr=peer_host, peer_port=peer_port, replicas=args.replicas,
+            webhook=args.webhook or None, broadcast_rate=args.broadcast_rate,
+            resume_window=args.resume_window,
             token_secret=args.token_secret or None, data_dir=args.data_dir, label=args.label,
             tags=tuple(tags), keys=tuple(keys),
         )
@@ -153,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
 
 _FLAG_OF_FIELD = {
     "name": "--name", "api_key": "--api-key", "label": "--label", "tags": "--tag",
-    "token_secret": "--token-secret", "client_port": "--client",
+    "token_secret": "--token-secret", "client_port": "--client", "replicas": "--replicas",
+    "webhook": "--webhook", "broadcast_rate": "--broadcast-rate",
 }
 
 

@@ -175,7 +175,7 @@ class Config:
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
             "reconnect_interval", "client_rate", "heartbeat", "ack_timeout", "default_ttl",
-            "broadcast_rate", "replicate_timeout",
+            "broadcast_rate", "replicate_timeout", "resume_window",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")

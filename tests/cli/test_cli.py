@@ -38,6 +38,10 @@ def grapevine(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[st
     ["node", "--name", "n", "--tag", "weight=heavy"],
     ["node", "--name", "n", "--client", "127.0.0.1:0"],
     ["node", "--name", "n", "--client", "nope", "--token-secret", "s"],
+    ["node", "--name", "n", "--replicas", "0"],
+    ["node", "--name", "n", "--webhook", "ftp://x"],
+    ["send", "--to", "u"],
+    ["listen", "--client", "127.0.0.1:1", "--user", "u"],
     ["frobnicate"],
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
@@ -110,3 +114,15 @@ def test_token_mints_what_a_node_accepts() -> None:
                 ["--secret", "s", "--user", "a", "--ttl", "-1"]):
         refused = grapevine("token", *bad)
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+
+
+def test_push_flags_reach_the_config() -> None:
+    args = build_parser().parse_args([
+        "node", "--name", "p", "--client", "127.0.0.1:0", "--token-secret", "s",
+        "--replicas", "3", "--webhook", "http://127.0.0.1:9/h", "--broadcast-rate", "50",
+        "--resume-window", "5", "--peer", ":0",
+    ])
+    config, _keyring = config_from_args(args)
+    assert (config.replicas, config.webhook, config.broadcast_rate, config.resume_window) == (
+        3, "http://127.0.0.1:9/h", 50.0, 5.0)
+    assert (config.client_port, config.token_secret, config.peer_port) == (0, "s", 0)
