@@ -24,23 +24,21 @@ from typing import Any
 
 import trio
 
-from gossip.codec import decode_tags
-from gossip.errors import DecodeError
 from gossip.keyring import Keyring
 from gossip.transport import advertise_address
-from membership.member import Address, EventKind, MemberState
+from membership.member import Address, EventKind
 from membership.service import Membership, serve_membership, split_host_port
 
 from .client_proto import Ack, Hello, Request, SendTo, Upstream
 from .client_server import RESUMABLE, ClientServer
 from .clients import ClientSession, LocalClients
-from .config import ROLE, Config
+from .config import Config
 from .delivery import Delivery
 from .fanout import Fanout
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
-from .ring import HashRing, ring_members
+from .ring import HashRing, live_nodes, ring_members
 from .routing import Action, DeliverLocal, NoOwner, Registered, Router, SendPeer, Unavailable
 from .store import Store
 
@@ -301,14 +299,10 @@ class Node:
 def peer_addresses(members: Any) -> dict[str, Address]:
     """Live grapevine members and their link addresses (the ``peer`` tag)."""
     found: dict[str, Address] = {}
-    for member in members:
-        if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
-            continue
+    for member, tags in live_nodes(members):
         try:
-            tags = decode_tags(member.meta)
-            if tags.get("role") == ROLE and "peer" in tags:
-                found[member.name] = split_host_port(tags["peer"])
-        except (DecodeError, ValueError):
+            found[member.name] = split_host_port(tags.get("peer", ""))
+        except ValueError:
             continue
     return found
 

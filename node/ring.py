@@ -14,7 +14,7 @@ name keeps the point.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from hashlib import blake2b
 
 from sortedcontainers import SortedDict
@@ -29,14 +29,11 @@ def hash64(data: str) -> int:
     return int.from_bytes(blake2b(data.encode(), digest_size=8).digest(), "big")
 
 
-def ring_members(members: Iterable[Member]) -> dict[str, float]:
-    """Nodes that own keys, with their weights: grapevine members alive or suspect.
+def live_nodes(members: Iterable[Member]) -> Iterator[tuple[Member, dict[str, str]]]:
+    """Grapevine members alive or suspect, with their tags.
 
-    A suspect keeps its keys (it may well be alive: Lifeguard exists because suspicions are
-    often false); a dead or left member gives them up. A member whose weight tag is not a
-    number counts with weight 1, so one bad tag cannot split the cluster's view.
-    """
-    nodes: dict[str, float] = {}
+    A suspect keeps its keys and links (it may well be alive: Lifeguard exists because
+    suspicions are often false); a dead or left member gives them up."""
     for member in members:
         if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
             continue
@@ -44,8 +41,15 @@ def ring_members(members: Iterable[Member]) -> dict[str, float]:
             tags = decode_tags(member.meta)
         except ValueError:
             continue
-        if tags.get("role") != ROLE:
-            continue
+        if tags.get("role") == ROLE:
+            yield member, tags
+
+
+def ring_members(members: Iterable[Member]) -> dict[str, float]:
+    """Nodes that own keys, with their weights. A member whose weight tag is not a number
+    counts with weight 1, so one bad tag cannot split the cluster's view."""
+    nodes: dict[str, float] = {}
+    for member, tags in live_nodes(members):
         try:
             nodes[member.name] = parse_weight(tags.get("weight"))
         except ValueError:
