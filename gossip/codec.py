@@ -264,6 +264,10 @@ def decompress_map(raw: object, max_output: int = MAX_DECOMPRESSED) -> bytes:
     return lzw.decompress(message.buf, max_output)
 
 
+#: below this many bytes LZW cannot win back the compress message's own overhead
+COMPRESS_MIN = 96
+
+
 def compress_message(data: bytes) -> bytes:
     return encode(Compress(algo=0, buf=lzw.compress(data)))
 
@@ -276,6 +280,15 @@ class Envelope:
     label: str = ""
     verify_incoming: bool = True
     verify_outgoing: bool = True
+    #: LZW-compress what we send when that makes it smaller (memberlist EnableCompression)
+    compress: bool = False
+
+    def maybe_compress(self, payload: bytes) -> bytes:
+        """``payload`` as a ``compress`` message if compression is on and it saves bytes."""
+        if not self.compress or len(payload) < COMPRESS_MIN:
+            return payload
+        compressed = compress_message(payload)
+        return compressed if len(compressed) < len(payload) else payload
 
     @property
     def overhead(self) -> int:
@@ -294,8 +307,9 @@ class DecodedPacket:
 
 
 def encode_packet(parts: Sequence[bytes], envelope: Envelope, crc: bool = False) -> bytes:
-    """Wrap encoded messages into one datagram: compound if several, then CRC, seal, label."""
-    payload = parts[0] if len(parts) == 1 else make_compound(parts)
+    """Wrap encoded messages into one datagram: compound if several, then compression,
+    CRC, seal, label (memberlist's rawSendMsgPacket order)."""
+    payload = envelope.maybe_compress(parts[0] if len(parts) == 1 else make_compound(parts))
     if crc:
         payload = add_crc(payload)
     label = label_header(envelope.label)

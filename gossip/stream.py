@@ -37,7 +37,9 @@ def encode_user_stream(payload: bytes) -> bytes:
 
 
 def encode_stream(message: bytes, envelope: Envelope) -> bytes:
-    """Frame one stream message: label prefix, then the encryption frame if keyed."""
+    """Frame one stream message: compressed if that helps, label prefix, then the
+    encryption frame if keyed (memberlist's sendLocalState order)."""
+    message = envelope.maybe_compress(message)
     label = label_header(envelope.label)
     if envelope.keyring is None:
         return label + message

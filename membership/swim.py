@@ -93,7 +93,8 @@ class Swim:
         self.address = address
         self._rng = rng
         self.envelope = Envelope(
-            keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing
+            keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing,
+            compress=config.enable_compression,
         )
         self._meta = encode_tags(dict(config.tags))
         self.source_fields = (ip_to_bytes(address[0]), address[1], config.name)

@@ -141,6 +141,9 @@ class Config:
     retransmit_mult: int = 4
     push_pull_interval: float = 30.0
     udp_buffer_size: int = 1400
+    #: LZW-compress packets and push-pull streams when it saves bytes (as memberlist does
+    #: by default: EnableCompression)
+    enable_compression: bool = True
     tcp_timeout: float = 10.0
     # Leaving, joining, reconnecting (beyond memberlist: see docs/membership.md).
     leave_timeout: float = 5.0

@@ -194,6 +194,29 @@ def test_encrypted_and_labelled_stream_round_trips() -> None:
         StreamReader(Envelope(label="blue")).feed(data)
 
 
+@pytest.mark.parametrize("keyring", [None, Keyring([b"k" * 16])])
+def test_we_compress_streams_and_packets_when_it_saves_bytes(keyring: Keyring | None) -> None:
+    states = tuple(
+        PushNodeState(f"node-{i}", b"\x7f\x00\x00\x01", 40000 + i, b"\xff\x80", 1, 0,
+                      bytes((1, 5, 2, 2, 5, 5)))
+        for i in range(20)
+    )
+    push_pull = PushPull(False, states, b"")
+    plain, packed = Envelope(keyring), Envelope(keyring, compress=True)
+    message = stream.encode_push_pull(push_pull)
+    small = stream.encode_stream(message, packed)
+    assert len(small) < len(stream.encode_stream(message, plain)) * 0.6
+    assert StreamReader(packed).feed(small) == push_pull
+    assert StreamReader(plain).feed(small) == push_pull  # compression needs no agreement
+    parts = [encode(Alive(i, f"node-{i}", b"\x7f\x00\x00\x01", 7946, b"", bytes(6)))
+             for i in range(10)]
+    datagram = encode_packet(parts, packed)
+    assert len(datagram) < len(encode_packet(parts, plain))
+    assert len(decode_packet(datagram, plain).messages) == 10
+    ping = encode(Ping(1, "x"))  # too small to gain: sent as it is
+    assert len(encode_packet([ping], packed)) == len(encode_packet([ping], plain))
+
+
 def test_stream_that_ends_early_is_an_error() -> None:
     data = stream.encode_stream(encode(Ping(3, "x")), Envelope())
     reader = StreamReader(Envelope())
