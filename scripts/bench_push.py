@@ -1,0 +1,201 @@
+"""Push benchmark: grapevine next to python-socketio + Redis, same machine, same run.
+
+grapevine: 3 nodes on 127.0.0.1 (``grapevine cluster up 3``, profile local, a data dir
+each, so QoS 1 is really on disk on R = 2 nodes); the receiving clients on node-3, the
+senders on node-1, 256-byte bodies (scripts/push_loadgen.py). Measured:
+
+* sustained delivered messages/s, QoS 0 and QoS 1 (closed loop, --window in flight);
+* p50/p99 latency at half that load, and at the rate socket.io sustained (open loop);
+* node RSS per idle connection at 1,000 and 10,000 connections, and new connections/s.
+
+socket.io: ``../shared/peers/socketio`` (copied under runs/, its own venv, a local
+redis-server): its ``cross`` scenario, nodes A and B through Redis, at the same client
+counts, with the window its authors calibrated (16).
+
+Needs root for apt (redis-server) the first time; everything listens on 127.0.0.1 and
+every process is stopped by pid at the end. Prints a table and writes JSON.
+
+    python scripts/bench_push.py --out runs/push.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT.parent / "shared" / "peers" / "socketio"
+PEER_PACKAGES = ["python-socketio", "redis", "hiredis", "uvicorn[standard]", "aiohttp",
+                 "uvloop", "msgpack"]
+
+
+def sh(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=True, text=True, **kwargs)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def prepare(work: Path) -> Path:
+    """The peer's folder copied under ``work`` with a venv holding both load generators'
+    needs; redis-server from Debian. Returns the venv's python."""
+    if shutil.which("redis-server") is None:
+        sh("apt-get", "install", "-y", "-qq", "redis-server", stdout=subprocess.DEVNULL)
+    peer = work / "socketio"
+    if not peer.exists():
+        shutil.copytree(PEER, peer, ignore=shutil.ignore_patterns(".venv", "runs*"))
+        for path in peer.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        peer.chmod(0o755)
+    python = peer / ".venv" / "bin" / "python"
+    if not python.exists():
+        sh(sys.executable, "-m", "venv", str(peer / ".venv"))
+        sh(str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES)
+    return python
+
+
+def grapevine(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, text=True,
+                          capture_output=True, check=False, timeout=120)
+
+
+class Cluster:
+    def __init__(self, work: Path, name: str) -> None:
+        self.dir = work / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.secret = secrets.token_urlsafe(16)
+
+    def __enter__(self) -> Cluster:
+        up = grapevine("cluster", "up", "3", "--dir", str(self.dir), "--base-port", "0",
+                       "--token-secret", self.secret)
+        if up.returncode != 0:
+            raise RuntimeError(f"cluster up failed: {up.stderr}")
+        self.nodes = json.loads((self.dir / "cluster.json").read_text())["nodes"]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        grapevine("cluster", "down", "--dir", str(self.dir))
+
+    def url(self, index: int) -> str:
+        return f"ws://{self.nodes[index]['client']}/"
+
+    def pids(self) -> str:
+        return ",".join(f"{n['name']}={n['pid']}" for n in self.nodes)
+
+
+def loadgen(python: Path, cluster: Cluster, out: Path, **options: Any) -> dict[str, Any]:
+    argv = [str(python), str(ROOT / "scripts" / "push_loadgen.py"),
+            "--recv-url", cluster.url(2), "--send-url", cluster.url(0),
+            "--secret", cluster.secret, "--server-pid", str(cluster.nodes[2]["pid"]),
+            "--cpu-pids", cluster.pids(), "--out", str(out)]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    subprocess.run(argv, check=True, timeout=900, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def peer_run(python: Path, work: Path, clients: int, args: argparse.Namespace,
+             duration: float) -> dict[str, Any]:
+    runs = work / "socketio" / f"runs-C{clients}-{time.monotonic_ns()}"
+    sh(str(python), "bench.py", "--http", "aiohttp", "--scenarios", "cross", "--clients",
+       str(clients), "--reps", "1", "--warmup", str(args.warmup), "--duration", str(duration),
+       "--window", "16", "--runs-dir", str(runs), cwd=work / "socketio",
+       stdout=subprocess.DEVNULL)
+    [result] = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--window", type=int, default=512, help="grapevine messages in flight")
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--idle-clients", default="1000,10000")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "push"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "push.json"))
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    python = prepare(work)
+    info = machine()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    rows: dict[str, list[dict[str, Any]]] = {}
+
+    def keep(name: str, result: dict[str, Any]) -> None:
+        rows.setdefault(name, []).append(result)
+        cells = {k: result.get(k) for k in ("delivered_per_s", "offered_per_s", "p50_ms",
+                                            "p99_ms", "rss_per_conn_kib",
+                                            "connections_per_s", "lost", "cpu_pct")}
+        print(f"[{name}] " + " ".join(f"{k}={v}" for k, v in cells.items() if v is not None),
+              flush=True)
+
+    for rep in range(args.reps):  # interleaved, fresh processes every time
+        for qos in (0, 1):
+            with Cluster(work, f"gv-q{qos}") as cluster:
+                peak = loadgen(python, cluster, work / f"gv-q{qos}-peak-{rep}.json",
+                               clients=args.clients, window=args.window, qos=qos,
+                               warmup=args.warmup, duration=args.duration)
+                keep(f"grapevine qos{qos} peak", peak)
+            with Cluster(work, f"gv-q{qos}-half") as cluster:
+                half = loadgen(python, cluster, work / f"gv-q{qos}-half-{rep}.json",
+                               clients=args.clients, rate=peak["delivered_per_s"] / 2,
+                               qos=qos, warmup=args.warmup, duration=args.duration)
+                keep(f"grapevine qos{qos} half load", half)
+        if not args.skip_peer:
+            peer = peer_run(python, work, args.clients, args, args.duration)
+            keep("socket.io cross peak", peer)
+            for qos in (0, 1):
+                with Cluster(work, f"gv-q{qos}-at-peer") as cluster:
+                    same = loadgen(python, cluster, work / f"gv-q{qos}-at-peer-{rep}.json",
+                                   clients=args.clients, rate=peer["delivered_per_s"],
+                                   qos=qos, warmup=args.warmup, duration=args.duration)
+                    keep(f"grapevine qos{qos} at socket.io's rate", same)
+    for count in (int(c) for c in args.idle_clients.split(",")):
+        with Cluster(work, f"gv-idle-{count}") as cluster:
+            idle = loadgen(python, cluster, work / f"gv-idle-{count}.json", clients=count,
+                           duration=0)
+            keep(f"grapevine idle {count}", idle)
+        if not args.skip_peer:
+            keep(f"socket.io idle {count}", peer_run(python, work, count, args, 2.0))
+
+    def median(name: str, key: str) -> float | None:
+        values = [r[key] for r in rows.get(name, []) if r.get(key) is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    table = {name: {key: median(name, key) for key in (
+        "delivered_per_s", "offered_per_s", "p50_ms", "p99_ms", "rss_per_conn_kib",
+        "connections_per_s", "lost")} for name in rows}
+    Path(args.out).write_text(json.dumps({"machine": info, "medians": table, "runs": rows},
+                                         indent=1))
+    print()
+    print(f"{'run':<40} {'msgs/s':>8} {'offered':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'KiB/conn':>8} {'conn/s':>7} {'lost':>5}")
+    for name, cells in table.items():
+        print(f"{name:<40} " + " ".join(
+            f"{'' if cells[k] is None else cells[k]:>{w}}" for k, w in (
+                ("delivered_per_s", 8), ("offered_per_s", 8), ("p50_ms", 7), ("p99_ms", 7),
+                ("rss_per_conn_kib", 8), ("connections_per_s", 7), ("lost", 5))))
+
+
+if __name__ == "__main__":
+    main()
