@@ -136,8 +136,9 @@ class Node:
         await self._routing_changed.wait()
 
     def _changed(self) -> None:
-        self._routing_changed.set()
-        self._routing_changed = trio.Event()
+        if self._routing_changed.statistics().tasks_waiting:  # only tests and tools wait
+            self._routing_changed.set()
+            self._routing_changed = trio.Event()
 
     def _carry_out(self, actions: list[Action]) -> None:
         self._changed()

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: trio-websocket refuses messages above this outright (close 1009, no error frame); below
 #: it and above ``Config.max_frame`` the client gets a ``too_large`` error frame first
 WS_MAX_MESSAGE = 1024 * 1024
+#: messages trio-websocket reads ahead per connection (its default of 1 costs a task
+#: switch per message under load; the rate limit still bounds what a client can queue)
+MESSAGE_QUEUE = 8
 
 
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
@@ -68,6 +71,7 @@ class ClientServer:
             server = await nursery.start(lambda task_status: serve_websocket(
                 self._accept, self.config.client_addr, self.config.client_port or 0, None,
                 max_message_size=WS_MAX_MESSAGE, connect_timeout=10, disconnect_timeout=5,
+                message_queue_size=MESSAGE_QUEUE,
                 task_status=task_status,
             ))
             endpoint = server.listeners[0]
