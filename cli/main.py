@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import admin, cluster, inspect, node, send, token
+from . import admin, chaos, cluster, inspect, node, send, token
 from .common import EXIT_FAILED, CliError, Parser
 
 
@@ -15,7 +15,7 @@ def build_parser() -> Parser:
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in (node, send, inspect, admin, cluster, token):
+    for module in (node, send, inspect, admin, cluster, chaos, token):
         module.add_parser(sub)
     return parser
 

@@ -26,8 +26,10 @@ _WARN_EVERY = 60.0
 class Transport:
     """Use :func:`open_transport`; close with :meth:`close`."""
 
-    def __init__(self, udp: trio.socket.SocketType, tcp: trio.SocketListener) -> None:
-        self._udp = udp
+    def __init__(self, udp: stdlib_socket.socket, tcp: trio.SocketListener) -> None:
+        udp.setblocking(False)
+        self._raw = udp
+        self._udp = trio.socket.from_stdlib_socket(udp)
         self.listener = tcp
         host, port = udp.getsockname()[:2]
         self.bound: Address = (host, port)
@@ -48,6 +50,24 @@ class Transport:
         data, src = await self._udp.recvfrom(MAX_DATAGRAM)
         return (src[0], src[1]), data
 
+    def receive_waiting(self, limit: int = 256) -> list[tuple[Address, bytes]]:
+        """Datagrams already in the kernel's buffer, read without waiting.
+
+        The machine's owner calls this before judging any timeout: after a stall
+        (SIGSTOP, CPU starvation) the acks that came meanwhile must count first, however
+        many other datagrams queued ahead of them."""
+        waiting: list[tuple[Address, bytes]] = []
+        while len(waiting) < limit:
+            try:
+                data, src = self._raw.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.counters["udp_receive_errors"] += 1
+                break
+            waiting.append(((src[0], src[1]), data))
+        return waiting
+
     def close(self) -> None:
         self._udp.close()
 
@@ -60,10 +80,10 @@ async def open_transport(host: str, port: int) -> Transport:
     attempts = 1 if port else 20
     last_error: OSError | None = None
     for _ in range(attempts):
-        udp = trio.socket.socket(_family(host), stdlib_socket.SOCK_DGRAM)
+        udp = stdlib_socket.socket(_family(host), stdlib_socket.SOCK_DGRAM)
         try:
             udp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, UDP_RECV_BUFFER)
-            await udp.bind((host, port))
+            udp.bind((host, port))
             chosen = udp.getsockname()[1]
             listeners = await trio.open_tcp_listeners(chosen, host=host)
         except OSError as exc:

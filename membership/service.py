@@ -297,13 +297,13 @@ async def _run_owner(
             batch: list[_Input] = []
             with trio.move_on_at(swim.next_deadline()):
                 batch.append(await inbox.receive())
-            if not batch:
-                await trio.lowlevel.checkpoint()  # let readers woken with us queue first
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(inbox.receive_nowait())
                 except trio.WouldBlock:
                     break
+            # what the kernel holds counts before any deadline is judged (a stall)
+            batch.extend(_Packet(src, data) for src, data in transport.receive_waiting())
             now = trio.current_time()
             for item in batch:
                 _feed(swim, item, now)
