@@ -141,7 +141,7 @@ async def device(run: Run, user: str, name: str, rng: random.Random, *,
 
 async def sender(run: Run, users: list[str], count: int, rate: float,
                  rng: random.Random) -> None:
-    limiter = trio.CapacityLimiter(32)
+    limiter = trio.Semaphore(32)
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         for index in range(count):
@@ -150,7 +150,7 @@ async def sender(run: Run, users: list[str], count: int, rate: float,
             nursery.start_soon(_send_one, run, rng.choice(users), f"c{index}", limiter)
 
 
-async def _send_one(run: Run, user: str, body: str, limiter: trio.CapacityLimiter) -> None:
+async def _send_one(run: Run, user: str, body: str, limiter: trio.Semaphore) -> None:
     try:
         node = random.choice(run.live() or run.nodes)
         try:

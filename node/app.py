@@ -148,14 +148,15 @@ class Node:
             elif isinstance(action, SendPeer):
                 self.links.send(action.node, action.frame)
             elif isinstance(action, Registered):
-                self.delivery.push(action.user, reconnect=True)
+                self.delivery.registered(action.user, action.device)
             elif isinstance(action, NoOwner):
                 raise Unavailable("no grapevine node is alive to own this user")
 
     async def _client_request(self, session: ClientSession, request: Request
                               ) -> dict[str, Any] | None:
         if isinstance(request, Ack):
-            self.delivery.client_ack(session.user, request.seq)
+            self.delivery.client_ack(session.user, request.seq, session.device)
+            self._changed()
             return None
         if isinstance(request, Upstream):
             self.fanout.upstream(session, request.body, request.ref)
@@ -171,7 +172,7 @@ class Node:
         return {"t": "sent", **sent, **ref}
 
     def _session_opened(self, session: ClientSession) -> None:
-        self._carry_out(self.router.connected(session.user, session.session))
+        self._carry_out(self.router.connected(session.user, session.session, session.device))
         self.fanout.presence(session, online=True)
 
     def _session_closed(self, session: ClientSession) -> None:
@@ -194,7 +195,7 @@ class Node:
         again; the owner's ack reaches it before the new session registers."""
         owner = self.ring.owner(hello.user)
         if hello.last_seq is not None:
-            self.delivery.client_ack(hello.user, hello.last_seq)
+            self.delivery.client_ack(hello.user, hello.last_seq, hello.device)
         if owner is None or hello.session is None:
             return None
         if owner == self.config.name:
@@ -227,6 +228,7 @@ class Node:
                 "nodes": sorted(nodes), "owner": owner, "pending": pending}
 
     def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
+        self._changed()
         if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
             user = frame["user"]
             self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(user),

@@ -76,11 +76,13 @@ class Delivery:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        messages, seqs = await self.store.open()
+        messages, seqs, devices = await self.store.open()
         for stored in messages:
             self.mailboxes.put(stored)
         for user, seq in seqs.items():
             self.mailboxes.note_seq(user, seq)
+        for user, device, seen in devices:
+            self.mailboxes.see_device(user, device, seen)
         if messages:
             logger.info("mailboxes_loaded messages=%d users=%d", len(messages),
                         len(self.mailboxes.users()))
@@ -141,8 +143,12 @@ class Delivery:
         await self.store.write([stored])
         confirmed.append(self.me)
 
-    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str]) -> bool:
-        frame = {"t": "replicate", "msgs": [s.to_wire() for s in messages]}
+    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],
+                         devices: list[tuple[str, str, float]] | None = None) -> bool:
+        if devices is None:
+            devices = self._devices_of({s.user for s in messages})
+        frame = {"t": "replicate", "msgs": [s.to_wire() for s in messages],
+                 "devices": [list(d) for d in devices]}
         with trio.move_on_after(self.config.replicate_timeout):
             reply = await self.links.request(node, frame)
             if reply.get("ok"):
@@ -151,7 +157,22 @@ class Delivery:
         logger.warning("replicate_failed peer=%s messages=%d", node, len(messages))
         return False
 
+    def _devices_of(self, users: set[str]) -> list[tuple[str, str, float]]:
+        return [(user, device, seen) for user in sorted(users)
+                for device, seen in self.mailboxes.devices(user).items()]
+
     # ---- delivering ---------------------------------------------------------------------
+
+    def registered(self, user: str, device: str) -> None:
+        """A session of ``user`` registered here (the owner): note its device, deliver."""
+        now = time.time()
+        if self.mailboxes.see_device(user, device, now):
+            record = [(user, device, now)]
+            self.store.write_soon(devices=record)
+            for node in self.ring.replicas(user, self.config.replicas):
+                if node != self.me:  # a replica that takes over must wait for it too
+                    self.links.send(node, {"t": "devices", "devices": [list(record[0])]})
+        self.push(user, reconnect=True)
 
     def push(self, user: str, *, reconnect: bool = False) -> None:
         """Send what waits for ``user`` to the nodes holding its sessions (owner only)."""
@@ -161,9 +182,10 @@ class Delivery:
         if not holders:
             return
         now = time.time()
+        devices = self.router.online_devices(user)
         actions: list[Any] = []
         for stored in self.mailboxes.to_send(user, now, reconnect=reconnect):
-            message = self.mailboxes.sent(stored, now).to_client()
+            message = self.mailboxes.sent(stored, now, devices).to_client()
             for node in holders:
                 if node == self.me:
                     actions.append(DeliverLocal(user, message))
@@ -171,16 +193,16 @@ class Delivery:
                     actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
         self._carry_out(actions)
 
-    def client_ack(self, user: str, seq: int) -> None:
+    def client_ack(self, user: str, seq: int, device: str) -> None:
         """A client here acknowledged ``seq``: tell the owner."""
         owner = self.ring.owner(user)
         if owner == self.me:
-            self._acked_at_owner(user, seq)
+            self._acked_at_owner(user, seq, device)
         elif owner is not None:
-            self.links.send(owner, {"t": "ack", "user": user, "seq": seq})
+            self.links.send(owner, {"t": "ack", "user": user, "seq": seq, "device": device})
 
-    def _acked_at_owner(self, user: str, seq: int) -> None:
-        removed = self.mailboxes.ack(user, seq)
+    def _acked_at_owner(self, user: str, seq: int, device: str) -> None:
+        removed = self.mailboxes.ack(user, seq, device, time.time())
         if not removed:
             return
         seqs = [s.seq for s in removed]
@@ -202,7 +224,15 @@ class Delivery:
             return True
         user = frame.get("user")
         if kind == "ack" and isinstance(user, str) and isinstance(frame.get("seq"), int):
-            self._acked_at_owner(user, frame["seq"])
+            device = frame.get("device") if isinstance(frame.get("device"), str) else ""
+            self._acked_at_owner(user, frame["seq"], device)
+            return True
+        if kind == "devices" and isinstance(frame.get("devices"), list):
+            records = [(str(d[0]), str(d[1]), float(d[2])) for d in frame["devices"]
+                       if isinstance(d, list) and len(d) == 3]
+            for user, device, seen in records:
+                self.mailboxes.see_device(user, device, seen)
+            self.store.write_soon(devices=records)
             return True
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             seqs = [s for s in frame["seqs"] if isinstance(s, int)]
@@ -230,13 +260,17 @@ class Delivery:
             if ttl is not None and not isinstance(ttl, int | float):
                 raise ValueError("ttl must be a number")
             return await self._store_as_owner(user, body, ttl, sender)
-        raw = frame.get("msgs")
-        if not isinstance(raw, list):
-            raise ValueError("replicate needs msgs")
+        raw, raw_devices = frame.get("msgs"), frame.get("devices", [])
+        if not isinstance(raw, list) or not isinstance(raw_devices, list):
+            raise ValueError("replicate needs msgs and devices lists")
         messages = [Stored.from_wire(item) for item in raw]
-        await self.store.write(messages)
+        devices = [(str(d[0]), str(d[1]), float(d[2])) for d in raw_devices
+                   if isinstance(d, list) and len(d) == 3]
+        await self.store.write(messages, devices=devices)
         for stored in messages:
             self.mailboxes.put(stored)
+        for user, device, seen in devices:
+            self.mailboxes.see_device(user, device, seen)
         return {"ok": True}
 
     # ---- time and ring changes ----------------------------------------------------------

@@ -10,15 +10,20 @@ counted and logged: a message that makes every client fail must not loop forever
 increasing when ownership moves to another node that has not yet heard of the last one
 (clocks of a cluster agree to far better than the time between a handover and a send).
 
-**Acks are cumulative but safe:** ``ack(user, N)`` removes the messages up to ``N`` that
-have been *sent* to the user. A message that reached this mailbox later with a lower
-number (a handover racing a send) was never sent, so it survives the ack and is
-delivered.
+**Every device gets every message.** A user's devices are named by their clients (the
+hello's ``device``; one unnamed device per user otherwise). The mailbox knows the
+devices it has seen (for ``default_ttl`` after they were last seen) and keeps a message
+until *each* of them has acked it. Acks are cumulative per device but safe:
+``ack(user, N, device)`` covers the messages up to ``N`` that were *sent while that device
+was connected*. A message sent to a node that died before passing it on, or one that
+reached this mailbox later with a lower number (a handover racing a send), is not
+covered, so it is delivered again.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,10 +76,20 @@ class Stored:
 class _Box:
     last_seq: int = 0
     pending: SortedDict = field(default_factory=SortedDict)  # seq -> Stored
-    #: seqs sent at least once in this process (acks apply to these only)
-    sent: set[int] = field(default_factory=set)
+    #: seq -> devices it was sent to in this process (their acks cover it)
+    sent: dict[int, set[str]] = field(default_factory=dict)
+    #: seq -> devices that acked it
+    acked: dict[int, set[str]] = field(default_factory=dict)
     #: seq -> when to send again
     retry_at: dict[int, float] = field(default_factory=dict)
+    #: devices of the user -> when last seen
+    devices: dict[str, float] = field(default_factory=dict)
+
+    def forget(self, seq: int) -> Stored:
+        self.sent.pop(seq, None)
+        self.acked.pop(seq, None)
+        self.retry_at.pop(seq, None)
+        return self.pending.pop(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,11 @@ class Mailboxes:
 
     def users(self) -> list[str]:
         return [user for user, box in self._boxes.items() if box.pending]
+
+    def known_devices(self) -> list[tuple[str, str, float]]:
+        """Every (user, device, last seen) — what a new replica needs to know."""
+        return [(user, device, seen) for user, box in self._boxes.items()
+                for device, seen in box.devices.items()]
 
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
@@ -140,34 +160,45 @@ class Mailboxes:
         box = self._boxes.setdefault(user, _Box())
         box.last_seq = max(box.last_seq, seq)
 
-    def ack(self, user: str, seq: int, *, sent_only: bool = True) -> list[Stored]:
-        """Remove what ``user`` acknowledged up to ``seq``; returns the removed messages.
+    def see_device(self, user: str, device: str, now: float) -> bool:
+        """``device`` of ``user`` is connected; True if it is new here."""
+        box = self._boxes.setdefault(user, _Box())
+        new = device not in box.devices
+        box.devices[device] = now
+        return new
 
-        ``sent_only`` (at the owner) spares messages never sent; replicas, told by the
-        owner what was removed, pass False with the exact numbers instead.
-        """
+    def devices(self, user: str) -> dict[str, float]:
+        box = self._boxes.get(user)
+        return dict(box.devices) if box else {}
+
+    def acked_by(self, user: str, seq: int) -> set[str]:
+        box = self._boxes.get(user)
+        return set(box.acked.get(seq, ())) if box else set()
+
+    def ack(self, user: str, seq: int, device: str, now: float) -> list[Stored]:
+        """``device`` acknowledged up to ``seq``: the messages every known device has now
+        acked are removed and returned."""
         box = self._boxes.get(user)
         if box is None:
             return []
+        box.devices[device] = now
         removed = []
         for number in list(box.pending.irange(maximum=seq)):
-            if sent_only and number not in box.sent:
-                continue
-            removed.append(box.pending.pop(number))
-            box.sent.discard(number)
-            box.retry_at.pop(number, None)
+            if device not in box.sent.get(number, ()):
+                continue  # never reached this device: the ack cannot cover it
+            acked = box.acked.setdefault(number, set())
+            acked.add(device)
+            if acked.issuperset(box.devices):
+                removed.append(box.forget(number))
         self.counters["acked"] += len(removed)
         return removed
 
     def remove(self, user: str, seqs: list[int]) -> list[Stored]:
+        """Remove exactly these (a replica, told by the owner)."""
         box = self._boxes.get(user)
         if box is None:
             return []
-        removed = [box.pending.pop(s) for s in seqs if s in box.pending]
-        for stored in removed:
-            box.sent.discard(stored.seq)
-            box.retry_at.pop(stored.seq, None)
-        return removed
+        return [box.forget(s) for s in seqs if s in box.pending]
 
     # ---- delivering (the owner) -----------------------------------------------------------
 
@@ -183,14 +214,15 @@ class Mailboxes:
                 out.append(stored)
         return out
 
-    def sent(self, stored: Stored, now: float) -> Stored:
-        """Record one more attempt; returns the message with its new attempt count."""
+    def sent(self, stored: Stored, now: float, devices: Iterable[str]) -> Stored:
+        """Record one more attempt, to ``devices``; returns the message with its new
+        attempt count."""
         box = self._boxes.setdefault(stored.user, _Box())
         current = box.pending.get(stored.seq, stored)
         updated = replace(current, attempts=current.attempts + 1)
         if stored.seq in box.pending:
             box.pending[stored.seq] = updated
-        box.sent.add(stored.seq)
+        box.sent.setdefault(stored.seq, set()).update(devices)
         box.retry_at[stored.seq] = now + self.limits.ack_timeout
         self.counters["sent"] += 1
         if updated.attempts > 1:
@@ -198,18 +230,19 @@ class Mailboxes:
         return updated
 
     def expire(self, now: float) -> list[Stored]:
-        """Remove expired and dead-lettered (too many attempts) messages."""
+        """Remove expired and dead-lettered (too many attempts) messages, and forget
+        devices not seen for ``default_ttl``."""
         removed = []
         for box in self._boxes.values():
+            for device, seen in list(box.devices.items()):
+                if seen + self.limits.default_ttl <= now:
+                    del box.devices[device]
             for seq, stored in list(box.pending.items()):
                 tried_out = stored.attempts >= self.limits.max_attempts and (
                     box.retry_at.get(seq, 0.0) <= now
                 )
                 if stored.expires <= now or tried_out:
-                    del box.pending[seq]
-                    box.sent.discard(seq)
-                    box.retry_at.pop(seq, None)
-                    removed.append(stored)
+                    removed.append(box.forget(seq))
                     self.counters["dead_lettered" if tried_out else "expired"] += 1
         return removed
 

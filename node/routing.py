@@ -44,6 +44,7 @@ class Registered:
     """A session of ``user`` registered here, its owner: send it what is waiting."""
 
     user: str
+    device: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,10 @@ class Router:
         self.register: dict[str, dict[str, set[str]]] = {}
         #: here: session -> (user, the owner we registered it with)
         self.local: dict[str, tuple[str, str]] = {}
+        #: here: session -> its device name (sent along with every registration)
+        self.local_devices: dict[str, str] = {}
+        #: at the owner: session -> device
+        self.session_devices: dict[str, str] = {}
         #: at the owner: sessions that dropped and may resume: session -> (user, topics, until)
         self.parked: dict[str, tuple[str, list[str], float]] = {}
         self._park_order: deque[tuple[float, str]] = deque()
@@ -71,7 +76,8 @@ class Router:
 
     # ---- sessions on this node --------------------------------------------------------
 
-    def connected(self, user: str, session: str) -> list[Action]:
+    def connected(self, user: str, session: str, device: str = "") -> list[Action]:
+        self.local_devices[session] = device
         owner = self._owner_of(user)
         if owner is None:
             self.local[session] = (user, "")
@@ -80,6 +86,7 @@ class Router:
         return self._register(owner, user, session)
 
     def disconnected(self, session: str) -> list[Action]:
+        self.local_devices.pop(session, None)
         user, owner = self.local.pop(session, ("", ""))
         if not owner:
             return []
@@ -89,12 +96,24 @@ class Router:
         return [SendPeer(owner, {"t": "unregister", "user": user, "session": session})]
 
     def _register(self, owner: str, user: str, session: str) -> list[Action]:
+        device = self.local_devices.get(session, "")
         if owner == self.me:
-            self.register.setdefault(user, {}).setdefault(self.me, set()).add(session)
-            return [Registered(user)]
-        return [SendPeer(owner, {"t": "register", "user": user, "session": session})]
+            return self._add(user, self.me, session, device)
+        return [SendPeer(owner, {"t": "register", "user": user, "session": session,
+                                 "device": device})]
+
+    def _add(self, user: str, node: str, session: str, device: str) -> list[Action]:
+        self.register.setdefault(user, {}).setdefault(node, set()).add(session)
+        self.session_devices[session] = device
+        return [Registered(user, device)]
+
+    def online_devices(self, user: str) -> set[str]:
+        """The devices of ``user`` with a registered session (at the owner)."""
+        return {self.session_devices.get(session, "")
+                for sessions in self.register.get(user, {}).values() for session in sessions}
 
     def _unregister(self, user: str, node: str, session: str) -> None:
+        self.session_devices.pop(session, None)
         nodes = self.register.get(user)
         if nodes is None:
             return
@@ -166,8 +185,8 @@ class Router:
             self.counters["bad_peer_frames"] += 1
             return []
         if kind == "register" and isinstance(frame.get("session"), str):
-            self.register.setdefault(user, {}).setdefault(node, set()).add(frame["session"])
-            return [Registered(user)]
+            device = frame.get("device") if isinstance(frame.get("device"), str) else ""
+            return self._add(user, node, frame["session"], device)
         if kind == "unregister" and isinstance(frame.get("session"), str):
             self._unregister(user, node, frame["session"])
             return []
@@ -201,7 +220,9 @@ class Router:
         """Register sessions whose owner moved; forget users this node no longer owns."""
         actions: list[Action] = []
         for user in [u for u in self.register if self._owner_of(u) != self.me]:
-            del self.register[user]
+            for sessions in self.register.pop(user).values():
+                for session in sessions:
+                    self.session_devices.pop(session, None)
         for session in [s for s, p in self.parked.items() if self._owner_of(p[0]) != self.me]:
             del self.parked[session]
         for session, (user, old) in sorted(self.local.items()):
@@ -216,11 +237,13 @@ class Router:
         """``node`` died or left: its sessions are gone with it."""
         for user in list(self.register):
             nodes = self.register[user]
-            nodes.pop(node, None)
+            for session in nodes.pop(node, ()):
+                self.session_devices.pop(session, None)
             if not nodes:
                 del self.register[user]
 
     def peer_connected(self, node: str) -> list[Action]:
         """A (new) link to ``node``: it may have restarted and lost what we registered."""
-        return [SendPeer(node, {"t": "register", "user": user, "session": session})
+        return [SendPeer(node, {"t": "register", "user": user, "session": session,
+                                "device": self.local_devices.get(session, "")})
                 for session, (user, owner) in sorted(self.local.items()) if owner == node]

@@ -32,7 +32,11 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequences (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    user TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL, PRIMARY KEY (user, device)
+) WITHOUT ROWID;
 """
+Device = tuple[str, str, float]  # user, device, last seen
 QUEUE = 4096
 
 
@@ -40,6 +44,7 @@ QUEUE = 4096
 class _Write:
     puts: list[Stored]
     deletes: list[tuple[str, int]]
+    devices: list[Device] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 
@@ -60,9 +65,9 @@ class Store:
         os.makedirs(data_dir, exist_ok=True)
         return cls(os.path.join(data_dir, "mailboxes.sqlite3"))
 
-    async def open(self) -> tuple[list[Stored], dict[str, int]]:
-        """Open (creating it if need be) and load everything: messages and last seqs."""
-        def _open() -> tuple[list[Stored], dict[str, int]]:
+    async def open(self) -> tuple[list[Stored], dict[str, int], list[Device]]:
+        """Open (creating it if need be) and load everything: messages, last seqs, devices."""
+        def _open() -> tuple[list[Stored], dict[str, int], list[Device]]:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -73,14 +78,15 @@ class Store:
                 "ORDER BY user, seq"
             ).fetchall()
             seqs = dict(db.execute("SELECT user, last_seq FROM sequences").fetchall())
-            return [Stored(*row) for row in rows], seqs
+            devices = db.execute("SELECT user, device, seen FROM devices").fetchall()
+            return [Stored(*row) for row in rows], seqs, devices
         return await trio.to_thread.run_sync(_open)
 
-    async def write(self, puts: Iterable[Stored] = (), deletes: Iterable[tuple[str, int]] = ()
-                    ) -> None:
-        """Make ``puts`` and ``deletes`` durable (group-committed with others)."""
-        request = _Write(list(puts), list(deletes))
-        if not request.puts and not request.deletes:
+    async def write(self, puts: Iterable[Stored] = (), deletes: Iterable[tuple[str, int]] = (),
+                    devices: Iterable[Device] = ()) -> None:
+        """Make ``puts``, ``deletes`` and ``devices`` durable (group-committed with others)."""
+        request = _Write(list(puts), list(deletes), list(devices))
+        if not request.puts and not request.deletes and not request.devices:
             return
         await self._send.send(request)
         await request.done.wait()
@@ -88,11 +94,12 @@ class Store:
             raise request.error
 
     def write_soon(self, puts: Iterable[Stored] = (),
-                   deletes: Iterable[tuple[str, int]] = ()) -> None:
+                   deletes: Iterable[tuple[str, int]] = (), devices: Iterable[Device] = ()
+                   ) -> None:
         """Queue a write nobody waits for (acks, expiry); dropped and logged if the queue is
         full: the message then comes back after a restart and is delivered again."""
-        request = _Write(list(puts), list(deletes))
-        if request.puts or request.deletes:
+        request = _Write(list(puts), list(deletes), list(devices))
+        if request.puts or request.deletes or request.devices:
             try:
                 self._send.send_nowait(request)
             except trio.WouldBlock:
@@ -123,6 +130,7 @@ class Store:
         db = self._db
         puts = [s for request in batch for s in request.puts]
         deletes = [d for request in batch for d in request.deletes]
+        devices = [d for request in batch for d in request.devices]
         last: dict[str, int] = {}
         for stored in puts:
             last[stored.user] = max(last.get(stored.user, 0), stored.seq)
@@ -138,6 +146,10 @@ class Store:
                 "SET last_seq = max(last_seq, excluded.last_seq)", list(last.items()),
             )
             db.executemany("DELETE FROM messages WHERE user = ? AND seq = ?", deletes)
+            db.executemany(
+                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT(user, device) DO UPDATE "
+                "SET seen = max(seen, excluded.seen)", devices,
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -30,27 +30,54 @@ def test_sequence_numbers_increase_and_follow_the_clock() -> None:
 
 def test_an_ack_removes_only_what_was_sent_up_to_its_number() -> None:
     boxes = Mailboxes()
+    boxes.see_device("u", "phone", NOW)
     a, b, c = fill(boxes, "u", 3)
     for stored in (a, c):
-        boxes.sent(stored, NOW)
-    assert [s.seq for s in boxes.ack("u", c.seq)] == [a.seq, c.seq]
+        boxes.sent(stored, NOW, {"phone"})
+    assert [s.seq for s in boxes.ack("u", c.seq, "phone", NOW)] == [a.seq, c.seq]
     assert [s.seq for s in boxes.pending("u")] == [b.seq]  # never sent: kept
-    assert boxes.ack("nobody", 5) == []
-    assert [s.seq for s in boxes.ack("u", c.seq, sent_only=False)] == [b.seq]
+    assert boxes.ack("nobody", 5, "phone", NOW) == []
+    assert [s.seq for s in boxes.remove("u", [b.seq])] == [b.seq]
+
+
+def test_every_known_device_must_ack_and_a_send_to_a_dead_node_is_not_covered() -> None:
+    boxes = Mailboxes()
+    for device in ("phone", "laptop"):
+        boxes.see_device("u", device, NOW)
+    first, second = fill(boxes, "u", 2)
+    boxes.sent(first, NOW, {"phone"})  # the laptop was offline, or its node died
+    boxes.sent(second, NOW, {"phone", "laptop"})
+    assert boxes.ack("u", second.seq, "phone", NOW) == []  # the laptop still needs both
+    # the laptop's ack covers only what was sent to it: the first message stays for it
+    assert [s.seq for s in boxes.ack("u", second.seq, "laptop", NOW)] == [second.seq]
+    assert [s.seq for s in boxes.pending("u")] == [first.seq]
+    boxes.sent(first, NOW + 1, {"laptop"})
+    assert [s.seq for s in boxes.ack("u", first.seq, "laptop", NOW)] == [first.seq]
+
+
+def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
+    boxes = Mailboxes(Limits(default_ttl=100))
+    boxes.see_device("u", "old", NOW)
+    boxes.see_device("u", "new", NOW + 90)
+    [stored] = fill(boxes, "u", 1, now=NOW + 95)
+    boxes.expire(NOW + 150)
+    assert set(boxes.devices("u")) == {"new"}
+    boxes.sent(stored, NOW + 150, {"new"})
+    assert [s.id for s in boxes.ack("u", stored.seq, "new", NOW + 150)] == [stored.id]
 
 
 def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
     boxes = Mailboxes(Limits(ack_timeout=10))
     a, b = fill(boxes, "u", 2)
     assert boxes.to_send("u", NOW) == [a, b]  # never sent
-    boxes.sent(a, NOW)
+    boxes.sent(a, NOW, {""})
     assert boxes.to_send("u", NOW + 1) == [b]
     assert [s.seq for s in boxes.to_send("u", NOW + 1, reconnect=True)] == [a.seq, b.seq]
-    boxes.sent(b, NOW + 1)
+    boxes.sent(b, NOW + 1, {""})
     assert boxes.retry_users(NOW + 5) == []
     assert boxes.retry_users(NOW + 10) == ["u"]
     assert [s.seq for s in boxes.to_send("u", NOW + 10)] == [a.seq]
-    again = boxes.sent(a, NOW + 10)
+    again = boxes.sent(a, NOW + 10, {""})
     assert again.attempts == 2 and boxes.counters["redelivered"] == 1
 
 
@@ -59,9 +86,9 @@ def test_expiry_and_the_cap_on_attempts() -> None:
     short = boxes.new("u", "short", "b", NOW, ttl=5)
     boxes.put(short)
     [poison] = fill(boxes, "v", 1)
-    boxes.sent(poison, NOW)
+    boxes.sent(poison, NOW, {""})
     assert boxes.expire(NOW + 1) == []
-    boxes.sent(poison, NOW + 1)
+    boxes.sent(poison, NOW + 1, {""})
     assert boxes.expire(NOW + 1.5) == []  # its last attempt still has time to be acked
     removed = boxes.expire(NOW + 5)
     assert {s.id for s in removed} == {"short", "v-0"}

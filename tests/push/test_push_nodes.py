@@ -41,11 +41,11 @@ async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,)) -> AsyncIt
 
 
 @asynccontextmanager
-async def device(node: Node, user: str) -> AsyncIterator[WebSocketConnection]:
+async def device(node: Node, user: str, name: str = "") -> AsyncIterator[WebSocketConnection]:
     host, port = node.client_address  # type: ignore[misc]
     async with open_websocket(host, port, "/", use_ssl=False) as ws:
         token = mint(SECRET.encode(), user, time.time())
-        await ws.send_message(json.dumps({"t": "hello", "token": token}))
+        await ws.send_message(json.dumps({"t": "hello", "token": token, "device": name}))
         assert (await next_object(ws))["t"] == "welcome"
         yield ws
 
@@ -277,3 +277,28 @@ async def test_an_unknown_or_expired_session_starts_afresh() -> None:
     async with cluster(["a"], keys=()) as nodes, \
             hello_again(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
         assert welcome["resumed"] is False and welcome["session"] != "a.1.nope"
+
+
+async def test_a_device_that_was_away_gets_what_another_device_already_acked() -> None:
+    async with cluster(["a", "b", "c"]) as nodes:
+        async with device(nodes[0], "kim", "laptop") as laptop:  # the owner learns of it
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: "laptop" in owner_of(
+                    nodes, "kim").delivery.mailboxes.devices("kim"))
+            await laptop.aclose()
+        async with device(nodes[1], "kim", "phone") as phone:
+            sent = await nodes[2].send("kim", "for both", qos=1)
+            got = await next_message(phone)
+            await phone.send_message(json.dumps({"t": "ack", "seq": got["seq"]}))
+            owner = owner_of(nodes, "kim")
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: owner.delivery.mailboxes.acked_by(
+                    "kim", got["seq"]) == {"phone"})
+            assert owner.delivery.mailboxes.pending_count("kim") == 1  # the laptop lacks it
+        async with device(nodes[2], "kim", "laptop") as laptop:
+            got = await next_message(laptop)
+            assert got["id"] == sent["id"]
+            await laptop.send_message(json.dumps({"t": "ack", "seq": got["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: all(
+                    n.delivery.mailboxes.pending_count("kim") == 0 for n in nodes))
