@@ -5,7 +5,9 @@ One run: bring up a local cluster (``grapevine cluster up``), connect U users as
 messages at a set rate through random nodes' HTTP APIs, and meanwhile every T seconds
 kill -9 a random node and restart it a little later (never more than R-1 down at once),
 or pause one with SIGSTOP/SIGCONT. Then wait for quiescence and judge (``verdict.py``):
-every message acknowledged to its sender must have reached every device of its user.
+every message acknowledged to its sender must have reached every device of its user
+(every device connects once before the first message is sent: the cluster cannot
+promise a message to a device it has never seen).
 Prints a report (and JSON with --json) and exits 1 on any loss.
 
 Devices behave like an SDK: on losing their node they move to another one, resuming
@@ -103,7 +105,7 @@ class Run:
 # ---- devices ------------------------------------------------------------------------------
 
 async def device(run: Run, user: str, name: str, rng: random.Random, *,
-                 reconnects: float, stop: trio.Event) -> None:
+                 reconnects: float, stop: trio.Event, ready: trio.Semaphore) -> None:
     session: str | None = None
     last_seq: int | None = None
     receipts = run.receipts.setdefault(name, [])
@@ -124,6 +126,8 @@ async def device(run: Run, user: str, name: str, rng: random.Random, *,
                         top = None
                         for obj in frame if isinstance(frame, list) else [frame]:
                             if obj.get("t") == "welcome":
+                                if session is None:
+                                    ready.release()  # known to the cluster from now on
                                 session = obj["session"]
                             elif obj.get("t") == "msg" and obj.get("qos") == 1:
                                 receipts.append(Receipt(obj["id"], obj["seq"]))
@@ -210,13 +214,20 @@ async def chaos(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     devices = {u: [f"{u}/a"] + ([f"{u}/b"] if rng.random() < args.two_device_share else [])
                for u in users}
     stop_devices, stop_faults = trio.Event(), trio.Event()
+    ready = trio.Semaphore(0, max_value=sum(len(d) for d in devices.values()))
     started = time.time()
     async with trio.open_nursery() as nursery:
         for user, names in devices.items():
             for name in names:
                 nursery.start_soon(partial(
                     device, run, user, name, random.Random(f"{args.seed}:{name}"),
-                    reconnects=args.reconnects, stop=stop_devices))
+                    reconnects=args.reconnects, stop=stop_devices, ready=ready))
+        # a message can only be promised to devices the cluster has seen: every device
+        # connects once before the first send (and its registration reaches the owner)
+        with trio.fail_after(120):
+            for _ in range(ready.max_value):
+                await ready.acquire()
+        await trio.sleep(1.0)
         nursery.start_soon(faults, run, args, random.Random(args.seed + 1), stop_faults)
         await sender(run, users, args.messages, args.rate, rng)
         stop_faults.set()
