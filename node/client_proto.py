@@ -25,7 +25,8 @@ CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1003, 1008,
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_frame: int = 64 * 1024
-    #: objects per second a connection may send (each object of a batch counts) ...
+    #: objects per second a connection may send (each object of a batch counts; service
+    #: tokens, the application's own servers, are not limited) ...
     rate: float = 50.0
     #: ... with bursts of this many
     burst: int = 100
@@ -177,7 +178,7 @@ class ClientConnection:
             return [self._close("bad_frame", f"a batch holds 1 to {self.limits.max_batch} objects")]
         if not all(isinstance(o, dict) and isinstance(o.get("t"), str) for o in objects):
             return [self._close("bad_frame", "every object needs a string field 't'")]
-        if not self._bucket.take(now, len(objects)):
+        if not self.service and not self._bucket.take(now, len(objects)):
             return [self._close("rate_limited", f"more than {self.limits.rate:g} objects/s",
                                 CLOSE_POLICY)]
         out: list[Request | Violation] = []

@@ -44,6 +44,8 @@ MESSAGE_QUEUE = 8
 RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
 #: Resume a session after a short disconnect: its topics, or None if it cannot be resumed.
 ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
+#: QoS 1 sends one connection may have waiting for durability at once
+SENDS_IN_FLIGHT = 256
 #: A connection that ended for one of these may come back and resume.
 RESUMABLE = ("client_closed", "heartbeat_missed")
 
@@ -139,7 +141,7 @@ class ClientServer:
             async with trio.open_nursery() as nursery:
                 written = trio.Event()
                 nursery.start_soon(self._write, ws, machine, session, receive, written)
-                reason, violation = await self._read(ws, machine, session, events[1:])
+                reason, violation = await self._read(ws, machine, session, events[1:], nursery)
                 if violation is not None:
                     # the error goes after everything already queued, then we close
                     session.offer(violation.frame())
@@ -155,9 +157,10 @@ class ClientServer:
                         session.user, session.session, session.closed_reason, session.dropped)
 
     async def _read(self, ws: WebSocketConnection, machine: ClientConnection,
-                    session: ClientSession, pending: list[Request | Violation]
-                    ) -> tuple[str, Violation | None]:
+                    session: ClientSession, pending: list[Request | Violation],
+                    nursery: trio.Nursery) -> tuple[str, Violation | None]:
         idle = self.limits.heartbeat * 2
+        in_flight = trio.Semaphore(SENDS_IN_FLIGHT)
         while True:
             for event in pending:
                 if isinstance(event, Violation):
@@ -166,9 +169,13 @@ class ClientServer:
                         return event.code, event
                     session.offer(event.frame())
                     continue
-                answer = await self._answer(session, event)
-                if answer is not None and not session.offer(answer):
-                    self.clients.counters["answers_dropped"] += 1
+                if isinstance(event, SendTo) and event.qos == 1:
+                    # durable sends take milliseconds: answer them as they complete, many
+                    # at once per connection, instead of one after the other
+                    await in_flight.acquire()
+                    nursery.start_soon(self._answer_later, session, event, in_flight)
+                    continue
+                self._offer_answer(session, await self._answer(session, event))
             with trio.move_on_after(idle):
                 try:
                     data = await ws.get_message()
@@ -178,6 +185,17 @@ class ClientServer:
                 continue
             await ws.aclose(CLOSE_NORMAL, f"silent for {idle:g} s")
             return "heartbeat_missed", None
+
+    async def _answer_later(self, session: ClientSession, event: Request,
+                            in_flight: trio.Semaphore) -> None:
+        try:
+            self._offer_answer(session, await self._answer(session, event))
+        finally:
+            in_flight.release()
+
+    def _offer_answer(self, session: ClientSession, answer: Object | None) -> None:
+        if answer is not None and not session.offer(answer):
+            self.clients.counters["answers_dropped"] += 1
 
     async def _answer(self, session: ClientSession, event: Request) -> Object | None:
         if isinstance(event, Ping):

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WORKERS = 32
+#: requests served at once per pool: durable writes wait on the disk and on replicas,
+#: so many are in flight while group commit shares each fsync among them
+WORKERS = 256
 REQUESTS = 1024
 TICK = 1.0
 Frame = dict[str, Any]

@@ -217,7 +217,9 @@ async def main(a: argparse.Namespace) -> dict:
         await asyncio.sleep(a.settle)  # registrations reach the owners
         senders = []
         for k in range(a.senders):
-            ws = await connect(session, a.send_url, mint(secret, f"sender{k}", time.time()))
+            # senders are the application's servers: service tokens, not rate-limited
+            ws = await connect(session, a.send_url,
+                               mint(secret, f"sender{k}", time.time(), service=True))
             sockets.append(ws)
             senders.append(ws)
             st.permits[k] = asyncio.Semaphore(max(1, a.window // a.senders))

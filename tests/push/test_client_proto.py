@@ -149,3 +149,12 @@ def test_random_frames_never_raise(data: bytes | str) -> None:
     for event in connection.receive(NOW, data):
         assert isinstance(event, Violation | Ack | Subscribe | Unsubscribe | Upstream | SendTo
                           | Ping)
+
+
+def test_service_tokens_are_not_rate_limited() -> None:
+    connection = ClientConnection(SECRET, NOW, Limits(rate=1.0, burst=2))
+    hello = {"t": "hello", "token": mint(SECRET, "app", NOW, service=True)}
+    [event] = connection.receive(NOW, json.dumps(hello))
+    assert isinstance(event, Hello) and event.service
+    for _ in range(50):
+        assert send(connection, {"t": "ping"}) == [Ping(None)]
