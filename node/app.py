@@ -12,12 +12,10 @@ port 0 and read the real addresses. ``Node.request_stop()`` (SIGINT/SIGTERM in t
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import random
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +37,10 @@ from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
 from .ring import HashRing, live_nodes, ring_members
-from .routing import Action, DeliverLocal, NoOwner, Registered, Router, SendPeer, Unavailable
+from .routing import (
+    Action, DeliverLocal, MessageIds, NoOwner, Registered, Router, SendPeer, Unavailable,
+    qos0_message,
+)
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,16 @@ class Node:
         self.router = Router(config.name, self.ring.owner)
         self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed)
         self.links = PeerLinks(config.name, self._keys, self._peer_frame, self._peer_connected)
+        self._ids = MessageIds(config.name)
         self.delivery = Delivery(
             config, ring=self.ring, router=self.router, clients=self.clients, links=self.links,
-            store=Store.in_dir(config.data_dir), carry_out=self._carry_out,
+            store=Store.in_dir(config.data_dir), ids=self._ids, carry_out=self._carry_out,
         )
-        self.fanout = Fanout(config, ring=self.ring, clients=self.clients, links=self.links)
+        self.fanout = Fanout(config, ring=self.ring, clients=self.clients, links=self.links,
+                             ids=self._ids)
         self.api_address: Address | None = None
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{config.name}.{secrets.token_hex(4)}"
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
@@ -105,14 +106,12 @@ class Node:
     def send_message(self, user: str, body: str, *, ttl: float | None = None,
                      sender: str | None = None) -> dict[str, Any]:
         """A QoS 0 message: routed now, never stored."""
-        message: dict[str, Any] = {
-            "t": "msg", "id": f"{self._id_prefix}.{next(self._ids)}", "seq": 0, "qos": 0,
-            "body": body, "ts": round(time.time(), 3),
-        }
+        extra: dict[str, Any] = {}
         if sender is not None:
-            message["from"] = sender
+            extra["from"] = sender
         if ttl is not None:
-            message["ttl"] = ttl
+            extra["ttl"] = ttl
+        message = qos0_message(self._ids(), body, time.time(), **extra)
         self._carry_out(self.router.send(user, message))
         return {"id": message["id"], "seq": 0}
 

@@ -19,9 +19,7 @@ longer holds once the new holders have them on disk.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .mailbox import Limits, Mailboxes, Stored
-from .routing import DeliverLocal, SendPeer, Unavailable
+from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .store import Store
 
 if TYPE_CHECKING:
@@ -51,7 +49,7 @@ Frame = dict[str, Any]
 
 class Delivery:
     def __init__(self, config: Config, *, ring: HashRing, router: Router,
-                 clients: LocalClients, links: PeerLinks, store: Store,
+                 clients: LocalClients, links: PeerLinks, store: Store, ids: MessageIds,
                  carry_out: Callable[[list[Any]], None]) -> None:
         self.me = config.name
         self.config = config
@@ -71,8 +69,7 @@ class Delivery:
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._rebalance = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{self.me}.{secrets.token_hex(4)}.q"
+        self._ids = ids
 
     # ---- running ------------------------------------------------------------------------
 
@@ -122,9 +119,8 @@ class Delivery:
 
     async def _store_as_owner(self, user: str, body: str, ttl: float | None,
                               sender: str | None) -> dict[str, Any]:
-        message_id = f"{self._id_prefix}{next(self._ids)}"
         try:
-            stored = self.mailboxes.new(user, message_id, body, time.time(), ttl, sender=sender)
+            stored = self.mailboxes.new(user, self._ids(), body, time.time(), ttl, sender=sender)
         except OverflowError as exc:
             raise Unavailable(str(exc)) from None
         replicas = [n for n in self.ring.replicas(user, self.config.replicas) if n != self.me]

@@ -13,16 +13,14 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .routing import Unavailable
+from .routing import MessageIds, Unavailable, qos0_message
 from .webhook import Webhook
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ PACE_SLICE = 0.05  # seconds of deliveries handed out at once
 
 class Fanout:
     def __init__(self, config: Config, *, ring: HashRing, clients: LocalClients,
-                 links: PeerLinks) -> None:
+                 links: PeerLinks, ids: MessageIds) -> None:
         self.me = config.name
         self.ring = ring
         self.clients = clients
@@ -49,8 +47,7 @@ class Fanout:
         self.webhook = Webhook(config.webhook, config.name) if config.webhook else None
         self._broadcasts_in, self._broadcasts = trio.open_memory_channel[dict[str, Any]](
             BROADCAST_QUEUE)
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{self.me}.{secrets.token_hex(4)}.b"
+        self._ids = ids
         self.counters: Counter[str] = Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -62,8 +59,7 @@ class Fanout:
             task_status.started()
 
     def _message(self, body: Any, **extra: Any) -> dict[str, Any]:
-        return {"t": "msg", "id": f"{self._id_prefix}{next(self._ids)}", "seq": 0, "qos": 0,
-                "body": body, "ts": round(time.time(), 3), **extra}
+        return qos0_message(self._ids(), body, time.time(), **extra)
 
     def _to_every_node(self, frame: dict[str, Any]) -> None:
         for node in self.ring.nodes:

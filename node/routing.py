@@ -15,6 +15,8 @@ ring changed, a node died) and executes the actions that come back.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,24 @@ Message = dict[str, Any]
 
 class Unavailable(Exception):
     """The cluster cannot take a message now (the reason is for the sender)."""
+
+
+class MessageIds:
+    """Message ids unique in the cluster: the node's name, a per-process random part
+    (a restarted node must not repeat its ids), a counter."""
+
+    def __init__(self, node: str) -> None:
+        self._prefix = f"{node}.{secrets.token_hex(4)}."
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+
+def qos0_message(message_id: str, body: Any, now: float, **extra: Any) -> Message:
+    """A message that is routed now and never stored (QoS 0: ``seq`` 0)."""
+    return {"t": "msg", "id": message_id, "seq": 0, "qos": 0, "body": body,
+            "ts": round(now, 3), **extra}
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from node.clients import ClientSession, LocalClients
 from node.fanout import Fanout
 from node.peer_link import PeerLinks
 from node.ring import HashRing
+from node.routing import MessageIds
 from node.token import mint
 from node.webhook import parse_url
 from tests.node.helpers import http, local_config, start_node
@@ -159,7 +160,8 @@ async def test_broadcasts_are_paced_at_the_configured_rate(autojump_clock: Any) 
         inboxes.append(receive)
     config = local_config("pacer", broadcast_rate=50.0)
     links = PeerLinks("pacer", list, lambda *_: None, lambda _: None)
-    fanout = Fanout(config, ring=HashRing(), clients=clients, links=links)
+    fanout = Fanout(config, ring=HashRing(), clients=clients, links=links,
+                    ids=MessageIds("pacer"))
     async with trio.open_nursery() as nursery:
         await nursery.start(fanout.run)
         start = trio.current_time()
