@@ -42,6 +42,7 @@ from .routing import (
     qos0_message,
 )
 from .store import Store
+from .views import format_address
 
 logger = logging.getLogger(__name__)
 
@@ -216,22 +217,22 @@ class Node:
         if owner is None:
             raise Unavailable("no grapevine node is alive to own this user")
         if owner == self.config.name:
-            nodes = self.router.sessions_at_owner(user)
+            known = self._presence_here(user)
         else:
-            reply = await self.links.request(owner, {"t": "presence", "user": user})
-            nodes = reply.get("nodes") if isinstance(reply.get("nodes"), dict) else {}
-            pending = reply.get("pending", 0)
-        if owner == self.config.name:
-            pending = self.delivery.mailboxes.pending_count(user)
+            known = await self.links.request(owner, {"t": "presence", "user": user})
+        nodes = known.get("nodes") if isinstance(known.get("nodes"), dict) else {}
         return {"user": user, "online": bool(nodes), "devices": sum(nodes.values()),
-                "nodes": sorted(nodes), "owner": owner, "pending": pending}
+                "nodes": sorted(nodes), "owner": owner, "pending": known.get("pending", 0)}
+
+    def _presence_here(self, user: str) -> dict[str, Any]:
+        """What this node, as the owner, knows of ``user``: sessions per node, pending."""
+        return {"nodes": self.router.sessions_at_owner(user),
+                "pending": self.delivery.mailboxes.pending_count(user)}
 
     def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
         self._changed()
         if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
-            user = frame["user"]
-            self.links.reply(node, frame, {"nodes": self.router.sessions_at_owner(user),
-                                           "pending": self.delivery.mailboxes.pending_count(user)})
+            self.links.reply(node, frame, self._presence_here(frame["user"]))
             return
         if self._session_frame(node, frame):
             return
@@ -243,7 +244,6 @@ class Node:
         kind, user, session = frame.get("t"), frame.get("user"), frame.get("session")
         if kind not in ("park", "unpark"):
             return False
-        self._changed()
         if not isinstance(user, str) or not isinstance(session, str):
             self.router.counters["bad_peer_frames"] += 1
             return True
@@ -320,7 +320,7 @@ async def run_node(
     listeners = await trio.open_tcp_listeners(config.peer_port, host=peer_host)
     port = listeners[0].socket.getsockname()[1]
     peer_address = (advertise_address(peer_host, config.advertise_addr), port)
-    config = config.with_node_tags(peer="{}:{}".format(*peer_address))
+    config = config.with_node_tags(peer=format_address(peer_address))
     async with trio.open_nursery() as nursery:
         membership = await nursery.start(
             lambda task_status: serve_membership(
@@ -334,8 +334,7 @@ async def run_node(
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
         if config.client_port is not None:
-            server = ClientServer(config, config.name, node.clients, node._client_request,
-                                  node._resume)
+            server = ClientServer(config, node.clients, node._client_request, node._resume)
             node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()
         if config.api_port is not None:
@@ -371,14 +370,13 @@ async def _serve_api(
 def _write_node_file(data_dir: str, node: Node) -> None:
     """``node.json`` in the data dir: who runs here and where (read by tooling)."""
     os.makedirs(data_dir, exist_ok=True)
-    api = node.api_address
     info = {
         "name": node.config.name,
         "pid": os.getpid(),
-        "gossip": "{}:{}".format(*node.membership.address),
-        "api": None if api is None else "{}:{}".format(*api),
-        "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
-        "peer": "{}:{}".format(*node.peer_address),
+        "gossip": format_address(node.membership.address),
+        "api": format_address(node.api_address),
+        "client": format_address(node.client_address),
+        "peer": format_address(node.peer_address),
     }
     path = os.path.join(data_dir, "node.json")
     temporary = path + ".tmp"

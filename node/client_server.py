@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
-    Unsubscribe, Upstream, Violation,
+    Unsubscribe, Violation,
 )
 from .clients import ClientSession, LocalClients, Object
 from .config import Config
@@ -51,13 +51,12 @@ RESUMABLE = ("client_closed", "heartbeat_missed")
 
 
 class ClientServer:
-    def __init__(self, config: Config, node_name: str, clients: LocalClients,
-                 handle: RequestHandler | None = None, resume: ResumeHandler | None = None
-                 ) -> None:
+    def __init__(self, config: Config, clients: LocalClients, handle: RequestHandler,
+                 resume: ResumeHandler) -> None:
         self.config = config
-        self.node_name = node_name
+        self.node_name = config.name
         self.clients = clients
-        self.handle = handle or _unavailable
+        self.handle = handle
         self.resume = resume
         self.limits = Limits(
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
@@ -117,7 +116,7 @@ class ClientServer:
                 await _refuse(ws, machine, hello)
             return
         topics = None
-        if hello.session is not None and self.resume is not None:
+        if hello.session is not None:
             with trio.move_on_after(2.0):
                 topics = await self.resume(hello)
         if topics is not None:
@@ -226,17 +225,6 @@ class ClientServer:
                 await ws.aclose(CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120])
                 return
         written.set()  # the outbox was closed and everything in it is sent
-
-
-async def _unavailable(_session: ClientSession, event: Request) -> Object | None:
-    """The answer while no router is attached: messages cannot be taken, acks are moot."""
-    if isinstance(event, SendTo | Upstream):
-        error: Object = {"t": "error", "code": "unavailable",
-                         "reason": "this node has no route for messages yet"}
-        if event.ref:
-            error["ref"] = event.ref
-        return error
-    return None
 
 
 async def _refuse(ws: WebSocketConnection, machine: ClientConnection, violation: Violation,

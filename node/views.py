@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 
 
+def format_address(address: tuple[str, int] | None) -> str | None:
+    """``host:port`` for the JSON views and files, None for a service that is off."""
+    return None if address is None else f"{address[0]}:{address[1]}"
+
+
 def member_tags(member: Member) -> dict[str, str]:
     try:
         return decode_tags(member.meta)
@@ -26,7 +31,7 @@ def member_tags(member: Member) -> dict[str, str]:
 def member_json(member: Member, now: float) -> dict[str, Any]:
     return {
         "name": member.name,
-        "address": f"{member.address[0]}:{member.address[1]}",
+        "address": format_address(member.address),
         "state": member.state.label,
         "incarnation": member.incarnation,
         "tags": member_tags(member),
@@ -38,14 +43,13 @@ def member_json(member: Member, now: float) -> dict[str, Any]:
 
 def status_json(node: Node) -> dict[str, Any]:
     stats = node.membership.statistics()
-    api = node.api_address
     return {
         "name": stats.name,
         "version": VERSION,
         "profile": node.config.profile,
-        "gossip": "{}:{}".format(*node.membership.address),
-        "api": None if api is None else "{}:{}".format(*api),
-        "client": None if node.client_address is None else "{}:{}".format(*node.client_address),
+        "gossip": format_address(node.membership.address),
+        "api": format_address(node.api_address),
+        "client": format_address(node.client_address),
         "push": node.push_gauges(),
         "incarnation": stats.incarnation,
         "health_score": stats.health_score,
