@@ -141,19 +141,18 @@ class Delivery:
         await self.store.write([stored])
         confirmed.append(self.me)
 
-    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],
-                         devices: list[tuple[str, str, float]] | None = None) -> bool:
-        if devices is None:
-            devices = self._devices_of({s.user for s in messages})
+    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str]) -> None:
+        """Copy ``messages`` (and their users' devices) to ``node``; on its disk, it is
+        added to ``confirmed``."""
+        devices = self._devices_of({s.user for s in messages})
         frame = {"t": "replicate", "msgs": [s.to_wire() for s in messages],
                  "devices": [list(d) for d in devices]}
         with trio.move_on_after(self.config.replicate_timeout):
             reply = await self.links.request(node, frame)
             if reply.get("ok"):
                 confirmed.append(node)
-                return True
+                return
         logger.warning("replicate_failed peer=%s messages=%d", node, len(messages))
-        return False
 
     def _devices_of(self, users: set[str]) -> list[tuple[str, str, float]]:
         return [(user, device, seen) for user in sorted(users)
@@ -226,11 +225,7 @@ class Delivery:
             self._acked_at_owner(user, frame["seq"], device)
             return True
         if kind == "devices" and isinstance(frame.get("devices"), list):
-            records = [(str(d[0]), str(d[1]), float(d[2])) for d in frame["devices"]
-                       if isinstance(d, list) and len(d) == 3]
-            for user, device, seen in records:
-                self.mailboxes.see_device(user, device, seen)
-            self.store.write_soon(devices=records)
+            self.store.write_soon(devices=self._see_devices(frame["devices"]))
             return True
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             seqs = [s for s in frame["seqs"] if isinstance(s, int)]
@@ -262,14 +257,22 @@ class Delivery:
         if not isinstance(raw, list) or not isinstance(raw_devices, list):
             raise ValueError("replicate needs msgs and devices lists")
         messages = [Stored.from_wire(item) for item in raw]
-        devices = [(str(d[0]), str(d[1]), float(d[2])) for d in raw_devices
-                   if isinstance(d, list) and len(d) == 3]
+        devices = self._see_devices(raw_devices)
         await self.store.write(messages, devices=devices)
         for stored in messages:
             self.mailboxes.put(stored)
-        for user, device, seen in devices:
-            self.mailboxes.see_device(user, device, seen)
         return {"ok": True}
+
+    def _see_devices(self, raw: list[Any]) -> list[tuple[str, str, float]]:
+        """Device records from a peer, noted in the mailboxes; malformed ones are skipped."""
+        records = []
+        for item in raw:
+            if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], int | float)):
+                user, device, seen = item[0], item[1], float(item[2])
+                self.mailboxes.see_device(user, device, seen)
+                records.append((user, device, seen))
+        return records
 
     # ---- time and ring changes ----------------------------------------------------------
 
@@ -305,12 +308,12 @@ class Delivery:
             if not holders or self._copied.get(user) == holders:
                 continue
             messages = self.mailboxes.pending(user)
+            targets = holders - {self.me} - self._copied.get(user, frozenset())
             confirmed: list[str] = []
             async with trio.open_nursery() as nursery:
-                for node in holders - {self.me} - self._copied.get(user, frozenset()):
+                for node in targets:
                     nursery.start_soon(self._replicate, node, messages, confirmed)
-            missing = holders - {self.me} - self._copied.get(user, frozenset()) - set(confirmed)
-            if missing:
+            if targets - set(confirmed):
                 complete = False
                 continue
             self._copied[user] = holders
