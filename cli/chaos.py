@@ -4,14 +4,18 @@ One run: bring up a local cluster (``grapevine cluster up``), connect U users as
 (a share of them on two devices; some devices drop and resume now and then), send M QoS 1
 messages at a set rate through random nodes' HTTP APIs, and meanwhile every T seconds
 kill -9 a random node and restart it a little later (never more than R-1 down at once),
-or pause one with SIGSTOP/SIGCONT. Then wait for quiescence and judge (``verdict.py``):
+or pause one with SIGSTOP/SIGCONT, or (``--netns --partitions``, root only) cut a node's
+network link and heal it later. Then wait for quiescence and judge (``verdict.py``):
 every message acknowledged to its sender must have reached every device of its user
 (every device connects once before the first message is sent: the cluster cannot
 promise a message to a device it has never seen).
 Prints a report (and JSON with --json) and exits 1 on any loss.
 
-Devices behave like an SDK: on losing their node they move to another one, resuming
-their session (session id and last seen sequence), and they ack what they receive.
+Devices behave like an SDK (``client.py``): on losing their node (a closed connection,
+or a node silent for 3 s) they move to another one, resuming their session (session id
+and last seen sequence), and they ack what they receive. Senders behave like a business
+server: a send that fails or times out is retried on another node (up to 3 attempts);
+only the attempt the cluster acknowledged is promised.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
-
 from node.token import mint
 
+from . import netns
+from .client import CONNECTION_LOST, Session, hold
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, api_request, host_port
 from .verdict import Receipt, Sent, judge
 
@@ -48,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     chaos.add_argument("--kill-every", type=float, default=10.0, metavar="T")
     chaos.add_argument("--down-for", type=float, default=3.0, help="seconds before a restart")
     chaos.add_argument("--pauses", action="store_true", help="also SIGSTOP/SIGCONT nodes")
+    chaos.add_argument("--netns", action="store_true",
+                       help="every node in its own network namespace (root only)")
+    chaos.add_argument("--partitions", action="store_true",
+                       help="also cut nodes' links and heal them (needs --netns)")
+    chaos.add_argument("--partition-for", type=float, default=6.0, metavar="SECONDS",
+                       help="how long a cut lasts")
     chaos.add_argument("--reconnects", type=float, default=0.02,
                        help="chance per second that a device drops and resumes")
     chaos.add_argument("--settle", type=float, default=90.0,
@@ -86,58 +96,53 @@ class Run:
     directory: str
     nodes: list[dict[str, Any]]
     secret: str
+    api_key: str | None = None
     replicas: int = 2
     down: set[str] = field(default_factory=set)
     detections: list[dict[str, Any]] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     receipts: dict[str, list[Receipt]] = field(default_factory=dict)
     send_failures: int = 0
+    send_retries: int = 0
     reconnects: int = 0
+    pauses: int = 0
+    skipped: int = 0
 
     def live(self) -> list[dict[str, Any]]:
         return [n for n in self.nodes if n["name"] not in self.down]
 
     def reload(self) -> None:
         state = json.loads(Path(self.directory, "cluster.json").read_text())
-        self.nodes = state["nodes"]
+        self.nodes, self.api_key = state["nodes"], state.get("api_key")
 
 
 # ---- devices ------------------------------------------------------------------------------
 
 async def device(run: Run, user: str, name: str, rng: random.Random, *,
                  reconnects: float, stop: trio.Event, ready: trio.Semaphore) -> None:
-    session: str | None = None
-    last_seq: int | None = None
     receipts = run.receipts.setdefault(name, [])
-    token = mint(run.secret.encode(), user, time.time(), None)
+    session = Session(mint(run.secret.encode(), user, time.time(), None), name,
+                      ping_every=1.0, dead_after=3.0)
+    welcomed = False
+
+    async def handle(ws: Any, obj: dict[str, Any]) -> None:
+        nonlocal welcomed
+        if obj.get("t") == "welcome" and not welcomed:
+            welcomed = True
+            ready.release()  # known to the cluster from now on
+        elif obj.get("t") == "msg" and obj.get("qos") == 1:
+            receipts.append(Receipt(obj["id"], obj["seq"]))
+            session.saw(obj["seq"])
+            await ws.send_message(json.dumps({"t": "ack", "seq": obj["seq"]}))
+
     while not stop.is_set():
         node = rng.choice(run.live() or run.nodes)
         host, port = host_port(node["client"])
         try:
-            async with open_websocket(host, port, "/", use_ssl=False, connect_timeout=5) as ws:
-                hello: dict[str, Any] = {"t": "hello", "token": token, "device": name}
-                if session:
-                    hello.update(session=session, last_seq=last_seq)
-                await ws.send_message(json.dumps(hello))
-                drop_at = trio.current_time() + rng.expovariate(reconnects or 1e-9)
-                with trio.move_on_at(drop_at):
-                    while True:
-                        frame = json.loads(await ws.get_message())
-                        top = None
-                        for obj in frame if isinstance(frame, list) else [frame]:
-                            if obj.get("t") == "welcome":
-                                if session is None:
-                                    ready.release()  # known to the cluster from now on
-                                session = obj["session"]
-                            elif obj.get("t") == "msg" and obj.get("qos") == 1:
-                                receipts.append(Receipt(obj["id"], obj["seq"]))
-                                top = max(top or 0, obj["seq"])
-                        if top is not None:
-                            last_seq = max(last_seq or 0, top)
-                            await ws.send_message(json.dumps({"t": "ack", "seq": top}))
-                run.reconnects += 1
-        except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError,
-                trio.TooSlowError):
+            with trio.move_on_after(rng.expovariate(reconnects or 1e-9)):
+                await hold(host, port, session, handle)
+            run.reconnects += 1
+        except CONNECTION_LOST:
             await trio.sleep(0.2 + rng.random() * 0.3)
 
 
@@ -145,27 +150,38 @@ async def device(run: Run, user: str, name: str, rng: random.Random, *,
 
 async def sender(run: Run, users: list[str], count: int, rate: float,
                  rng: random.Random) -> None:
-    limiter = trio.Semaphore(32)
+    limiter = trio.Semaphore(64)
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         for index in range(count):
             await trio.sleep_until(start + index / rate)
             await limiter.acquire()
-            nursery.start_soon(_send_one, run, rng.choice(users), f"c{index}", limiter)
+            nursery.start_soon(_send_one, run, rng.choice(users), f"c{index}", limiter,
+                               random.Random(f"{rng.random()}"))
 
 
-async def _send_one(run: Run, user: str, body: str, limiter: trio.Semaphore) -> None:
+async def _send_one(run: Run, user: str, body: str, limiter: trio.Semaphore,
+                    rng: random.Random) -> None:
+    """One message, retried on other nodes like a business server would (3 attempts)."""
     try:
-        node = random.choice(run.live() or run.nodes)
-        try:
-            answer = await trio.to_thread.run_sync(lambda: api_request(
-                host_port(node["api"]), "POST", "/v1/send",
-                {"to": user, "body": body, "qos": 1}, timeout=15.0))
-        except CliError:
-            run.send_failures += 1
-            run.sent.append(Sent(body, user, -1, False))
+        tried: set[str] = set()
+        for attempt in range(3):
+            candidates = [n for n in run.live() if n["name"] not in tried] or run.nodes
+            node = rng.choice(candidates)
+            tried.add(node["name"])
+            try:
+                answer = await trio.to_thread.run_sync(partial(
+                    api_request, host_port(node["api"]), "POST", "/v1/send",
+                    {"to": user, "body": body, "qos": 1}, api_key=run.api_key, timeout=5.0))
+            except CliError:
+                if attempt < 2:
+                    run.send_retries += 1
+                    await trio.sleep(0.2)
+                continue
+            run.sent.append(Sent(answer["id"], user, answer["seq"], True))
             return
-        run.sent.append(Sent(answer["id"], user, answer["seq"], True))
+        run.send_failures += 1
+        run.sent.append(Sent(body, user, -1, False))
     finally:
         limiter.release()
 
@@ -174,36 +190,81 @@ async def _send_one(run: Run, user: str, body: str, limiter: trio.Semaphore) -> 
 
 async def faults(run: Run, args: argparse.Namespace, rng: random.Random,
                  stop: trio.Event) -> None:
-    every, down_for, pauses = args.kill_every, args.down_for, args.pauses
-    while not stop.is_set():
-        with trio.move_on_after(every):
-            await stop.wait()
-        if stop.is_set():
-            return
-        victim = rng.choice(run.live())
-        if pauses and rng.random() < 0.3:
-            await trio.to_thread.run_sync(cluster, "kill", victim["name"], "--signal", "STOP",
-                                          "--dir", run.directory)
-            await trio.sleep(rng.uniform(0.5, 2.0))
-            await trio.to_thread.run_sync(cluster, "kill", victim["name"], "--signal", "CONT",
-                                          "--dir", run.directory)
-            continue
-        if len(run.down) >= run.replicas - 1:
-            continue
-        run.down.add(victim["name"])
-        killed = time.time()
-        await trio.to_thread.run_sync(cluster, "kill", victim["name"], "--dir", run.directory)
-        waited = await trio.to_thread.run_sync(cluster, "wait", victim["name"], "dead",
-                                               "--dir", run.directory, "--timeout", "60")
-        run.detections.append({"node": victim["name"], "detected_s": round(
-            time.time() - killed, 2) if waited.returncode == 0 else None})
-        await trio.sleep(down_for)
-        restarted = await trio.to_thread.run_sync(cluster, "restart", victim["name"],
-                                                  "--dir", run.directory)
-        if restarted.returncode != 0:
-            raise CliError(f"restart of {victim['name']} failed: {restarted.stderr}")
-        run.reload()
-        run.down.discard(victim["name"])
+    """At every T seconds one fault: a kill -9 and restart, a pause, or a cut link.
+
+    Faults run side by side on a fixed beat (a node killed at 10 s may still be down at
+    20 s); a kill or cut that would take more than R-1 nodes away at once is skipped.
+    """
+    async with trio.open_nursery() as nursery:
+        beat = trio.current_time()
+        while True:
+            beat += args.kill_every
+            with trio.move_on_at(beat):
+                await stop.wait()
+            if stop.is_set():
+                break
+            candidates = run.live()
+            if not candidates:
+                continue
+            victim = rng.choice(candidates)["name"]
+            draw = rng.random()
+            if args.pauses and draw < 0.2:
+                nursery.start_soon(_pause, run, victim, rng.uniform(0.5, 2.0))
+            elif len(run.down) >= run.replicas - 1:
+                run.skipped += 1  # never more than R-1 nodes away at once
+            elif args.partitions and draw < 0.6:
+                run.down.add(victim)
+                nursery.start_soon(_partition, run, victim, args.partition_for)
+            else:
+                run.down.add(victim)
+                nursery.start_soon(_kill_and_restart, run, victim, args.down_for)
+
+
+async def _pause(run: Run, victim: str, seconds: float) -> None:
+    await _command("kill", victim, "--signal", "STOP", directory=run.directory)
+    await trio.sleep(seconds)
+    await _command("kill", victim, "--signal", "CONT", directory=run.directory)
+    run.pauses += 1
+
+
+async def _command(*args: str, directory: str) -> subprocess.CompletedProcess[str]:
+    return await trio.to_thread.run_sync(partial(cluster, *args, "--dir", directory))
+
+
+async def _seen(run: Run, victim: str, state: str, since: float) -> float | None:
+    waited = await _command("wait", victim, state, "--timeout", "60",
+                            directory=run.directory)
+    return round(time.time() - since, 2) if waited.returncode == 0 else None
+
+
+async def _kill_and_restart(run: Run, victim: str, down_for: float) -> None:
+    killed = time.time()
+    await _command("kill", victim, directory=run.directory)
+    run.detections.append({"node": victim, "fault": "kill",
+                           "detected_s": await _seen(run, victim, "dead", killed)})
+    await trio.sleep(down_for)
+    restarted = await _command("restart", victim, directory=run.directory)
+    if restarted.returncode != 0:
+        raise CliError(f"restart of {victim} failed: {restarted.stderr}")
+    run.reload()
+    run.down.discard(victim)
+
+
+async def _partition(run: Run, victim: str, hold_for: float) -> None:
+    cut = time.time()
+    done = await _command("partition", victim, directory=run.directory)
+    if done.returncode != 0:
+        raise CliError(f"partition of {victim} failed: {done.stderr}")
+    record = {"node": victim, "fault": "partition",
+              "detected_s": await _seen(run, victim, "dead", cut)}
+    run.detections.append(record)
+    await trio.sleep(max(0.0, cut + hold_for - time.time()))
+    healed = time.time()
+    done = await _command("heal", victim, directory=run.directory)
+    if done.returncode != 0:
+        raise CliError(f"heal of {victim} failed: {done.stderr}")
+    record["rejoined_s"] = await _seen(run, victim, "alive", healed)
+    run.down.discard(victim)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -229,8 +290,10 @@ async def chaos(args: argparse.Namespace, run: Run) -> dict[str, Any]:
                 await ready.acquire()
         await trio.sleep(1.0)
         nursery.start_soon(faults, run, args, random.Random(args.seed + 1), stop_faults)
+        sending = time.time()
         await sender(run, users, args.messages, args.rate, rng)
         stop_faults.set()
+        settling = time.time()
         deadline = trio.current_time() + args.settle
         while trio.current_time() < deadline:
             if judge(run.sent, devices, run.receipts).ok and not run.down:
@@ -240,9 +303,14 @@ async def chaos(args: argparse.Namespace, run: Run) -> dict[str, Any]:
         nursery.cancel_scope.cancel()
     verdict = judge(run.sent, devices, run.receipts)
     return {"verdict": verdict.summary(), "send_failures": run.send_failures,
+            "send_retries": run.send_retries, "messages": args.messages,
+            "pauses": run.pauses, "faults_skipped": run.skipped,
+            "rate": args.rate, "partitions": args.partitions, "netns": args.netns,
             "detections": run.detections, "device_reconnects": run.reconnects,
             "users": len(users), "devices": sum(len(d) for d in devices.values()),
             "nodes": len(run.nodes), "seconds": round(time.time() - started, 1),
+            "sending_s": round(settling - sending, 1),
+            "settling_s": round(time.time() - settling, 1),
             "lost_examples": verdict.lost[:10], "reordered_examples": verdict.reordered[:10]}
 
 
@@ -250,10 +318,16 @@ def run_chaos(args: argparse.Namespace) -> int:
     if args.nodes < 2 or args.users < 1 or args.messages < 1 or args.rate <= 0:
         raise CliError("need --nodes >= 2, --users >= 1, --messages >= 1, --rate > 0",
                        EXIT_USAGE)
+    if args.partitions and not args.netns:
+        raise CliError("--partitions needs --netns (links are cut between namespaces)",
+                       EXIT_USAGE)
+    if args.netns:
+        netns.require_root()
     directory = args.dir or tempfile.mkdtemp(prefix="grapevine-chaos-")
     secret = f"chaos-{random.Random(args.seed).getrandbits(64):x}"
-    up = cluster("up", str(args.nodes), "--dir", directory, "--base-port",
-                 str(free_base_port(args.nodes)), "--token-secret", secret)
+    where = ["--netns", "--base-port", "17946"] if args.netns else [
+        "--base-port", str(free_base_port(args.nodes))]
+    up = cluster("up", str(args.nodes), "--dir", directory, *where, "--token-secret", secret)
     if up.returncode != 0:
         raise CliError(f"cluster up failed: {up.stderr.strip()}")
     try:
@@ -267,13 +341,21 @@ def run_chaos(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"chaos: {report['nodes']} nodes, {report['users']} users on "
-              f"{report['devices']} devices, {report['seconds']} s")
+              f"{report['devices']} devices, {report['seconds']} s (sending "
+              f"{report['sending_s']} s, then {report['settling_s']} s to quiescence)")
         print("  " + ", ".join(f"{k} {v}" for k, v in verdict.items() if k != "ok"))
-        print(f"  send failures (not acknowledged) {report['send_failures']}, "
-              f"device reconnects {report['device_reconnects']}")
+        print(f"  send retries {report['send_retries']}, failures (not acknowledged "
+              f"after 3 attempts) {report['send_failures']}, device reconnects "
+              f"{report['device_reconnects']}")
+        print(f"  faults: {len(report['detections'])} kills and cuts, {report['pauses']} "
+              f"pauses, {report['faults_skipped']} skipped (R-1 nodes already away)")
         for detection in report["detections"]:
-            print(f"  killed {detection['node']}: seen dead by all after "
-                  f"{detection['detected_s']} s")
+            what = "killed" if detection["fault"] == "kill" else "cut off"
+            line = (f"  {what} {detection['node']}: seen dead by all after "
+                    f"{detection['detected_s']} s")
+            if "rejoined_s" in detection:
+                line += f", alive again {detection['rejoined_s']} s after the heal"
+            print(line)
         print("  VERDICT: " + ("ok, nothing acknowledged was lost" if verdict["ok"] else
                                f"LOSS: {report['lost_examples']}"))
     return EXIT_OK if verdict["ok"] else EXIT_FAILED

@@ -7,6 +7,13 @@ P+4i+3); ``--base-port 0`` lets every node pick free ports and report them in it
 ``node.json``. Every node gets the cluster's token secret (``--token-secret``, or a
 random one kept in ``cluster.json``); ``grapevine cluster token USER`` mints a client
 token with it.
+
+``up --netns`` (root only) runs each node in its own network namespace on a bridge
+(``netns.py``), so that nodes look like separate hosts: node i listens on
+``198.18.K.(10+i)`` with ports P (gossip), P+1 (client), P+2 (API), P+3 (peer links).
+Its API is then reachable beyond loopback, so the cluster makes an API key (kept in
+``cluster.json``, given to nodes by environment). ``partition NAME`` cuts a node's link,
+``heal NAME`` restores it; ``down`` removes the namespaces and the bridge.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 from node.config import PROFILES
 from node.token import mint
 
+from . import netns
 from .common import EXIT_OK, CliError, api_request, host_port, print_json, print_table
 
 STATE_FILE = "cluster.json"
@@ -47,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--token-secret", metavar="SECRET",
                     help="client token secret for every node (default: a random one)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    up.add_argument("--netns", action="store_true",
+                    help="each node in its own network namespace on a bridge (root only)")
     up.set_defaults(run=run_up)
 
     status = commands.add_parser("status", help="each node's process and state")
@@ -62,6 +72,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     restart.add_argument("name")
     restart.set_defaults(run=run_restart)
 
+    partition = commands.add_parser(
+        "partition", help="cut NAME's network link (--netns clusters)")
+    partition.add_argument("name")
+    partition.set_defaults(run=lambda args: _set_link(args, up=False))
+
+    heal = commands.add_parser("heal", help="restore NAME's network link (--netns clusters)")
+    heal.add_argument("name")
+    heal.set_defaults(run=lambda args: _set_link(args, up=True))
+
     wait = commands.add_parser("wait", help="wait until every running node sees NAME in STATE")
     wait.add_argument("name")
     wait.add_argument("state", choices=["alive", "suspect", "dead", "left"])
@@ -75,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     token.add_argument("user")
     token.set_defaults(run=run_token)
 
-    for command in (up, status, kill, restart, wait, down, token):
+    for command in (up, status, kill, restart, partition, heal, wait, down, token):
         command.add_argument(
             "--dir", default=DEFAULT_DIR, help=f"cluster dir (default {DEFAULT_DIR})"
         )
@@ -121,14 +140,20 @@ def _node_file(node: dict[str, Any]) -> dict[str, Any] | None:
 # ---- starting nodes ---------------------------------------------------------------------
 
 
+def _lab(state: dict[str, Any]) -> netns.Lab | None:
+    return netns.Lab.from_json(state["netns"]) if state.get("netns") else None
+
+
 def _node_args(state: dict[str, Any], index: int, seeds: list[str]) -> list[str]:
-    base = state["base_port"]
+    base, lab = state["base_port"], _lab(state)
+    host = lab.address(index) if lab else "127.0.0.1"
+    step = 0 if lab else 4 * index  # in namespaces every node has the same ports
     gossip, client, api, peer = (0, 0, 0, 0) if base == 0 else (
-        base + 4 * index + offset for offset in range(4))
+        base + step + offset for offset in range(4))
     name = f"node-{index + 1}"
     args = [
-        "node", "--name", name, "--bind", f"127.0.0.1:{gossip}", "--api", f"127.0.0.1:{api}",
-        "--client", f"127.0.0.1:{client}", "--peer", f"127.0.0.1:{peer}",
+        "node", "--name", name, "--bind", f"{host}:{gossip}", "--api", f"{host}:{api}",
+        "--client", f"{host}:{client}", "--peer", f"{host}:{peer}",
         "--profile", state["profile"], "--data-dir", str(Path(state["dir"], name)),
     ]
     for seed in seeds:
@@ -143,12 +168,17 @@ def _spawn(state: dict[str, Any], node: dict[str, Any]) -> None:
     Path(node["dir"], "node.json").unlink(missing_ok=True)
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    # the secret goes by environment, not argv, so that ps does not show it
+    # secrets go by environment, not argv, so that ps does not show them
     env = dict(os.environ, PYTHONPATH=path, GRAPEVINE_TOKEN_SECRET=state["token_secret"])
+    if state.get("api_key"):
+        env["GRAPEVINE_API_KEY"] = state["api_key"]
+    lab = _lab(state)
     with open(Path(node["dir"], "node.log"), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *node["args"]], stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, env=env, start_new_session=True,
+            # the cluster command runs no threads, so a pre-exec hook is safe here
+            preexec_fn=netns.enter(lab, node["index"]) if lab else None,  # noqa: PLW1509
         )
     node["pid"] = process.pid
     node["gossip"] = node["api"] = node["client"] = None
@@ -184,6 +214,8 @@ def _print_node(node: dict[str, Any]) -> None:
 def run_up(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError("N must be at least 1", 2)
+    if args.netns:
+        netns.require_root()
     state_path = Path(args.dir, STATE_FILE)
     if state_path.exists():
         existing = json.loads(state_path.read_text())
@@ -193,12 +225,32 @@ def run_up(args: argparse.Namespace) -> int:
                 f"a cluster is already running in {args.dir} ({len(alive)} nodes up); "
                 "stop it with: grapevine cluster down"
             )
+        _remove_lab(existing)  # a lab left behind by a cluster that died
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {
         "dir": str(Path(args.dir).resolve()), "profile": args.profile,
         "base_port": args.base_port, "encrypt": args.encrypt,
         "token_secret": args.token_secret or secrets.token_urlsafe(24), "nodes": [],
     }
+    if args.netns:
+        lab = netns.plan(args.n)
+        state.update(netns=lab.to_json(), api_key=secrets.token_urlsafe(24))
+        _save(args.dir, state)  # before building: `down` can clean up whatever happens
+        netns.build(lab)
+        print(f"netns: bridge {lab.bridge} {lab.gateway}/24, {args.n} namespaces "
+              f"gv{lab.tag}-*; API key in {state_path}")
+    try:
+        _start_all(state, args)
+    except BaseException:
+        # nothing half-started is left behind: no nodes, no namespaces, no state
+        _stop(state["nodes"])
+        _remove_lab(state)
+        state_path.unlink(missing_ok=True)
+        raise
+    return EXIT_OK
+
+
+def _start_all(state: dict[str, Any], args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     first = _new_node(state, 0, [])
     _spawn(state, first)
@@ -223,7 +275,19 @@ def run_up(args: argparse.Namespace) -> int:
         time.sleep(0.02)
     print(f"converged: {len(names)}/{len(names)} nodes alive "
           f"({time.monotonic() - started:.2f} s after the last node was up)")
-    return EXIT_OK
+
+
+def _remove_lab(state: dict[str, Any]) -> None:
+    lab = _lab(state)
+    if lab:
+        netns.teardown(lab)
+
+
+def _members(state: dict[str, Any], node: dict[str, Any]) -> dict[str, str]:
+    """NAME -> state as ``node`` sees the cluster (raises CliError when it cannot answer)."""
+    data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0,
+                       api_key=state.get("api_key"))
+    return {m["name"]: m["state"] for m in data["members"]}
 
 
 def _new_node(state: dict[str, Any], index: int, seeds: list[str]) -> dict[str, Any]:
@@ -237,11 +301,10 @@ def _new_node(state: dict[str, Any], index: int, seeds: list[str]) -> dict[str, 
 def _converged(state: dict[str, Any], names: set[str]) -> bool:
     for node in state["nodes"]:
         try:
-            data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+            view = _members(state, node)
         except CliError:
             return False
-        alive = {m["name"] for m in data["members"] if m["state"] == "alive"}
-        if alive != names:
+        if {name for name, seen in view.items() if seen == "alive"} != names:
             return False
     return True
 
@@ -253,27 +316,30 @@ def _cluster_view(state: dict[str, Any]) -> dict[str, str]:
     for node in state["nodes"]:
         if _running(node.get("pid")) and node.get("api"):
             try:
-                data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+                return _members(state, node)
             except CliError:
                 continue
-            return {m["name"]: m["state"] for m in data["members"]}
     return {}
 
 
 def run_status(args: argparse.Namespace) -> int:
     state = _load(args.dir)
-    view = _cluster_view(state)
+    view, lab = _cluster_view(state), _lab(state)
     rows = []
     for node in state["nodes"]:
         process = "running" if _running(node.get("pid")) else "stopped"
-        rows.append({"name": node["name"], "pid": node.get("pid"), "process": process,
-                     "gossip": node.get("gossip"), "client": node.get("client"),
-                     "api": node.get("api"),
-                     "state": view.get(node["name"], "unknown")})
+        row = {"name": node["name"], "pid": node.get("pid"), "process": process,
+               "gossip": node.get("gossip"), "client": node.get("client"),
+               "api": node.get("api"), "state": view.get(node["name"], "unknown")}
+        if lab:
+            up = netns.link_up(lab, node["index"])
+            row["link"] = "missing" if up is None else "up" if up else "cut"
+        rows.append(row)
     if args.json:
         print_json({"nodes": rows})
     else:
-        keys = ("name", "pid", "process", "gossip", "client", "api", "state")
+        keys = ("name", "pid", "process", "gossip", "client", "api", "state") + (
+            ("link",) if lab else ())
         print_table([k.upper() for k in keys], [[str(r[k]) for k in keys] for r in rows])
     return EXIT_OK
 
@@ -309,6 +375,19 @@ def _stop(nodes: list[dict[str, Any]], grace: float = 10.0) -> None:
             os.kill(node["pid"], signal.SIGKILL)
 
 
+def _set_link(args: argparse.Namespace, *, up: bool) -> int:
+    state = _load(args.dir)
+    node = _find(state, args.name)
+    lab = _lab(state)
+    if lab is None:
+        raise CliError("this cluster was not started with --netns: there is no link to "
+                       f"{'heal' if up else 'cut'}", 2)
+    netns.require_root()
+    netns.set_link(lab, node["index"], up)
+    print(f"{'healed' if up else 'cut'} the link of {args.name} ({lab.address(node['index'])})")
+    return EXIT_OK
+
+
 def run_restart(args: argparse.Namespace) -> int:
     state = _load(args.dir)
     node = _find(state, args.name)
@@ -330,10 +409,9 @@ def run_wait(args: argparse.Namespace) -> int:
         views = {}
         for node in observers:
             try:
-                data = api_request(host_port(node["api"]), "GET", "/v1/members", timeout=2.0)
+                views[node["name"]] = _members(state, node)
             except CliError:
                 continue
-            views[node["name"]] = {m["name"]: m["state"] for m in data["members"]}
         if views and all(view.get(args.name) == args.state for view in views.values()):
             took = time.monotonic() - started
             print(f"{len(views)} nodes see {args.name} {args.state} (waited {took:.2f} s)")
@@ -350,6 +428,7 @@ def run_down(args: argparse.Namespace) -> int:
     state = _load(args.dir)
     live = [n for n in state["nodes"] if _running(n.get("pid"))]
     _stop(state["nodes"])
+    _remove_lab(state)
     Path(args.dir, STATE_FILE).unlink(missing_ok=True)
     print(f"stopped {len(live)} node{'s' if len(live) != 1 else ''} (logs kept in {args.dir})")
     return EXIT_OK

@@ -8,13 +8,14 @@ import random
 import sys
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
 from node.token import mint
 
+from .client import CONNECTION_LOST, Session, hold
 from .common import (
     EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, add_api_arguments, api_request, env,
     host_port_arg, print_json,
@@ -117,20 +118,18 @@ class _Done(Exception):
 
 
 async def _listen(args: argparse.Namespace, token: str) -> int:
-    state: dict[str, Any] = {"count": 0, "session": None, "last_seq": None,
-                             "seen": OrderedDict()}
+    state: dict[str, Any] = {"count": 0, "seen": OrderedDict()}
+    session = Session(token, args.device)
+    handle = partial(_frame, args=args, state=state, session=session)
     with trio.move_on_after(args.timeout if args.timeout else float("inf")):
         delay = 0.1
         for attempt in range(1_000_000):
             host, port = args.client[attempt % len(args.client)]
             try:
-                try:
-                    await _hold(host, port, token, args, state)
-                except BaseExceptionGroup as group:
-                    raise _leaf(group) from None
+                await hold(host, port, session, handle)
             except _Done:
                 return EXIT_OK
-            except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as exc:
+            except CONNECTION_LOST as exc:
                 print(f"listen: lost {host}:{port} ({type(exc).__name__}); trying the next "
                       f"node in {delay:.1f} s", file=sys.stderr, flush=True)
             await trio.sleep(delay * random.uniform(0.5, 1.0))
@@ -140,51 +139,30 @@ async def _listen(args: argparse.Namespace, token: str) -> int:
     return EXIT_FAILED
 
 
-def _leaf(group: BaseExceptionGroup) -> BaseException:
-    """The one exception a group of nested nurseries wraps (the first, if several)."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-async def _hold(host: str, port: int, token: str, args: argparse.Namespace,
-                state: dict[str, Any]) -> None:
-    async with open_websocket(host, port, "/", use_ssl=False, connect_timeout=5) as ws:
-        hello: dict[str, Any] = {"t": "hello", "token": token, "device": args.device}
-        if state["session"]:
-            hello.update(session=state["session"], last_seq=state["last_seq"])
-        await ws.send_message(json.dumps(hello))
-        async with trio.open_nursery() as nursery:
-            heartbeat = 30.0
-            while True:
-                frame = json.loads(await ws.get_message())
-                for obj in frame if isinstance(frame, list) else [frame]:
-                    kind = obj.get("t")
-                    if kind == "welcome":
-                        heartbeat = float(obj.get("heartbeat", 30.0))
-                        state["session"] = obj.get("session")
-                        print(f"listen: connected to {obj.get('node')} as {obj.get('user')} "
-                              f"(session {state['session']})", file=sys.stderr, flush=True)
-                        nursery.start_soon(_ping, ws, heartbeat / 2)
-                        if args.sub:
-                            await ws.send_message(json.dumps({"t": "sub", "topics": args.sub}))
-                    elif kind == "msg":
-                        await _message(ws, obj, args, state)
-                    elif kind == "error":
-                        print(f"listen: error {obj.get('code')}: {obj.get('reason')}",
-                              file=sys.stderr, flush=True)
-                        if obj.get("code") == "unauthorized":
-                            raise CliError(f"refused: {obj.get('reason')}")
-                    elif kind == "kick":
-                        raise CliError(f"kicked: {obj.get('reason')}")
+async def _frame(ws: Any, obj: dict[str, Any], *, args: argparse.Namespace,
+                 state: dict[str, Any], session: Session) -> None:
+    kind = obj.get("t")
+    if kind == "welcome":
+        print(f"listen: connected to {obj.get('node')} as {obj.get('user')} "
+              f"(session {session.session})", file=sys.stderr, flush=True)
+        if args.sub:
+            await ws.send_message(json.dumps({"t": "sub", "topics": args.sub}))
+    elif kind == "msg":
+        await _message(ws, obj, args, state, session)
+    elif kind == "error":
+        print(f"listen: error {obj.get('code')}: {obj.get('reason')}",
+              file=sys.stderr, flush=True)
+        if obj.get("code") == "unauthorized":
+            raise CliError(f"refused: {obj.get('reason')}")
+    elif kind == "kick":
+        raise CliError(f"kicked: {obj.get('reason')}")
 
 
 async def _message(ws: Any, obj: dict[str, Any], args: argparse.Namespace,
-                   state: dict[str, Any]) -> None:
+                   state: dict[str, Any], session: Session) -> None:
     seen: OrderedDict[str, None] = state["seen"]
     if obj.get("qos") == 1 and isinstance(obj.get("seq"), int):
-        state["last_seq"] = max(state["last_seq"] or 0, obj["seq"])
+        session.saw(obj["seq"])
         await ws.send_message(json.dumps({"t": "ack", "seq": obj["seq"]}))
     if obj.get("id") in seen:
         return
@@ -196,8 +174,3 @@ async def _message(ws: Any, obj: dict[str, Any], args: argparse.Namespace,
     if args.count is not None and state["count"] >= args.count:
         raise _Done
 
-
-async def _ping(ws: Any, every: float) -> None:
-    while True:
-        await trio.sleep(every)
-        await ws.send_message(json.dumps({"t": "ping"}))

@@ -87,7 +87,7 @@ class ClientServer:
             try:
                 await self._converse(ws, remote)
             except BaseExceptionGroup as group:  # from the reader/writer nursery
-                rest = group.subgroup(lambda e: not isinstance(e, ConnectionClosed))
+                _, rest = group.split(ConnectionClosed)  # leaves only, however nested
                 if rest is not None:
                     raise rest from None
         except ConnectionClosed:

@@ -311,7 +311,11 @@ async def serve_http_api(
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = logging.getLogger("node.http.server")
+    # hypercorn's own prose ("Running on ...") is not key=value and says what
+    # api_listening says; its warnings and errors still come through
+    server_log = logging.getLogger("node.http.server")
+    server_log.setLevel(max(server_log.getEffectiveLevel(), logging.WARNING))
+    config.errorlog = server_log
     config.graceful_timeout = 1.0
 
     class _Status:

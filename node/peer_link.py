@@ -36,6 +36,7 @@ Address = tuple[str, int]
 HANDSHAKE_TIMEOUT = 5.0
 QUEUE_LIMIT = 100_000
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without backoff
 
 
 class _Peer:
@@ -47,6 +48,8 @@ class _Peer:
         self.stream: trio.SocketStream | None = None
         self.generation = 0  # bumped by every new connection
         self.wanted = False  # alive in the member table
+        self.dialing = False  # a dial loop runs for it (never two: they would take turns
+        #                       replacing each other's link)
 
     def kick(self) -> None:
         self.wake.set()
@@ -121,9 +124,10 @@ class PeerLinks:
             if name == self.me:
                 continue
             peer = self._peer(name)
-            start = not peer.wanted
             peer.wanted, peer.address = True, address
-            if start and self.me < name and self._nursery is not None:
+            if self.me < name and not peer.dialing and self._nursery is not None:
+                peer.dialing = True
+                self.counters["peer_dial_loops"] += 1
                 self._nursery.start_soon(self._dial_loop, peer)
 
     # ---- serving ------------------------------------------------------------------------
@@ -158,18 +162,26 @@ class PeerLinks:
 
     async def _dial_loop(self, peer: _Peer) -> None:
         delay = BACKOFF_MIN
-        while peer.wanted:
-            try:
-                stream, reader = await self._dial(peer)
-            except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                self.counters["peer_dial_failures"] += 1
-                logger.debug("peer_dial_failed peer=%s reason=%r", peer.name, str(exc))
+        try:
+            while peer.wanted:
+                try:
+                    stream, reader = await self._dial(peer)
+                except (FrameError, trio.TooSlowError, trio.BrokenResourceError,
+                        OSError) as exc:
+                    self.counters["peer_dial_failures"] += 1
+                    logger.debug("peer_dial_failed peer=%s reason=%r", peer.name, str(exc))
+                else:
+                    opened = trio.current_time()
+                    async with stream:
+                        await self._run(peer, stream, reader)
+                    if trio.current_time() - opened >= STABLE_LINK:
+                        delay = BACKOFF_MIN
+                        continue  # a link that held: dial again at once
+                # a failed dial or a link that broke at once: back off
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            delay = BACKOFF_MIN
-            async with stream:
-                await self._run(peer, stream, reader)
+        finally:
+            peer.dialing = False
 
     async def _dial(self, peer: _Peer) -> tuple[trio.SocketStream, _Inbound]:
         assert peer.address is not None
@@ -208,8 +220,13 @@ class PeerLinks:
                 nursery.start_soon(self._write, peer, stream, generation, nursery.cancel_scope)
                 await self._read(peer, stream, reader)
                 nursery.cancel_scope.cancel()
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            logger.info("peer_link_broken peer=%s reason=%r", peer.name, str(exc))
+        except* (FrameError, trio.BrokenResourceError, trio.ClosedResourceError,
+                 OSError) as broken:
+            logger.info("peer_link_broken peer=%s reason=%r", peer.name,
+                        str(broken.exceptions[0]))
+        except* Exception:  # the link's boundary: one link never stops the node
+            self.counters["peer_links_failed"] += 1
+            logger.exception("peer_link_failed peer=%s", peer.name)
         finally:
             if peer.generation == generation:
                 peer.stream = None

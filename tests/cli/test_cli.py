@@ -126,3 +126,23 @@ def test_push_flags_reach_the_config() -> None:
     assert (config.replicas, config.webhook, config.broadcast_rate, config.resume_window) == (
         3, "http://127.0.0.1:9/h", 50.0, 5.0)
     assert (config.client_port, config.token_secret, config.peer_port) == (0, "s", 0)
+
+
+def test_netns_without_root_says_so_and_makes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    from cli.main import main
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert main(["cluster", "up", "2", "--netns", "--dir", str(tmp_path / "c")]) == 2
+    assert "needs root" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    assert main(["chaos", "--partitions", "--dir", str(tmp_path / "d")]) == 2
+    assert "--partitions needs --netns" in capsys.readouterr().err
+
+
+def test_partition_of_a_cluster_without_namespaces_is_refused(tmp_path, capsys) -> None:
+    from cli.main import main
+
+    (tmp_path / "cluster.json").write_text(
+        '{"nodes": [{"name": "node-1", "index": 0}], "base_port": 0}')
+    assert main(["cluster", "partition", "node-1", "--dir", str(tmp_path)]) == 2
+    assert "not started with --netns" in capsys.readouterr().err

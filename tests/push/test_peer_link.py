@@ -1,0 +1,84 @@
+"""Peer links between two in-process nodes on 127.0.0.1: one link per pair, whatever happens.
+
+Regressions from the netns chaos run: a peer seen dead and alive again while its old
+link still stood got a second dial loop, and the two loops took turns replacing each
+other's link hundreds of times a second; a connection reset by the peer ended the whole
+node (the error came out of the link's nursery as an exception group).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from node.peer_link import Frame, PeerLinks
+
+KEY = b"k" * 32
+
+
+class Side:
+    def __init__(self, name: str) -> None:
+        self.frames: list[Frame] = []
+        self.arrived = trio.Event()
+        self.links = PeerLinks(name, lambda: [KEY], self._on_frame, lambda _: None)
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+
+    def _on_frame(self, node: str, frame: Frame) -> None:
+        self.frames.append(frame)
+        self.arrived.set()
+
+    async def next_frame(self) -> Frame:
+        with trio.fail_after(10):
+            while not self.frames:
+                self.arrived = trio.Event()
+                await self.arrived.wait()
+        return self.frames.pop(0)
+
+
+@asynccontextmanager
+async def pair() -> AsyncIterator[tuple[Side, Side]]:
+    a, b = Side("node-a"), Side("node-b")  # node-a has the smaller name: it dials
+    async with trio.open_nursery() as nursery:
+        for side in (a, b):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            side.address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+            await nursery.start(side.links.serve, listeners)
+        a.links.set_peers({"node-b": b.address})
+        b.links.set_peers({"node-a": a.address})
+        yield a, b
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_seen_dead_and_alive_again_keeps_one_dial_loop_and_one_link() -> None:
+    async with pair() as (a, b):
+        a.links.send("node-b", {"t": "x", "n": 0})
+        assert (await b.next_frame())["n"] == 0
+        for _ in range(3):  # dead and alive again while the old link still stands
+            a.links.set_peers({})
+            a.links.set_peers({"node-b": b.address})
+        for n in range(1, 51):
+            a.links.send("node-b", {"t": "x", "n": n})
+            assert (await b.next_frame())["n"] == n
+        assert a.links.counters["peer_dial_loops"] == 1
+        assert a.links.counters["peer_links_opened"] == 1
+
+
+async def test_a_connection_reset_by_the_peer_breaks_the_link_not_the_node() -> None:
+    async with pair() as (a, b):
+        a.links.send("node-b", {"t": "x", "n": 0})
+        assert (await b.next_frame())["n"] == 0
+        stream = b.links._peers["node-a"].stream
+        assert stream is not None
+        # close with SO_LINGER 0: the kernel answers with a reset, not a FIN
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+        for n in range(1, 21):  # the dialler notices, dials again, and the frames flow
+            a.links.send("node-b", {"t": "x", "n": n})
+        seen = set()
+        while 20 not in seen:
+            seen.add((await b.next_frame())["n"])
+        assert a.links.counters["peer_links_opened"] >= 2
