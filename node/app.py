@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from membership.service import Membership, serve_membership, split_host_port
 
 from .client_proto import Ack, Hello, Request, SendTo, Upstream
 from .client_server import RESUMABLE, ClientServer
-from .clients import ClientSession, LocalClients
+from .clients import ClientSession, LocalClients, take_through
 from .config import Config
 from .delivery import Delivery
 from .fanout import Fanout
@@ -155,7 +156,8 @@ class Node:
     async def _client_request(self, session: ClientSession, request: Request
                               ) -> dict[str, Any] | None:
         if isinstance(request, Ack):
-            self.delivery.client_ack(session.user, request.seq, session.device)
+            self.delivery.client_ack(session.user, session.acked_through(request.seq),
+                                     session.device)
             self._changed()
             return None
         if isinstance(request, Upstream):
@@ -182,29 +184,36 @@ class Node:
         if session.closed_reason in RESUMABLE and owner is not None:
             topics = sorted(session.subscriptions)
             until = time.time() + self.config.resume_window
+            written = list(session.written)
             if owner == self.config.name:
-                self.router.park(session.user, session.session, topics, until, time.time())
+                self.router.park(session.user, session.session, topics, until, time.time(),
+                                 written=written)
             else:
                 self.links.send(owner, {"t": "park", "user": session.user, "until": until,
-                                        "session": session.session, "topics": topics})
+                                        "session": session.session, "topics": topics,
+                                        "written": written})
 
     async def _resume(self, hello: Hello) -> list[str] | None:
         """A client came back with its session id: its topics if the owner parked them.
 
-        ``last_seq`` counts as an ack: the client has seen those, so they are not sent
-        again; the owner's ack reaches it before the new session registers."""
+        ``last_seq`` counts as an ack of what the old connection wrote up to it (the
+        owner parked that list): the client has those, so they are not sent again. The
+        ack reaches the owner before the new session registers."""
         owner = self.ring.owner(hello.user)
-        if hello.last_seq is not None:
-            self.delivery.client_ack(hello.user, hello.last_seq, hello.device)
         if owner is None or hello.session is None:
             return None
         if owner == self.config.name:
-            return self.router.unpark(hello.user, hello.session, time.time())
-        reply = await self.links.request(
-            owner, {"t": "unpark", "user": hello.user, "session": hello.session})
-        topics = reply.get("topics")
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            parked = self.router.unpark(hello.user, hello.session, time.time())
+        else:
+            reply = await self.links.request(
+                owner, {"t": "unpark", "user": hello.user, "session": hello.session})
+            parked = _parked_from(reply)
+        if parked is None:
             return None
+        topics, written = parked
+        if hello.last_seq is not None:
+            self.delivery.client_ack(hello.user, take_through(deque(written), hello.last_seq),
+                                     hello.device)
         return topics
 
     def kick(self, user: str, reason: str) -> None:
@@ -236,6 +245,10 @@ class Node:
             return
         if self._session_frame(node, frame):
             return
+        if frame.get("t") == "resync":
+            self.router.counters["resyncs"] += 1
+            self._carry_out(self.router.peer_connected(node))
+            return
         if not (self.delivery.from_peer(node, frame) or self.fanout.from_peer(frame)):
             self._carry_out(self.router.from_peer(node, frame))
 
@@ -249,13 +262,17 @@ class Node:
             return True
         now = time.time()
         if kind == "unpark":
-            self.links.reply(node, frame, {"topics": self.router.unpark(user, session, now)})
+            parked = self.router.unpark(user, session, now)
+            self.links.reply(node, frame, {"topics": parked[0], "written": parked[1]}
+                             if parked is not None else {"topics": None})
             return True
-        topics, until = frame.get("topics"), frame.get("until")
+        topics, until, written = frame.get("topics"), frame.get("until"), frame.get("written")
         if isinstance(topics, list) and isinstance(until, int | float):
             limit = now + self.config.resume_window
             self.router.park(user, session, [t for t in topics if isinstance(t, str)],
-                             min(float(until), limit), now)
+                             min(float(until), limit), now,
+                             written=[s for s in written if isinstance(s, int)]
+                             if isinstance(written, list) else [])
         return True
 
     def _peer_connected(self, node: str) -> None:
@@ -292,10 +309,34 @@ class Node:
                     burst.append(events.receive_nowait())
                 except trio.WouldBlock:
                     break
-            for gone in burst:
-                if gone.kind in (EventKind.FAILED, EventKind.LEFT, EventKind.REAPED):
-                    self.router.node_gone(gone.member.name)
+            back = []
+            for change in burst:
+                name = change.member.name
+                if change.kind in (EventKind.FAILED, EventKind.LEFT, EventKind.REAPED):
+                    self.router.node_gone(name)
+                elif change.kind is EventKind.JOINED:
+                    back.append(name)
             self.refresh_ring()
+            for name in back:
+                self.resync_with(name)
+
+    def resync_with(self, node: str) -> None:
+        """Ask ``node`` to register again its sessions of users we own.
+
+        A node we took for dead may never have noticed (a false accusation, a healed
+        partition): its clients are still connected, but we forgot their sessions."""
+        if node in self.ring and node != self.config.name:
+            self.links.send(node, {"t": "resync"})
+
+
+def _parked_from(reply: dict[str, Any]) -> tuple[list[str], list[int]] | None:
+    """The owner's answer to an unpark: (topics, written), or None (not parked, junk)."""
+    topics, written = reply.get("topics"), reply.get("written", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        return None
+    if not isinstance(written, list):
+        written = []
+    return topics, [s for s in written if isinstance(s, int)]
 
 
 def peer_addresses(members: Any) -> dict[str, Address]:

@@ -81,8 +81,14 @@ class ClientServer:
             task_status.started(address)
 
     async def _accept(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        remote = f"{ws.remote.address}:{ws.remote.port}"  # type: ignore[union-attr]
+        try:
+            ws = await request.accept()
+            endpoint = ws.remote  # getpeername: fails once the client has reset
+            remote = f"{endpoint.address}:{endpoint.port}"  # type: ignore[union-attr]
+        except (ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
+            self.clients.counters["clients_gone_at_accept"] += 1
+            logger.debug("client_gone_at_accept reason=%r", str(exc))
+            return
         try:
             try:
                 await self._converse(ws, remote)
@@ -218,6 +224,7 @@ class ClientServer:
                     batch.append(outbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            session.wrote(batch)  # before the write: an ack may be read before it returns
             await ws.send_message(machine.encode(batch))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:

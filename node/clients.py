@@ -9,7 +9,7 @@ the node (QoS 1 messages dropped that way are sent again by their owner).
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,18 @@ from typing import Any
 import trio
 
 Object = dict[str, Any]
+WRITTEN_KEPT = 10_000  # beyond this, the oldest are not covered by acks: sent again
+
+
+def take_through(written: deque[int], seq: int) -> list[int]:
+    """Everything in ``written`` up to the last ``seq`` in it (removed); [] if absent."""
+    if seq not in written:
+        return []
+    items = list(written)
+    cut = len(items) - items[::-1].index(seq)
+    for _ in range(cut):
+        written.popleft()
+    return items[:cut]
 
 
 @dataclass(eq=False)
@@ -33,6 +45,17 @@ class ClientSession:
     dropped: int = 0
     #: why the connection ended (set just before the session is detached)
     closed_reason: str = ""
+    #: QoS 1 sequence numbers written on this connection and not yet acked, in order
+    written: deque[int] = field(default_factory=lambda: deque(maxlen=WRITTEN_KEPT))
+
+    def wrote(self, batch: list[Object]) -> None:
+        self.written.extend(obj["seq"] for obj in batch
+                            if obj.get("qos") == 1 and isinstance(obj.get("seq"), int))
+
+    def acked_through(self, seq: int) -> list[int]:
+        """The client acked ``seq``: what this connection wrote up to it (it was read in
+        order, so the client has all of it), taken off the list."""
+        return take_through(self.written, seq)
 
     def offer(self, obj: Object) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full."""

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 WORKERS = 256
 REQUESTS = 1024
 TICK = 1.0
+HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
+HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
 Frame = dict[str, Any]
 
 
@@ -141,10 +143,11 @@ class Delivery:
         await self.store.write([stored])
         confirmed.append(self.me)
 
-    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str]) -> None:
-        """Copy ``messages`` (and their users' devices) to ``node``; on its disk, it is
-        added to ``confirmed``."""
-        devices = self._devices_of({s.user for s in messages})
+    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],
+                         users: set[str] | None = None) -> None:
+        """Copy ``messages`` and the devices of their users (or of ``users``) to ``node``;
+        on its disk, it is added to ``confirmed``."""
+        devices = self._devices_of(users if users is not None else {s.user for s in messages})
         frame = {"t": "replicate", "msgs": [s.to_wire() for s in messages],
                  "devices": [list(d) for d in devices]}
         with trio.move_on_after(self.config.replicate_timeout):
@@ -190,23 +193,27 @@ class Delivery:
                     actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
         self._carry_out(actions)
 
-    def client_ack(self, user: str, seq: int, device: str) -> None:
-        """A client here acknowledged ``seq``: tell the owner."""
+    def client_ack(self, user: str, seqs: list[int], device: str) -> None:
+        """A client here has these messages (``ClientSession.acked_through``): tell the
+        owner."""
+        if not seqs:
+            return
         owner = self.ring.owner(user)
         if owner == self.me:
-            self._acked_at_owner(user, seq, device)
+            self._acked_at_owner(user, seqs, device)
         elif owner is not None:
-            self.links.send(owner, {"t": "ack", "user": user, "seq": seq, "device": device})
+            self.links.send(owner, {"t": "ack", "user": user, "seqs": seqs, "device": device})
 
-    def _acked_at_owner(self, user: str, seq: int, device: str) -> None:
-        removed = self.mailboxes.ack(user, seq, device, time.time())
+    def _acked_at_owner(self, user: str, seqs: list[int], device: str) -> None:
+        removed = self.mailboxes.ack(user, seqs, device, time.time())
         if not removed:
             return
-        seqs = [s.seq for s in removed]
-        self.store.write_soon(deletes=[(user, s) for s in seqs])
+        done = [s.seq for s in removed]
+        logger.debug("messages_acked user=%s device=%s seqs=%s", user, device, done)
+        self.store.write_soon(deletes=[(user, s) for s in done])
         for node in self.ring.replicas(user, self.config.replicas):
             if node != self.me:
-                self.links.send(node, {"t": "acked", "user": user, "seqs": seqs})
+                self.links.send(node, {"t": "acked", "user": user, "seqs": done})
 
     # ---- frames from peers --------------------------------------------------------------
 
@@ -220,9 +227,10 @@ class Delivery:
                 self.links.reply(node, frame, {"error": f"{self.me} is overloaded; try again"})
             return True
         user = frame.get("user")
-        if kind == "ack" and isinstance(user, str) and isinstance(frame.get("seq"), int):
+        if kind == "ack" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             device = frame.get("device") if isinstance(frame.get("device"), str) else ""
-            self._acked_at_owner(user, frame["seq"], device)
+            self._acked_at_owner(user, [s for s in frame["seqs"] if isinstance(s, int)],
+                                 device)
             return True
         if kind == "devices" and isinstance(frame.get("devices"), list):
             self.store.write_soon(devices=self._see_devices(frame["devices"]))
@@ -230,6 +238,8 @@ class Delivery:
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             seqs = [s for s in frame["seqs"] if isinstance(s, int)]
             removed = self.mailboxes.remove(user, seqs)
+            logger.debug("copies_acked user=%s by=%s seqs=%s", user, node,
+                         [s.seq for s in removed])
             self.store.write_soon(deletes=[(user, s.seq) for s in removed])
             return True
         return False
@@ -259,8 +269,14 @@ class Delivery:
         messages = [Stored.from_wire(item) for item in raw]
         devices = self._see_devices(raw_devices)
         await self.store.write(messages, devices=devices)
-        for stored in messages:
-            self.mailboxes.put(stored)
+        fresh = [stored for stored in messages if self.mailboxes.put(stored)]
+        if fresh:
+            logger.debug("copies_stored users=%s seqs=%s", sorted({s.user for s in fresh}),
+                         [s.seq for s in fresh])
+        for user in {stored.user for stored in fresh}:
+            self.push(user)  # a handover to the owner: deliver now, not at the next message
+            if self.me not in self.ring.replicas(user, self.config.replicas):
+                self._rebalance.set()  # sent by a node with an older ring: pass it on
         return {"ok": True}
 
     def _see_devices(self, raw: list[Any]) -> list[tuple[str, str, float]]:
@@ -299,30 +315,85 @@ class Delivery:
                 self._rebalance.set()
 
     async def _rebalance_once(self) -> bool:
-        """Copy each mailbox to its user's replica set; drop those no longer ours.
+        """Copy each mailbox, and the devices each user has, to the user's replica set;
+        drop those no longer ours. One request per new holder and batch of users.
 
-        Returns False if some new holder did not confirm its copy."""
-        complete = True
-        for user in self.mailboxes.users():
+        Devices go along even when no message waits: a new owner that did not know a
+        device would take the acks of the user's other devices as enough, and a message
+        would never reach the device it forgot. Returns False if some new holder did not
+        confirm its copy."""
+        moving: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # user -> (holders,
+        #                                                                  those to copy to)
+        batches: dict[str, list[str]] = {}  # node -> users to copy there
+        # what is copied: messages that arrive while the copies are under way are not in
+        # it, so they are not dropped with it (the next round takes them)
+        snapshot: dict[str, list[Stored]] = {}
+        for user in self.mailboxes.known_users():
             holders = frozenset(self.ring.replicas(user, self.config.replicas))
             if not holders or self._copied.get(user) == holders:
                 continue
-            messages = self.mailboxes.pending(user)
             targets = holders - {self.me} - self._copied.get(user, frozenset())
-            confirmed: list[str] = []
-            async with trio.open_nursery() as nursery:
-                for node in targets:
-                    nursery.start_soon(self._replicate, node, messages, confirmed)
-            if targets - set(confirmed):
+            moving[user] = (holders, targets)
+            snapshot[user] = self.mailboxes.pending(user)
+            for node in targets:
+                batches.setdefault(node, []).append(user)
+        confirmed: dict[str, set[str]] = {}  # node -> users it confirmed
+        async with trio.open_nursery() as nursery:
+            for node, users in batches.items():
+                nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
+        complete = True
+        for user, (holders, targets) in moving.items():
+            if any(user not in confirmed.get(node, ()) for node in targets):
                 complete = False
+                continue
+            if frozenset(self.ring.replicas(user, self.config.replicas)) != holders:
+                complete = False  # the ring moved while copying: the next round decides
                 continue
             self._copied[user] = holders
             if self.me not in holders:
-                dropped = self.mailboxes.drop_user(user)
+                dropped = self.mailboxes.remove(user, [s.seq for s in snapshot[user]])
+                if self.mailboxes.pending_count(user):
+                    complete = False  # more came meanwhile: copy those in the next round
+                else:
+                    self.mailboxes.drop_user(user)
                 self._copied.pop(user, None)
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
-                logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
-                            len(dropped), ",".join(sorted(holders)))
+                if dropped:
+                    logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
+                                len(dropped), ",".join(sorted(holders)))
+                    logger.debug("mailbox_dropped user=%s seqs=%s", user,
+                                 [s.seq for s in dropped])
             elif self.ring.owner(user) == self.me:
                 self.push(user, reconnect=True)
         return complete
+
+    async def _hand_over(self, node: str, users: list[str],
+                         snapshot: dict[str, list[Stored]],
+                         confirmed: dict[str, set[str]]) -> None:
+        """Copy ``users``' mailboxes and devices to ``node`` in requests of a bounded size
+        (a user's messages may span several); a user is confirmed once all of its are."""
+        done = confirmed.setdefault(node, set())
+        messages: list[Stored] = []
+        batch: set[str] = set()
+        size = 0
+        for index, user in enumerate(users):
+            batch.add(user)
+            for stored in snapshot[user]:
+                messages.append(stored)
+                size += len(stored.body) + 200
+                if size >= HANDOVER_BYTES:
+                    if not await self._copy(node, messages, batch):
+                        return
+                    done.update(batch - {user})  # the user at hand may have more to come
+                    messages, batch, size = [], {user}, 0
+            if index + 1 == len(users) or len(batch) >= HANDOVER_USERS:
+                if not await self._copy(node, messages, batch):
+                    return
+                done.update(batch)
+                messages, batch, size = [], set(), 0
+
+    async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
+        ok: list[str] = []
+        await self._replicate(node, messages, ok, users=users)
+        self.mailboxes.counters["handover_requests"] += 1
+        return bool(ok)

@@ -13,11 +13,12 @@ increasing when ownership moves to another node that has not yet heard of the la
 **Every device gets every message.** A user's devices are named by their clients (the
 hello's ``device``; one unnamed device per user otherwise). The mailbox knows the
 devices it has seen (for ``default_ttl`` after they were last seen) and keeps a message
-until *each* of them has acked it. Acks are cumulative per device but safe:
-``ack(user, N, device)`` covers the messages up to ``N`` that were *sent while that device
-was connected*. A message sent to a node that died before passing it on, or one that
-reached this mailbox later with a lower number (a handover racing a send), is not
-covered, so it is delivered again.
+until *each* of them has acked it. Acks name exact messages: a client's cumulative ack
+is turned into the list of messages written *on that same connection* before the acked
+one, by the node that holds the connection (``ClientSession.acked_through``). Frames
+take many paths to a client (a peer link that broke after a write, a new owner, a full
+queue, a resumed session on another node), so a sequence number alone never proves that
+a lower one arrived; the order of one connection does.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Stored:
 class _Box:
     last_seq: int = 0
     pending: SortedDict = field(default_factory=SortedDict)  # seq -> Stored
-    #: seq -> devices it was sent to in this process (their acks cover it)
+    #: seq -> devices it was sent to in this process
     sent: dict[int, set[str]] = field(default_factory=dict)
     #: seq -> devices that acked it
     acked: dict[int, set[str]] = field(default_factory=dict)
@@ -110,6 +111,10 @@ class Mailboxes:
 
     def users(self) -> list[str]:
         return [user for user, box in self._boxes.items() if box.pending]
+
+    def known_users(self) -> list[str]:
+        """Users with a message waiting or a device known here."""
+        return [user for user, box in self._boxes.items() if box.pending or box.devices]
 
     def known_devices(self) -> list[tuple[str, str, float]]:
         """Every (user, device, last seen) — what a new replica needs to know."""
@@ -175,17 +180,17 @@ class Mailboxes:
         box = self._boxes.get(user)
         return set(box.acked.get(seq, ())) if box else set()
 
-    def ack(self, user: str, seq: int, device: str, now: float) -> list[Stored]:
-        """``device`` acknowledged up to ``seq``: the messages every known device has now
-        acked are removed and returned."""
+    def ack(self, user: str, seqs: Iterable[int], device: str, now: float) -> list[Stored]:
+        """``device`` has these messages: those every known device has now acked are
+        removed and returned."""
         box = self._boxes.get(user)
         if box is None:
             return []
         box.devices[device] = now
         removed = []
-        for number in list(box.pending.irange(maximum=seq)):
-            if device not in box.sent.get(number, ()):
-                continue  # never reached this device: the ack cannot cover it
+        for number in seqs:
+            if number not in box.pending:
+                continue
             acked = box.acked.setdefault(number, set())
             acked.add(device)
             if acked.issuperset(box.devices):
@@ -247,9 +252,11 @@ class Mailboxes:
         return removed
 
     def retry_users(self, now: float) -> list[str]:
-        """Users with a message whose ack is overdue."""
+        """Users with a message whose ack is overdue, or that was never sent from here
+        (a handover or a replica's copy, for a node that owns the user now)."""
         return [user for user, box in self._boxes.items()
-                if any(when <= now for when in box.retry_at.values())]
+                if len(box.retry_at) < len(box.pending)
+                or any(when <= now for when in box.retry_at.values())]
 
     def drop_user(self, user: str) -> list[Stored]:
         """Forget ``user``'s mailbox here (it was handed over); returns what was in it."""

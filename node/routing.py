@@ -89,8 +89,9 @@ class Router:
         self.local_devices: dict[str, str] = {}
         #: at the owner: session -> device
         self.session_devices: dict[str, str] = {}
-        #: at the owner: sessions that dropped and may resume: session -> (user, topics, until)
-        self.parked: dict[str, tuple[str, list[str], float]] = {}
+        #: at the owner: sessions that dropped and may resume:
+        #: session -> (user, topics, until, seqs written and not acked)
+        self.parked: dict[str, tuple[str, list[str], float, list[int]]] = {}
         self._park_order: deque[tuple[float, str]] = deque()
         self.counters: Counter[str] = Counter()
 
@@ -147,14 +148,18 @@ class Router:
 
     # ---- flash disconnects ----------------------------------------------------------------
 
-    def park(self, user: str, session: str, topics: list[str], until: float, now: float) -> None:
-        """A session of ``user`` dropped; keep its topics until ``until`` for a resume."""
+    def park(self, user: str, session: str, topics: list[str], until: float, now: float,
+             *, written: list[int] | None = None) -> None:
+        """A session of ``user`` dropped; keep its topics, and the QoS 1 messages its
+        connection wrote and the client did not ack, until ``until`` for a resume."""
         self._expire_parked(now)
-        self.parked[session] = (user, topics, until)
+        self.parked[session] = (user, topics, until, list(written or ()))
         self._park_order.append((until, session))
 
-    def unpark(self, user: str, session: str, now: float) -> list[str] | None:
-        """The topics of a parked session of ``user`` (and forget it), or None."""
+    def unpark(self, user: str, session: str, now: float
+               ) -> tuple[list[str], list[int]] | None:
+        """The topics and written messages of a parked session of ``user`` (and forget
+        it), or None."""
         self._expire_parked(now)
         parked = self.parked.get(session)
         if parked is None or parked[0] != user:
@@ -162,7 +167,7 @@ class Router:
             return None
         del self.parked[session]
         self.counters["resumes"] += 1
-        return parked[1]
+        return parked[1], parked[3]
 
     def _expire_parked(self, now: float) -> None:
         while self._park_order and self._park_order[0][0] <= now:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -160,3 +162,21 @@ async def test_oversized_frames_and_floods_are_cut_off_and_the_node_carries_on()
             assert stored["t"] == "sent" and stored["seq"] > 0
         assert node.clients.counters["client_error_too_large"] == 1
         assert node.clients.counters["client_error_rate_limited"] == 1
+
+
+async def test_clients_that_reset_during_the_upgrade_do_not_stop_the_node() -> None:
+    """Found by a partition run: a client gone before the node read its address
+    (getpeername: ENOTCONN) ended the whole node."""
+    async with client_node() as node:
+        host, port = node.client_address  # type: ignore[misc]
+        upgrade = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        for _ in range(30):
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.send_all(upgrade)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+            stream.socket.close()  # a reset, right behind the request
+        async with connect(node) as ws:
+            assert (await hello(ws, "after-the-resets"))["t"] == "welcome"

@@ -1,9 +1,12 @@
-"""Mailboxes as a pure core: numbering, safe cumulative acks, retries, expiry."""
+"""Mailboxes as a pure core: numbering, exact acks, retries, expiry."""
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
+from node.clients import take_through
 from node.mailbox import Limits, Mailboxes, Stored
 
 NOW = 1_800_000_000.0
@@ -28,31 +31,38 @@ def test_sequence_numbers_increase_and_follow_the_clock() -> None:
     assert other.new("u", "y", "b", NOW + 0.5, None).seq > second.seq
 
 
-def test_an_ack_removes_only_what_was_sent_up_to_its_number() -> None:
+def test_an_ack_removes_exactly_the_messages_it_names() -> None:
     boxes = Mailboxes()
     boxes.see_device("u", "phone", NOW)
     a, b, c = fill(boxes, "u", 3)
-    for stored in (a, c):
-        boxes.sent(stored, NOW, {"phone"})
-    assert [s.seq for s in boxes.ack("u", c.seq, "phone", NOW)] == [a.seq, c.seq]
-    assert [s.seq for s in boxes.pending("u")] == [b.seq]  # never sent: kept
-    assert boxes.ack("nobody", 5, "phone", NOW) == []
+    assert [s.seq for s in boxes.ack("u", [a.seq, c.seq], "phone", NOW)] == [a.seq, c.seq]
+    assert [s.seq for s in boxes.pending("u")] == [b.seq]  # not named: kept
+    assert boxes.ack("nobody", [5], "phone", NOW) == []
+    assert boxes.ack("u", [12345], "phone", NOW) == []  # unknown numbers are ignored
     assert [s.seq for s in boxes.remove("u", [b.seq])] == [b.seq]
 
 
-def test_every_known_device_must_ack_and_a_send_to_a_dead_node_is_not_covered() -> None:
+def test_every_known_device_must_ack() -> None:
     boxes = Mailboxes()
     for device in ("phone", "laptop"):
         boxes.see_device("u", device, NOW)
     first, second = fill(boxes, "u", 2)
-    boxes.sent(first, NOW, {"phone"})  # the laptop was offline, or its node died
-    boxes.sent(second, NOW, {"phone", "laptop"})
-    assert boxes.ack("u", second.seq, "phone", NOW) == []  # the laptop still needs both
-    # the laptop's ack covers only what was sent to it: the first message stays for it
-    assert [s.seq for s in boxes.ack("u", second.seq, "laptop", NOW)] == [second.seq]
+    assert boxes.ack("u", [first.seq, second.seq], "phone", NOW) == []  # the laptop lacks both
+    assert [s.seq for s in boxes.ack("u", [second.seq], "laptop", NOW)] == [second.seq]
     assert [s.seq for s in boxes.pending("u")] == [first.seq]
-    boxes.sent(first, NOW + 1, {"laptop"})
-    assert [s.seq for s in boxes.ack("u", first.seq, "laptop", NOW)] == [first.seq]
+    assert [s.seq for s in boxes.ack("u", [first.seq], "laptop", NOW)] == [first.seq]
+
+
+def test_a_cumulative_ack_covers_only_what_its_connection_wrote_before() -> None:
+    """A lower number that went another way (a broken link, a full queue, another
+    owner) is not covered by the ack of a higher one."""
+    written: deque[int] = deque([10, 30, 20, 40])
+    assert take_through(written, 30) == [10, 30]
+    assert list(written) == [20, 40]
+    assert take_through(written, 25) == []  # never written here: covers nothing
+    assert take_through(written, 40) == [20, 40] and not written
+    again: deque[int] = deque([5, 7, 5, 9])  # sent twice: up to its last write
+    assert take_through(again, 5) == [5, 7, 5] and list(again) == [9]
 
 
 def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
@@ -62,8 +72,7 @@ def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
     [stored] = fill(boxes, "u", 1, now=NOW + 95)
     boxes.expire(NOW + 150)
     assert set(boxes.devices("u")) == {"new"}
-    boxes.sent(stored, NOW + 150, {"new"})
-    assert [s.id for s in boxes.ack("u", stored.seq, "new", NOW + 150)] == [stored.id]
+    assert [s.id for s in boxes.ack("u", [stored.seq], "new", NOW + 150)] == [stored.id]
 
 
 def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:

@@ -17,6 +17,7 @@ from trio_websocket import WebSocketConnection, open_websocket
 from gossip.keyring import Keyring
 from node.app import Node, run_node
 from node.peer_proto import FrameReader, encode_frames, hello
+from node.ring import HashRing
 from node.token import mint
 from tests.node.helpers import http, local_config, start_node, wait_until
 
@@ -198,7 +199,12 @@ async def test_messages_survive_a_restart_from_the_data_dir(tmp_path: Any) -> No
         nursery.cancel_scope.cancel()
 
 
-async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies() -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-request", "chunked"])
+async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
+    chunked: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if chunked:  # the handover to the new replica takes several requests
+        monkeypatch.setattr("node.delivery.HANDOVER_BYTES", 700)
     keyring = Keyring([KEY])
     scopes: dict[str, trio.CancelScope] = {}
 
@@ -225,6 +231,10 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
         with trio.fail_after(10):  # back to R = 2 copies: the new owner copied its mailbox
             await wait_until(survivors, lambda: all(
                 n.delivery.mailboxes.pending_count(user) == 10 for n in survivors))
+        if chunked:
+            requests = max(n.delivery.mailboxes.counters["handover_requests"]
+                           for n in survivors)
+            assert requests >= 3  # 10 messages, 4 to a request
         async with device(nodes[1], user) as ws:
             got = [await next_message(ws) for _ in range(10)]
         assert [m["id"] for m in got] == acked
@@ -302,3 +312,90 @@ async def test_a_device_that_was_away_gets_what_another_device_already_acked() -
             with trio.fail_after(5):
                 await wait_until(nodes, lambda: all(
                     n.delivery.mailboxes.pending_count("kim") == 0 for n in nodes))
+
+
+async def test_a_new_owner_learns_of_devices_even_when_no_message_waits() -> None:
+    """Found by a partition run: device records moved only with pending messages, so a
+    new owner that never saw a device took the other device's acks as enough."""
+    def config(name: str, join: tuple[str, ...] = ()) -> Any:
+        return local_config(name, client_port=0, token_secret=SECRET, keys=(KEY,), join=join)
+
+    keyring = Keyring([KEY])
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, config("a"), keyring=keyring)
+        seed = "{}:{}".format(*first.membership.address)
+        nodes = [first] + [await start_node(nursery, config(n, (seed,)), keyring=keyring)
+                           for n in "bc"]
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(len(n.ring) == 3 for n in nodes))
+        # a user that node d will own once it joins, and that none of a, b, c replicates
+        # into d by chance: d has never heard of the user's devices
+        bigger = HashRing(nodes={"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0})
+        user = next(u for u in (f"user{i}" for i in range(500)) if bigger.owner(u) == "d")
+        async with device(nodes[0], user, "laptop") as laptop:
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: "laptop" in owner_of(
+                    nodes, user).delivery.mailboxes.devices(user))
+            await laptop.aclose()
+        d = await start_node(nursery, config("d", (seed,)), keyring=keyring)
+        nodes.append(d)
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: all(len(n.ring) == 4 for n in nodes))
+        assert d.ring.owner(user) == "d"
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: "laptop" in d.delivery.mailboxes.devices(user))
+        async with device(nodes[1], user, "phone") as phone:
+            sent = await nodes[2].send(user, "for both", qos=1)
+            got = await next_message(phone)
+            await phone.send_message(json.dumps({"t": "ack", "seq": got["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: d.delivery.mailboxes.acked_by(
+                    user, got["seq"]) == {"phone"})
+            assert d.delivery.mailboxes.pending_count(user) == 1  # the laptop lacks it
+        async with device(nodes[0], user, "laptop") as laptop:
+            assert (await next_message(laptop))["id"] == sent["id"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_owner_that_forgot_a_node_gets_its_sessions_again() -> None:
+    """Found by a partition run: a healed node declared another dead on a stale
+    suspicion; the owners dropped that node's sessions, the node never noticed, and its
+    clients stayed connected but got nothing more."""
+    async with cluster(["a", "b", "c"]) as nodes:
+        owner = nodes[0]
+        user = next(u for u in (f"user{i}" for i in range(500))
+                    if owner.ring.owner(u) == "a")
+        holder = nodes[1]
+        async with device(holder, user, "tab") as tab:
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: owner.router.holders(user) == ["b"])
+            owner.router.node_gone("b")  # what a false FAILED event does at the owner
+            assert owner.router.holders(user) == []
+            owner.resync_with("b")  # what its JOINED event does when b is back
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: owner.router.holders(user) == ["b"])
+            sent = await nodes[2].send(user, "still here", qos=1)
+            assert (await next_message(tab))["id"] == sent["id"]
+
+
+async def test_the_ack_of_a_later_message_does_not_cover_one_lost_on_the_way() -> None:
+    """Found by a chaos run: a message sent towards a device but lost on the way (a peer
+    link that broke after the write, a full queue, another owner) was removed when the
+    device acked a later one, since acks were cumulative by number."""
+    async with cluster(["a", "b", "c"]) as nodes:
+        owner = nodes[0]
+        user = next(u for u in (f"user{i}" for i in range(500)) if owner.ring.owner(u) == "a")
+        async with device(nodes[1], user, "phone") as phone:
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: owner.router.holders(user) == ["b"])
+            boxes = owner.delivery.mailboxes
+            lost = boxes.new(user, "lost-on-the-way", "first", time.time(), None)
+            boxes.put(lost)
+            boxes.sent(lost, time.time(), {"phone"})  # as if sent, but it never arrived
+            later = await nodes[2].send(user, "second", qos=1)
+            got = await next_message(phone)
+            assert got["id"] == later["id"] and got["seq"] > lost.seq
+            await phone.send_message(json.dumps({"t": "ack", "seq": got["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: [s.id for s in boxes.pending(user)] == [
+                    "lost-on-the-way"])
