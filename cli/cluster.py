@@ -392,6 +392,10 @@ def run_restart(args: argparse.Namespace) -> int:
     state = _load(args.dir)
     node = _find(state, args.name)
     _stop([node])
+    # back through any running node (node-1 started without seeds: it had none then)
+    seeds = [n["gossip"] for n in state["nodes"]
+             if n is not node and n.get("gossip") and _running(n.get("pid"))]
+    node["args"] = _node_args(state, node["index"], seeds)
     _spawn(state, node)
     _save(args.dir, state)
     _wait_ready(node, time.monotonic() + 30)

@@ -19,6 +19,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -78,6 +79,9 @@ class Node:
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
+        self._joined_once = False
+        self._had_peers = bool(_read_peers(config.data_dir))
+        self.delivery.ready = self._joined
 
     @property
     def addresses(self) -> NodeAddresses:
@@ -278,6 +282,27 @@ class Node:
     def _peer_connected(self, node: str) -> None:
         self._carry_out(self.router.peer_connected(node))
 
+    def _joined(self) -> str | None:
+        """None once this node may own users' messages; else why not yet.
+
+        A node given seeds, or one that had peers before it restarted (its data dir
+        remembers them), is alone in its member table
+        until its join (or the others' reconnect) succeeds: owning every user then, it
+        would acknowledge messages on one copy, for devices it has never heard of. So
+        until it sees another member alive — or ``join_grace`` has passed (the seeds may
+        all be gone: it is then a cluster of its own) — it refuses to store as owner."""
+        if self._joined_once:
+            return None
+        if any(m.name != self.config.name and not m.dead_or_left
+               for m in self.membership.members()):
+            self._joined_once = True
+            return None
+        alone_is_fine = not self.config.join and not self._had_peers
+        if alone_is_fine or trio.current_time() - self._started >= self.config.join_grace:
+            self._joined_once = True
+            return None
+        return f"{self.config.name} is still joining the cluster; try another node"
+
     def _keys(self) -> list[bytes]:
         keyring = self.membership.keyring
         return list(keyring.keys) if keyring is not None else []
@@ -296,6 +321,9 @@ class Node:
         )
         self._carry_out(self.router.ring_changed())
         self.delivery.ring_changed()
+        others = sorted(set(self.ring.nodes) - {self.config.name})
+        if others and self.config.data_dir:
+            _write_peers(self.config.data_dir, others)
         return True
 
     async def follow_members(self) -> None:
@@ -327,6 +355,30 @@ class Node:
         partition): its clients are still connected, but we forgot their sessions."""
         if node in self.ring and node != self.config.name:
             self.links.send(node, {"t": "resync"})
+
+
+PEERS_FILE = "peers.json"
+
+
+def _read_peers(data_dir: str | None) -> list[str]:
+    """The other nodes this node's last run saw (empty for a new node)."""
+    if not data_dir:
+        return []
+    try:
+        names = json.loads(Path(data_dir, PEERS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _write_peers(data_dir: str, names: list[str]) -> None:
+    path = Path(data_dir, PEERS_FILE)
+    try:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(names))
+        temporary.replace(path)
+    except OSError as exc:
+        logger.warning("peers_file_not_written path=%s reason=%r", path, str(exc))
 
 
 def _parked_from(reply: dict[str, Any]) -> tuple[list[str], list[int]] | None:

@@ -148,6 +148,9 @@ class Config:
     # Leaving, joining, reconnecting (beyond memberlist: see docs/membership.md).
     leave_timeout: float = 5.0
     join_retry_interval: float = 1.0
+    #: seconds a node with seeds (or with state from a past run) waits to see another
+    #: member before it stores messages as an owner on its own
+    join_grace: float = 30.0
     join_retry_max_interval: float = 30.0
     reconnect_interval: float = 10.0
     reconnect_timeout: float = 24 * 3600.0
@@ -178,7 +181,7 @@ class Config:
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
             "reconnect_interval", "client_rate", "heartbeat", "ack_timeout", "default_ttl",
-            "broadcast_rate", "replicate_timeout", "resume_window",
+            "broadcast_rate", "replicate_timeout", "resume_window", "join_grace",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")

@@ -71,6 +71,8 @@ class Delivery:
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._rebalance = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}
+        #: None when this node may store as owner, else why not (the node sets it)
+        self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids
 
     # ---- running ------------------------------------------------------------------------
@@ -121,6 +123,9 @@ class Delivery:
 
     async def _store_as_owner(self, user: str, body: str, ttl: float | None,
                               sender: str | None) -> dict[str, Any]:
+        not_ready = self.ready()
+        if not_ready:
+            raise Unavailable(not_ready)
         try:
             stored = self.mailboxes.new(user, self._ids(), body, time.time(), ttl, sender=sender)
         except OverflowError as exc:

@@ -18,6 +18,7 @@ from gossip.keyring import Keyring
 from node.app import Node, run_node
 from node.peer_proto import FrameReader, encode_frames, hello
 from node.ring import HashRing
+from node.routing import Unavailable
 from node.token import mint
 from tests.node.helpers import http, local_config, start_node, wait_until
 
@@ -399,3 +400,28 @@ async def test_the_ack_of_a_later_message_does_not_cover_one_lost_on_the_way() -
             with trio.fail_after(5):
                 await wait_until(nodes, lambda: [s.id for s in boxes.pending(user)] == [
                     "lost-on-the-way"])
+
+
+async def test_a_node_that_had_peers_stores_nothing_as_owner_until_it_rejoins(
+    tmp_path: Any,
+) -> None:
+    """Found by the 100,000-message chaos run: a restarted node is alone in its member
+    table until the others reconnect; owning every user meanwhile, it acknowledged
+    messages on one copy and took the acks of the devices it knew as enough."""
+    def config(name: str, join: tuple[str, ...] = ()) -> Any:
+        return local_config(name, client_port=0, token_secret=SECRET, keys=(KEY,), join=join,
+                            data_dir=str(tmp_path / name), join_grace=60.0)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "peers.json").write_text('["b"]')  # a was in a cluster before
+    keyring = Keyring([KEY])
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, config("a"), keyring=keyring)
+        with pytest.raises(Unavailable, match="still joining"):
+            await a.send("ann", "too early", qos=1)
+        seed = "{}:{}".format(*a.membership.address)
+        b = await start_node(nursery, config("b", (seed,)), keyring=keyring)
+        with trio.fail_after(10):
+            await wait_until([a, b], lambda: len(a.ring) == 2)
+        assert (await a.send("ann", "now", qos=1))["id"]
+        nursery.cancel_scope.cancel()
