@@ -237,6 +237,13 @@ async def _command(*args: str, directory: str) -> subprocess.CompletedProcess[st
     return await trio.to_thread.run_sync(partial(cluster, *args, "--dir", directory))
 
 
+async def _must(command: str, victim: str, run: Run) -> None:
+    """``grapevine cluster COMMAND VICTIM``, which must work (the harness stops if not)."""
+    done = await _command(command, victim, directory=run.directory)
+    if done.returncode != 0:
+        raise CliError(f"cluster {command} {victim} failed: {done.stderr.strip()}")
+
+
 async def _seen(run: Run, victim: str, state: str, since: float) -> float | None:
     waited = await _command("wait", victim, state, "--timeout", "60",
                             directory=run.directory)
@@ -249,26 +256,20 @@ async def _kill_and_restart(run: Run, victim: str, down_for: float) -> None:
     run.detections.append({"node": victim, "fault": "kill",
                            "detected_s": await _seen(run, victim, "dead", killed)})
     await trio.sleep(down_for)
-    restarted = await _command("restart", victim, directory=run.directory)
-    if restarted.returncode != 0:
-        raise CliError(f"restart of {victim} failed: {restarted.stderr}")
+    await _must("restart", victim, run)
     run.reload()
     run.down.discard(victim)
 
 
 async def _partition(run: Run, victim: str, hold_for: float) -> None:
     cut = time.time()
-    done = await _command("partition", victim, directory=run.directory)
-    if done.returncode != 0:
-        raise CliError(f"partition of {victim} failed: {done.stderr}")
+    await _must("partition", victim, run)
     record = {"node": victim, "fault": "partition",
               "detected_s": await _seen(run, victim, "dead", cut)}
     run.detections.append(record)
     await trio.sleep(max(0.0, cut + hold_for - time.time()))
     healed = time.time()
-    done = await _command("heal", victim, directory=run.directory)
-    if done.returncode != 0:
-        raise CliError(f"heal of {victim} failed: {done.stderr}")
+    await _must("heal", victim, run)
     record["rejoined_s"] = await _seen(run, victim, "alive", healed)
     run.down.discard(victim)
 

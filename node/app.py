@@ -286,11 +286,11 @@ class Node:
         """None once this node may own users' messages; else why not yet.
 
         A node given seeds, or one that had peers before it restarted (its data dir
-        remembers them), is alone in its member table
-        until its join (or the others' reconnect) succeeds: owning every user then, it
-        would acknowledge messages on one copy, for devices it has never heard of. So
-        until it sees another member alive — or ``join_grace`` has passed (the seeds may
-        all be gone: it is then a cluster of its own) — it refuses to store as owner."""
+        remembers them), is alone in its member table until its join (or the others'
+        reconnect) succeeds: owning every user then, it would acknowledge messages on one
+        copy, for devices it has never heard of. So until it sees another member alive —
+        or ``join_grace`` has passed (the seeds may all be gone: it is then a cluster of
+        its own) — it refuses to store as owner."""
         if self._joined_once:
             return None
         if any(m.name != self.config.name and not m.dead_or_left
@@ -372,13 +372,20 @@ def _read_peers(data_dir: str | None) -> list[str]:
 
 
 def _write_peers(data_dir: str, names: list[str]) -> None:
-    path = Path(data_dir, PEERS_FILE)
     try:
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(names))
-        temporary.replace(path)
+        _write_json(data_dir, PEERS_FILE, names)
     except OSError as exc:
-        logger.warning("peers_file_not_written path=%s reason=%r", path, str(exc))
+        logger.warning("peers_file_not_written dir=%s reason=%r", data_dir, str(exc))
+
+
+def _write_json(data_dir: str, name: str, data: Any) -> None:
+    """``data`` as ``name`` in the data dir, atomically (readers never see half a file)."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, name)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle)
+    os.replace(temporary, path)
 
 
 def _parked_from(reply: dict[str, Any]) -> tuple[list[str], list[int]] | None:
@@ -462,17 +469,11 @@ async def _serve_api(
 
 def _write_node_file(data_dir: str, node: Node) -> None:
     """``node.json`` in the data dir: who runs here and where (read by tooling)."""
-    os.makedirs(data_dir, exist_ok=True)
-    info = {
+    _write_json(data_dir, "node.json", {
         "name": node.config.name,
         "pid": os.getpid(),
         "gossip": format_address(node.membership.address),
         "api": format_address(node.api_address),
         "client": format_address(node.client_address),
         "peer": format_address(node.peer_address),
-    }
-    path = os.path.join(data_dir, "node.json")
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(info, handle)
-    os.replace(temporary, path)
+    })

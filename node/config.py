@@ -148,10 +148,10 @@ class Config:
     # Leaving, joining, reconnecting (beyond memberlist: see docs/membership.md).
     leave_timeout: float = 5.0
     join_retry_interval: float = 1.0
-    #: seconds a node with seeds (or with state from a past run) waits to see another
+    join_retry_max_interval: float = 30.0
+    #: seconds a node with seeds (or with peers in a past run) waits to see another
     #: member before it stores messages as an owner on its own
     join_grace: float = 30.0
-    join_retry_max_interval: float = 30.0
     reconnect_interval: float = 10.0
     reconnect_timeout: float = 24 * 3600.0
     dead_node_reclaim_time: float = 0.0

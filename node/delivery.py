@@ -187,10 +187,9 @@ class Delivery:
         if not holders:
             return
         now = time.time()
-        devices = self.router.online_devices(user)
         actions: list[Any] = []
         for stored in self.mailboxes.to_send(user, now, reconnect=reconnect):
-            message = self.mailboxes.sent(stored, now, devices).to_client()
+            message = self.mailboxes.sent(stored, now).to_client()
             for node in holders:
                 if node == self.me:
                     actions.append(DeliverLocal(user, message))
@@ -354,21 +353,22 @@ class Delivery:
             if frozenset(self.ring.replicas(user, self.config.replicas)) != holders:
                 complete = False  # the ring moved while copying: the next round decides
                 continue
-            self._copied[user] = holders
             if self.me not in holders:
                 dropped = self.mailboxes.remove(user, [s.seq for s in snapshot[user]])
                 if self.mailboxes.pending_count(user):
                     complete = False  # more came meanwhile: copy those in the next round
                 else:
                     self.mailboxes.drop_user(user)
-                self._copied.pop(user, None)
+                self._copied.pop(user, None)  # if it comes back here, copy it again
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
                 if dropped:
                     logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
                                 len(dropped), ",".join(sorted(holders)))
                     logger.debug("mailbox_dropped user=%s seqs=%s", user,
                                  [s.seq for s in dropped])
-            elif self.ring.owner(user) == self.me:
+                continue
+            self._copied[user] = holders
+            if self.ring.owner(user) == self.me:
                 self.push(user, reconnect=True)
         return complete
 

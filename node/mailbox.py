@@ -77,8 +77,8 @@ class Stored:
 class _Box:
     last_seq: int = 0
     pending: SortedDict = field(default_factory=SortedDict)  # seq -> Stored
-    #: seq -> devices it was sent to in this process
-    sent: dict[int, set[str]] = field(default_factory=dict)
+    #: seqs sent at least once from this process
+    sent: set[int] = field(default_factory=set)
     #: seq -> devices that acked it
     acked: dict[int, set[str]] = field(default_factory=dict)
     #: seq -> when to send again
@@ -87,7 +87,7 @@ class _Box:
     devices: dict[str, float] = field(default_factory=dict)
 
     def forget(self, seq: int) -> Stored:
-        self.sent.pop(seq, None)
+        self.sent.discard(seq)
         self.acked.pop(seq, None)
         self.retry_at.pop(seq, None)
         return self.pending.pop(seq)
@@ -115,11 +115,6 @@ class Mailboxes:
     def known_users(self) -> list[str]:
         """Users with a message waiting or a device known here."""
         return [user for user, box in self._boxes.items() if box.pending or box.devices]
-
-    def known_devices(self) -> list[tuple[str, str, float]]:
-        """Every (user, device, last seen) — what a new replica needs to know."""
-        return [(user, device, seen) for user, box in self._boxes.items()
-                for device, seen in box.devices.items()]
 
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
@@ -219,15 +214,14 @@ class Mailboxes:
                 out.append(stored)
         return out
 
-    def sent(self, stored: Stored, now: float, devices: Iterable[str]) -> Stored:
-        """Record one more attempt, to ``devices``; returns the message with its new
-        attempt count."""
+    def sent(self, stored: Stored, now: float) -> Stored:
+        """Record one more attempt; returns the message with its new attempt count."""
         box = self._boxes.setdefault(stored.user, _Box())
         current = box.pending.get(stored.seq, stored)
         updated = replace(current, attempts=current.attempts + 1)
         if stored.seq in box.pending:
             box.pending[stored.seq] = updated
-        box.sent.setdefault(stored.seq, set()).update(devices)
+        box.sent.add(stored.seq)
         box.retry_at[stored.seq] = now + self.limits.ack_timeout
         self.counters["sent"] += 1
         if updated.attempts > 1:

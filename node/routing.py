@@ -87,8 +87,6 @@ class Router:
         self.local: dict[str, tuple[str, str]] = {}
         #: here: session -> its device name (sent along with every registration)
         self.local_devices: dict[str, str] = {}
-        #: at the owner: session -> device
-        self.session_devices: dict[str, str] = {}
         #: at the owner: sessions that dropped and may resume:
         #: session -> (user, topics, until, seqs written and not acked)
         self.parked: dict[str, tuple[str, list[str], float, list[int]]] = {}
@@ -125,16 +123,9 @@ class Router:
 
     def _add(self, user: str, node: str, session: str, device: str) -> list[Action]:
         self.register.setdefault(user, {}).setdefault(node, set()).add(session)
-        self.session_devices[session] = device
         return [Registered(user, device)]
 
-    def online_devices(self, user: str) -> set[str]:
-        """The devices of ``user`` with a registered session (at the owner)."""
-        return {self.session_devices.get(session, "")
-                for sessions in self.register.get(user, {}).values() for session in sessions}
-
     def _unregister(self, user: str, node: str, session: str) -> None:
-        self.session_devices.pop(session, None)
         nodes = self.register.get(user)
         if nodes is None:
             return
@@ -245,9 +236,7 @@ class Router:
         """Register sessions whose owner moved; forget users this node no longer owns."""
         actions: list[Action] = []
         for user in [u for u in self.register if self._owner_of(u) != self.me]:
-            for sessions in self.register.pop(user).values():
-                for session in sessions:
-                    self.session_devices.pop(session, None)
+            del self.register[user]
         for session in [s for s, p in self.parked.items() if self._owner_of(p[0]) != self.me]:
             del self.parked[session]
         for session, (user, old) in sorted(self.local.items()):
@@ -262,8 +251,7 @@ class Router:
         """``node`` died or left: its sessions are gone with it."""
         for user in list(self.register):
             nodes = self.register[user]
-            for session in nodes.pop(node, ()):
-                self.session_devices.pop(session, None)
+            nodes.pop(node, None)
             if not nodes:
                 del self.register[user]
 

@@ -79,14 +79,14 @@ def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
     boxes = Mailboxes(Limits(ack_timeout=10))
     a, b = fill(boxes, "u", 2)
     assert boxes.to_send("u", NOW) == [a, b]  # never sent
-    boxes.sent(a, NOW, {""})
+    boxes.sent(a, NOW)
     assert boxes.to_send("u", NOW + 1) == [b]
     assert [s.seq for s in boxes.to_send("u", NOW + 1, reconnect=True)] == [a.seq, b.seq]
-    boxes.sent(b, NOW + 1, {""})
+    boxes.sent(b, NOW + 1)
     assert boxes.retry_users(NOW + 5) == []
     assert boxes.retry_users(NOW + 10) == ["u"]
     assert [s.seq for s in boxes.to_send("u", NOW + 10)] == [a.seq]
-    again = boxes.sent(a, NOW + 10, {""})
+    again = boxes.sent(a, NOW + 10)
     assert again.attempts == 2 and boxes.counters["redelivered"] == 1
 
 
@@ -95,9 +95,9 @@ def test_expiry_and_the_cap_on_attempts() -> None:
     short = boxes.new("u", "short", "b", NOW, ttl=5)
     boxes.put(short)
     [poison] = fill(boxes, "v", 1)
-    boxes.sent(poison, NOW, {""})
+    boxes.sent(poison, NOW)
     assert boxes.expire(NOW + 1) == []
-    boxes.sent(poison, NOW + 1, {""})
+    boxes.sent(poison, NOW + 1)
     assert boxes.expire(NOW + 1.5) == []  # its last attempt still has time to be acked
     removed = boxes.expire(NOW + 5)
     assert {s.id for s in removed} == {"short", "v-0"}
