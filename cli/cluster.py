@@ -130,6 +130,20 @@ def _running(pid: int | None) -> bool:
     return b"cli" in cmdline and b"node" in cmdline and not zombie
 
 
+def _exited(pid: int) -> str | None:
+    """How our child ``pid`` ended (reaping it), or None while it runs. Asked of the
+    kernel, not of /proc: a process that is just exec'ing shows an empty cmdline."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (another `cluster` command started it)
+        return None if _running(pid) else "exited"
+    if done == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
 def _node_file(node: dict[str, Any]) -> dict[str, Any] | None:
     try:
         return json.loads(Path(node["dir"], "node.json").read_text())
@@ -191,9 +205,11 @@ def _wait_ready(node: dict[str, Any], deadline: float) -> None:
             node["gossip"], node["api"] = info["gossip"], info["api"]
             node["client"] = info.get("client")
             return
-        if not _running(node["pid"]):
+        ended = _exited(node["pid"])
+        if ended is not None:
             tail = _log_tail(node)
-            raise CliError(f"{node['name']} exited during start-up; its log ends:\n{tail}")
+            raise CliError(f"{node['name']} exited during start-up ({ended}); its log ends:"
+                           f"\n{tail}")
         time.sleep(0.02)
     raise CliError(f"{node['name']} did not report ready in time (see {node['dir']}/node.log)")
 
