@@ -188,7 +188,7 @@ class Node:
         if session.closed_reason in RESUMABLE and owner is not None:
             topics = sorted(session.subscriptions)
             until = time.time() + self.config.resume_window
-            written = list(session.written)
+            written = list(session.written or ())
             if owner == self.config.name:
                 self.router.park(session.user, session.session, topics, until, time.time(),
                                  written=written)

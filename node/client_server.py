@@ -1,28 +1,35 @@
-"""The client WebSocket server (trio-websocket): the shell around ``client_proto``.
+"""The client WebSocket server: sockets, the shell around ``websocket`` and ``client_proto``.
 
-Each connection runs two tasks in its own nursery (a failure ends only that connection):
+Built for many mostly idle connections and for many small writes to different ones, on
+plain non-blocking sockets and trio's low-level waits (a general WebSocket library cost
+here 33 KiB and five tasks per idle connection, and a task switch plus a lock per write):
 
-* the **reader** feeds every WebSocket message to the connection's
-  :class:`~node.client_proto.ClientConnection` and acts on what comes out;
-* the **writer** drains the connection's bounded queue and packs everything queued into
-  one frame (one ``send_message`` per object caps a node near 9 k messages/s here; packed
-  writes are several times faster). When the queue is full, QoS 0 messages for that
-  client are dropped and counted: a slow client never slows anyone else.
+* one **task per connection** reads: the opening handshake (``websocket.py``), the hello,
+  then every message through the connection's :class:`~node.client_proto.ClientConnection`;
+  it answers pings and the closing handshake itself;
+* **writes do not wait**: :meth:`ClientSession.offer` queues an object and, on the first,
+  marks the session; one **flusher** task takes every marked session in turn, packs all
+  it has queued into one frame and hands it straight to the kernel. Only a connection
+  whose socket buffer is full gets a task of its own that waits until it can write
+  more; until then its queue fills, and when full drops QoS 0 objects and counts them:
+  a slow client never slows anyone else.
 
 The sessions themselves, by user and by topic, live in ``clients.py``.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from . import websocket as ws
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
     Unsubscribe, Violation,
@@ -31,13 +38,20 @@ from .clients import ClientSession, LocalClients, Object
 from .config import Config
 
 logger = logging.getLogger(__name__)
-#: trio-websocket refuses messages above this outright (close 1009, no error frame); below
-#: it and above ``Config.max_frame`` the client gets a ``too_large`` error frame first
+#: Messages above this are refused outright (close 1009, no error frame); below it and
+#: above ``Config.max_frame`` the client gets a ``too_large`` error frame first.
 WS_MAX_MESSAGE = 1024 * 1024
-#: messages trio-websocket reads ahead per connection (its default of 1 costs a task
-#: switch per message under load; the rate limit still bounds what a client can queue)
-MESSAGE_QUEUE = 8
-
+#: the opening handshake must be done within this
+HANDSHAKE_TIMEOUT = 10.0
+#: how long a closing connection waits for the client's close frame
+CLOSE_TIMEOUT = 2.0
+RECEIVE_BYTES = 65536
+#: bytes a connection may have waiting for its socket before its queue stops draining
+OUT_LIMIT = 256 * 1024
+#: sessions the flusher serves between checkpoints
+FLUSH_SLICE = 256
+#: errors of accept() that mean "out of resources now", not "the listener is broken"
+ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
 #: server answers the client with whatever object the handler returns (or nothing).
@@ -48,6 +62,50 @@ ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
 SENDS_IN_FLIGHT = 256
 #: A connection that ended for one of these may come back and resume.
 RESUMABLE = ("client_closed", "heartbeat_missed")
+
+
+class _Gone(Exception):
+    """The client's TCP connection ended (EOF or an error), or it sent a close frame."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code  # of the client's close frame, if it sent one
+
+
+class _Client:
+    """One accepted TCP connection: its socket, parser and what waits to be written."""
+
+    __slots__ = (
+        "close_sent",
+        "closed",
+        "drained",
+        "draining",
+        "in_flight",
+        "inbox",
+        "machine",
+        "out",
+        "parser",
+        "remote",
+        "scope",
+        "session",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket, remote: str) -> None:
+        self.sock = sock
+        self.remote = remote
+        self.parser = ws.FrameParser(WS_MAX_MESSAGE)
+        self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
+        self.out = bytearray()  # what the socket did not take yet
+        self.draining = False  # a task waits to write ``out``
+        self.closed = False
+        self.close_sent = False
+        self.session: ClientSession | None = None
+        self.machine: ClientConnection | None = None
+        self.scope: trio.CancelScope | None = None  # cancelled to end the conversation
+        self.in_flight: trio.Semaphore | None = None
+        self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
 
 
 class ClientServer:
@@ -64,139 +122,189 @@ class ClientServer:
         )
         self._secret = (config.token_secret or "").encode()
         self._ids = itertools.count(1)
+        self._marked: list[_Client] = []
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(lambda task_status: serve_websocket(
-                self._accept, self.config.client_addr, self.config.client_port or 0, None,
-                max_message_size=WS_MAX_MESSAGE, connect_timeout=10, disconnect_timeout=5,
-                message_queue_size=MESSAGE_QUEUE,
-                task_status=task_status,
-            ))
-            endpoint = server.listeners[0]
-            address = (str(endpoint.address), int(endpoint.port))
-            logger.info("client_listening address=%s:%d", *address)
-            task_status.started(address)
+        listener = _listen(self.config.client_addr, self.config.client_port or 0)
+        with listener:
+            address = listener.getsockname()[:2]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._flusher)
+                nursery.start_soon(self._accept_loop, listener, nursery)
+                logger.info("client_listening address=%s:%d", *address)
+                task_status.started((str(address[0]), int(address[1])))
+                await trio.sleep_forever()
 
-    async def _accept(self, request: WebSocketRequest) -> None:
-        try:
-            ws = await request.accept()
-            endpoint = ws.remote  # getpeername: fails once the client has reset
-            remote = f"{endpoint.address}:{endpoint.port}"  # type: ignore[union-attr]
-        except (ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
-            self.clients.counters["clients_gone_at_accept"] += 1
-            logger.debug("client_gone_at_accept reason=%r", str(exc))
-            return
-        try:
+    # ---- accepting ----------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
             try:
-                await self._converse(ws, remote)
-            except BaseExceptionGroup as group:  # from the reader/writer nursery
-                _, rest = group.split(ConnectionClosed)  # leaves only, however nested
-                if rest is not None:
-                    raise rest from None
-        except ConnectionClosed:
-            pass  # the client went away: nothing to answer
-        except Exception:  # the connection's boundary: one client never stops the node
-            logger.exception("client_handler_failed remote=%s", remote)
-            await ws.aclose(1011, "internal error")
+                sock, address = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno not in ACCEPT_EXHAUSTED:
+                    raise
+                self.clients.counters["client_accepts_exhausted"] += 1
+                logger.warning("client_accept_failed reason=%r", exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nursery.start_soon(self._connection, _Client(sock, f"{address[0]}:{address[1]}"))
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _converse(self, ws: WebSocketConnection, remote: str) -> None:
-        machine = ClientConnection(self._secret, time.time(), self.limits)
-        data: bytes | str | None = None
+    async def _connection(self, client: _Client) -> None:
+        reason = "closed"
+        try:
+            reason = await self._converse(client)
+        except _Gone as gone:
+            reason = gone.reason
+            if gone.code is not None and not client.close_sent:
+                self._send(client, ws.close_frame(ws.NORMAL if gone.code == 1005 else gone.code))
+                client.close_sent = True
+        except ws.ProtocolError as exc:
+            reason = "protocol_error"
+            self.clients.counters["client_protocol_errors"] += 1
+            logger.info("client_protocol_error remote=%s reason=%r", client.remote, exc.reason)
+            await self._close(client, exc.code, exc.reason)
+        except Exception:  # the connection's boundary: one client never stops the node
+            reason = "internal_error"
+            logger.exception("client_handler_failed remote=%s", client.remote)
+            await self._close(client, 1011, "internal error")
+        finally:
+            client.closed = True
+            session = client.session
+            if session is not None:
+                session.closed = True
+                session.closed_reason = session.closed_reason or reason
+                self.clients.detach(session)
+                logger.info("client_disconnected user=%s session=%s reason=%s dropped=%d",
+                            session.user, session.session, session.closed_reason,
+                            session.dropped)
+            trio.lowlevel.notify_closing(client.sock)
+            client.sock.close()
+
+    # ---- one conversation ---------------------------------------------------------------
+
+    async def _converse(self, client: _Client) -> str:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            if not await self._handshake(client):
+                return "refused"
+        if client.machine is None:
+            self.clients.counters["handshake_timeouts"] += 1
+            return "handshake_timeout"
+        machine = client.machine
+        data = None
         with trio.move_on_after(self.limits.hello_timeout):
-            data = await ws.get_message()
+            data = await self._message(client)
         if data is None:
             self.clients.counters["hello_timeouts"] += 1
-            await _refuse(ws, machine, Violation("unauthorized", "no hello within "
-                                                 f"{self.limits.hello_timeout:g} s", None, 1008))
-            return
+            await self._refuse(client, Violation(
+                "unauthorized", f"no hello within {self.limits.hello_timeout:g} s", None, 1008))
+            return "hello_timeout"
         events = machine.receive(time.time(), data)
         hello = events[0] if events else None
         if not isinstance(hello, Hello):
             self.clients.counters["hello_refused"] += 1
-            logger.info("client_refused remote=%s reason=%r", remote,
+            logger.info("client_refused remote=%s reason=%r", client.remote,
                         getattr(hello, "reason", "no hello"))
             if isinstance(hello, Violation):
-                await _refuse(ws, machine, hello)
-            return
+                await self._refuse(client, hello)
+            return "refused"
         topics = None
         if hello.session is not None:
             with trio.move_on_after(2.0):
                 topics = await self.resume(hello)
         if topics is not None:
             machine.subscriptions.update(topics[:self.limits.max_subscriptions])
-        send, receive = trio.open_memory_channel[Object](self.config.client_queue)
         session_id = hello.session if topics is not None else (
             f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}")
-        session = ClientSession(session_id, hello.user, hello.device, remote, send,
-                                machine.subscriptions)
+        session = ClientSession(session_id, hello.user, hello.device, client.remote,
+                                machine.subscriptions, notify=lambda _: self._mark(client),
+                                limit=self.config.client_queue)
         welcome = {"t": "welcome", "session": session.session, "user": session.user,
                    "node": self.node_name, "heartbeat": self.limits.heartbeat,
                    "resumed": topics is not None}
         if topics is not None:
             welcome["topics"] = sorted(machine.subscriptions)
-        await ws.send_message(machine.encode([welcome]))
+        self._send(client, ws.message(machine.encode([welcome])))
+        client.session = session
         self.clients.attach(session)
         logger.info("client_connected user=%s session=%s device=%s remote=%s",
-                    session.user, session.session, session.device or "-", remote)
-        reason = "closed"
-        try:
-            async with trio.open_nursery() as nursery:
-                written = trio.Event()
-                nursery.start_soon(self._write, ws, machine, session, receive, written)
-                reason, violation = await self._read(ws, machine, session, events[1:], nursery)
-                if violation is not None:
-                    # the error goes after everything already queued, then we close
-                    session.offer(violation.frame())
-                    send.close()
-                    with trio.move_on_after(2):
-                        await written.wait()
-                    await _refuse(ws, machine, violation, frame=False)
-                nursery.cancel_scope.cancel()
-        finally:
-            session.closed_reason = session.closed_reason or reason
-            self.clients.detach(session)
-            logger.info("client_disconnected user=%s session=%s reason=%s dropped=%d",
-                        session.user, session.session, session.closed_reason, session.dropped)
+                    session.user, session.session, session.device or "-", client.remote)
+        with trio.CancelScope() as client.scope:
+            return await self._read(client, session, machine, events[1:])
+        await self._close(client, CLOSE_NORMAL, "kicked")  # the scope was cancelled
+        return session.closed_reason or "closed"
 
-    async def _read(self, ws: WebSocketConnection, machine: ClientConnection,
-                    session: ClientSession, pending: list[Request | Violation],
-                    nursery: trio.Nursery) -> tuple[str, Violation | None]:
+    async def _handshake(self, client: _Client) -> bool:
+        data = b""
+        while True:
+            chunk = await self._receive(client)
+            if not chunk:
+                self.clients.counters["clients_gone_at_accept"] += 1
+                return False
+            data += chunk
+            request = ws.parse_request(data)
+            if request is None:
+                continue
+            if isinstance(request, ws.Refusal):
+                self.clients.counters["handshakes_refused"] += 1
+                logger.info("client_handshake_refused remote=%s status=%d reason=%r",
+                            client.remote, request.status, request.reason)
+                self._send(client, request.response())
+                return False
+            self._send(client, ws.accept_response(request.key))
+            client.machine = ClientConnection(self._secret, time.time(), self.limits)
+            if request.rest:
+                client.inbox.extend(client.parser.feed(request.rest))
+            return True
+
+    async def _read(self, client: _Client, session: ClientSession, machine: ClientConnection,
+                    pending: list[Request | Violation]) -> str:
         idle = self.limits.heartbeat * 2
-        in_flight = trio.Semaphore(SENDS_IN_FLIGHT)
         while True:
             for event in pending:
                 if isinstance(event, Violation):
                     self.clients.counters[f"client_error_{event.code}"] += 1
                     if event.close is not None:
-                        return event.code, event
+                        await self._refuse(client, event)
+                        return event.code
                     session.offer(event.frame())
                     continue
                 if isinstance(event, SendTo) and event.qos == 1:
                     # durable sends take milliseconds: answer them as they complete, many
                     # at once per connection, instead of one after the other
-                    await in_flight.acquire()
-                    nursery.start_soon(self._answer_later, session, event, in_flight)
+                    if client.in_flight is None:
+                        client.in_flight = trio.Semaphore(SENDS_IN_FLIGHT)
+                    await client.in_flight.acquire()
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._answer_later, client, session, event)
                     continue
                 self._offer_answer(session, await self._answer(session, event))
+            data = None
             with trio.move_on_after(idle):
-                try:
-                    data = await ws.get_message()
-                except ConnectionClosed:
-                    return "client_closed", None
-                pending = machine.receive(time.time(), data)
-                continue
-            await ws.aclose(CLOSE_NORMAL, f"silent for {idle:g} s")
-            return "heartbeat_missed", None
+                data = await self._message(client)
+            if data is None:
+                await self._close(client, CLOSE_NORMAL, f"silent for {idle:g} s")
+                return "heartbeat_missed"
+            pending = machine.receive(time.time(), data)
 
-    async def _answer_later(self, session: ClientSession, event: Request,
-                            in_flight: trio.Semaphore) -> None:
+    async def _answer_later(self, client: _Client, session: ClientSession,
+                            event: Request) -> None:
         try:
             self._offer_answer(session, await self._answer(session, event))
         finally:
-            in_flight.release()
+            assert client.in_flight is not None
+            client.in_flight.release()
 
     def _offer_answer(self, session: ClientSession, answer: Object | None) -> None:
         if answer is not None and not session.offer(answer):
@@ -213,34 +321,162 @@ class ClientServer:
             return {"t": "unsubbed", "topics": list(event.topics)}
         return await self.handle(session, event)
 
-    async def _write(self, ws: WebSocketConnection, machine: ClientConnection,
-                     session: ClientSession, outbox: trio.MemoryReceiveChannel[Object],
-                     written: trio.Event) -> None:
-        batch_limit = self.limits.max_batch
-        async for first in outbox:
-            batch = [first]
-            while len(batch) < batch_limit:
-                try:
-                    batch.append(outbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+    # ---- reading ------------------------------------------------------------------------
+
+    async def _receive(self, client: _Client) -> bytes:
+        """The next bytes from the socket; b"" once the client has gone."""
+        while True:
+            try:
+                data = client.sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(client.sock)
+                continue
+            except OSError:
+                return b""
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a flood cannot hog the node
+            return data
+
+    async def _message(self, client: _Client) -> bytes | str:
+        """The next data message; answers pings on the way. Raises :class:`_Gone` when
+        the client closes or goes, ``ws.ProtocolError`` when it breaks the protocol."""
+        while True:
+            while client.inbox:
+                opcode, payload = client.inbox.pop(0)
+                if opcode in (ws.TEXT, ws.BINARY):
+                    return payload
+                if opcode == ws.PING:
+                    self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+                elif opcode == ws.CLOSE:
+                    raise _Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
+            data = await self._receive(client)
+            if not data:
+                raise _Gone("client_closed")
+            client.inbox = client.parser.feed(data)
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def _mark(self, client: _Client) -> None:
+        """A first object waits in the client's queue: the flusher will write it."""
+        self._marked.append(client)
+        self._wake.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            marked, self._marked = self._marked, []
+            for served, client in enumerate(marked, 1):
+                self._flush(client)
+                if served % FLUSH_SLICE == 0:
+                    await trio.lowlevel.checkpoint()
+
+    def _flush(self, client: _Client) -> None:
+        """Write what the client's session has queued, a batch per frame, as long as its
+        socket takes it."""
+        session, machine = client.session, client.machine
+        if session is None or machine is None:
+            return
+        limit = self.limits.max_batch
+        while session.queue and not client.out and not client.closed:
+            batch = session.take(limit)
             session.wrote(batch)  # before the write: an ack may be read before it returns
-            await ws.send_message(machine.encode(batch))
+            self._send(client, ws.message(machine.encode(batch)))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:
                 session.closed_reason = "kicked"
-                await ws.aclose(CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120])
+                self._send(client, ws.close_frame(
+                    CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120]))
+                client.close_sent = True
+                if client.scope is not None:
+                    client.scope.cancel()
+                session.queue.clear()
                 return
-        written.set()  # the outbox was closed and everything in it is sent
 
-
-async def _refuse(ws: WebSocketConnection, machine: ClientConnection, violation: Violation,
-                  *, frame: bool = True) -> None:
-    """Tell the client why (unless the error frame went already), then close."""
-    with trio.move_on_after(2):
+    def _send(self, client: _Client, data: bytes) -> None:
+        """Hand ``data`` to the socket now; what it does not take waits in ``out``."""
+        if client.closed or client.close_sent:
+            return
+        if client.out:
+            client.out += data
+            return
         try:
-            if frame:
-                await ws.send_message(machine.encode([violation.frame()]))
-            await ws.aclose(violation.close or 1008, violation.reason[:120])
-        except ConnectionClosed:
-            pass
+            sent = client.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset: the reading task finds out and ends the connection
+            client.closed = True
+            return
+        if sent < len(data):
+            client.out += data[sent:]
+            if len(client.out) > OUT_LIMIT:
+                self.clients.counters["client_out_over_limit"] += 1
+            if not client.draining and self._nursery is not None:
+                client.draining = True
+                self._nursery.start_soon(self._drain, client)
+
+    async def _drain(self, client: _Client) -> None:
+        """Write ``out`` as the socket takes it, then whatever queued meanwhile."""
+        try:
+            while client.out and not client.closed:
+                await trio.lowlevel.wait_writable(client.sock)
+                try:
+                    sent = client.sock.send(client.out)
+                except BlockingIOError:
+                    continue
+                del client.out[:sent]
+                if not client.out:
+                    self._flush(client)
+        except (OSError, trio.ClosedResourceError):
+            client.closed = True
+        finally:
+            client.draining = False
+            if client.drained is not None:
+                client.drained.set()
+
+    async def _written(self, client: _Client) -> None:
+        """Wait until everything queued for the client is on its socket (the caller
+        bounds it)."""
+        self._flush(client)
+        if client.out and not client.closed:
+            client.drained = trio.Event()
+            await client.drained.wait()
+
+    # ---- closing ------------------------------------------------------------------------
+
+    async def _refuse(self, client: _Client, violation: Violation) -> None:
+        """An error frame after everything already queued, then the close."""
+        if client.session is not None:
+            client.session.offer(violation.frame())
+            self._flush(client)
+        elif client.machine is not None:
+            self._send(client, ws.message(client.machine.encode([violation.frame()])))
+        await self._close(client, violation.close or 1008, violation.reason)
+
+    async def _close(self, client: _Client, code: int, reason: str) -> None:
+        """The closing handshake: our close frame once all before it is written, then
+        (bounded) the client's, after which the caller closes the socket."""
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self._written(client)
+        if not client.close_sent and not client.closed:
+            self._send(client, ws.close_frame(code, reason[:120]))
+            client.close_sent = True
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                while True:  # what the client still sends is dropped
+                    await self._message(client)
+            except (_Gone, ws.ProtocolError):
+                pass
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(4096)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener

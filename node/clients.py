@@ -1,9 +1,10 @@
 """The client sessions connected to this node: by id, by user and by topic.
 
 What the routing layer delivers into. Each :class:`ClientSession` has a bounded queue
-that its connection's writer drains (``client_server.py``); :meth:`ClientSession.offer`
-never blocks: a full queue drops the object and counts it, so a slow client never slows
-the node (QoS 1 messages dropped that way are sent again by their owner).
+that the client server drains into its socket (``client_server.py``), told by
+``notify`` when a first object waits; :meth:`ClientSession.offer` never blocks: a full
+queue drops the object and counts it, so a slow client never slows the node (QoS 1
+messages dropped that way are sent again by their owner).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
 Object = dict[str, Any]
+CLIENT_QUEUE = 1024
 WRITTEN_KEPT = 10_000  # beyond this, the oldest are not covered by acks: sent again
 
 
@@ -39,32 +39,52 @@ class ClientSession:
     user: str
     device: str
     remote: str
-    outbox: trio.MemorySendChannel[Object]
     subscriptions: set[str]
+    #: called with the session when an object starts waiting in an empty ``queue``
+    notify: Callable[[ClientSession], None] = lambda _session: None
+    limit: int = CLIENT_QUEUE
     connected_at: float = field(default_factory=time.time)
     dropped: int = 0
     #: why the connection ended (set just before the session is detached)
     closed_reason: str = ""
+    closed: bool = False
+    #: what waits to be written to the client, oldest first
+    queue: deque[Object] = field(default_factory=deque)
     #: QoS 1 sequence numbers written on this connection and not yet acked, in order
-    written: deque[int] = field(default_factory=lambda: deque(maxlen=WRITTEN_KEPT))
+    #: (made on the first: most connections of a push service only ever idle)
+    written: deque[int] | None = None
 
     def wrote(self, batch: list[Object]) -> None:
-        self.written.extend(obj["seq"] for obj in batch
-                            if obj.get("qos") == 1 and isinstance(obj.get("seq"), int))
+        seqs = [obj["seq"] for obj in batch
+                if obj.get("qos") == 1 and isinstance(obj.get("seq"), int)]
+        if seqs:
+            if self.written is None:
+                self.written = deque(maxlen=WRITTEN_KEPT)
+            self.written.extend(seqs)
 
     def acked_through(self, seq: int) -> list[int]:
         """The client acked ``seq``: what this connection wrote up to it (it was read in
         order, so the client has all of it), taken off the list."""
-        return take_through(self.written, seq)
+        return take_through(self.written, seq) if self.written is not None else []
 
     def offer(self, obj: Object) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full."""
-        try:
-            self.outbox.send_nowait(obj)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        if self.closed or len(self.queue) >= self.limit:
             self.dropped += 1
             return False
+        self.queue.append(obj)
+        if len(self.queue) == 1:
+            self.notify(self)
         return True
+
+    def take(self, most: int) -> list[Object]:
+        """Up to ``most`` queued objects, oldest first, off the queue."""
+        queue = self.queue
+        if len(queue) <= most:
+            batch = list(queue)
+            queue.clear()
+            return batch
+        return [queue.popleft() for _ in range(most)]
 
 
 class LocalClients:

@@ -18,6 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from node.app import Node
 from node.token import mint
 from tests.node.helpers import local_config, start_node
+from tests.push.test_websocket import client_frame
 
 SECRET = "client-secret"
 
@@ -180,3 +181,80 @@ async def test_clients_that_reset_during_the_upgrade_do_not_stop_the_node() -> N
             stream.socket.close()  # a reset, right behind the request
         async with connect(node) as ws:
             assert (await hello(ws, "after-the-resets"))["t"] == "welcome"
+
+
+async def raw_upgrade(node: Node, extra: bytes = b"") -> trio.SocketStream:
+    host, port = node.client_address  # type: ignore[misc]
+    stream = await trio.open_tcp_stream(host, port)
+    await stream.send_all((f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode() + extra)
+    return stream
+
+
+async def read_until(stream: trio.SocketStream, predicate: Any) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while not predicate(data):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def test_plain_http_on_the_client_port_gets_426_with_a_reason() -> None:
+    async with client_node() as node:
+        host, port = node.client_address  # type: ignore[misc]
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = await read_until(stream, lambda d: b"\n\n" in d.replace(b"\r", b""))
+        assert data.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+        assert data.rstrip().endswith(b"this port speaks WebSocket only (docs/protocol.md)")
+        assert node.clients.counters["handshakes_refused"] == 1
+
+
+async def test_a_hello_in_fragments_right_behind_the_upgrade_with_a_ping_between() -> None:
+    """What a browser or library may do: pipeline, fragment, ping; we answer each."""
+    async with client_node() as node:
+        hello = json.dumps({"t": "hello", "token": token("frag"), "device": "d"}).encode()
+        stream = await raw_upgrade(node, client_frame(0x1, hello[:10], fin=False)
+                                   + client_frame(0x9, b"hi") + client_frame(0x0, hello[10:]))
+        data = await read_until(stream, lambda d: b"welcome" in d)
+        assert b"HTTP/1.1 101 Switching Protocols\r\n" in data
+        assert b"\x8a\x02hi" in data  # the pong, before the welcome
+        assert data.index(b"\x8a\x02hi") < data.index(b"welcome")
+        await stream.send_all(client_frame(0x2, b"\x01"))  # not msgpack: an error frame
+        error = await read_until(stream, lambda d: b"bad_frame" in d)
+        assert b"bad_frame" in error
+        await stream.aclose()
+
+
+async def test_an_unmasked_frame_is_a_protocol_error_closed_with_1002() -> None:
+    async with client_node() as node, connect(node) as good:
+        stream = await raw_upgrade(node)
+        await read_until(stream, lambda d: b"\r\n\r\n" in d)
+        await stream.send_all(b"\x81\x02hi")  # not masked
+        data = await read_until(stream, lambda d: False)  # until the node closes
+        assert data[0] == 0x88 and struct.unpack(">H", data[2:4])[0] == 1002
+        assert data[4:] == b"client frames must be masked"
+        assert node.clients.counters["client_protocol_errors"] == 1
+        assert (await hello(good, "still-served"))["t"] == "welcome"
+
+
+async def test_a_client_that_stops_reading_loses_qos0_not_the_node() -> None:
+    async with client_node(client_queue=64) as node, connect(node) as fast:
+        stalled = await raw_upgrade(node, client_frame(0x1, json.dumps(
+            {"t": "hello", "token": token("slow")}).encode()))
+        await read_until(stalled, lambda d: b"welcome" in d)
+        await hello(fast, "fast")
+        body = "x" * 4000
+        for i in range(3000):  # ~12 MB: far beyond what the socket buffers hold
+            node.clients.deliver("slow", {"t": "msg", "id": str(i), "body": body})
+            if i % 100 == 0:
+                await trio.lowlevel.checkpoint()
+        [session] = node.clients.sessions_of("slow")
+        assert session.dropped > 0  # its queue filled while its socket would not take more
+        assert node.clients.deliver("fast", {"t": "msg", "id": "f", "body": "y"}) == 1
+        assert (await receive(fast))["id"] == "f"  # everyone else is served at once
+        await stalled.aclose()
