@@ -5,7 +5,9 @@ The send path of a QoS 1 message (``docs/push.md`` draws it):
 1. any node asks the user's owner to ``store`` it (over the peer link, or itself);
 2. the owner numbers it (``mailbox.py``), writes it to its own disk and asks the next
    R-1 nodes of the ring to ``replicate`` it — all at once; each replica writes it to
-   disk before it answers;
+   disk before it answers. Messages arriving together go together: while one group is
+   being written and copied, the next gathers (one disk write and one ``replicate``
+   request per replica for the whole group);
 3. only when R copies are durable (or every node there is, in a cluster smaller than R)
    does the owner answer ``{"id", "seq"}``, and only then is the sender acknowledged;
 4. the owner sends it to every node holding a session of the user; a client's ``ack``
@@ -49,6 +51,15 @@ HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames
 Frame = dict[str, Any]
 
 
+class _Group:
+    """QoS 1 messages an owner stores together: one write, one request per replica."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Stored, list[str]]] = []  # each with its replicas
+        self.confirmed: set[str] = set()  # nodes that have the whole group on disk
+        self.done = trio.Event()
+
+
 class Delivery:
     def __init__(self, config: Config, *, ring: HashRing, router: Router,
                  clients: LocalClients, links: PeerLinks, store: Store, ids: MessageIds,
@@ -70,6 +81,8 @@ class Delivery:
         self._stores_in, self._stores = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._rebalance = trio.Event()
+        self._group: _Group | None = None  # gathering while the one before is stored
+        self._group_ready = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
@@ -97,6 +110,7 @@ class Delivery:
                 nursery.start_soon(self._serve_requests, self._stores)
                 nursery.start_soon(self._serve_requests, self._copies)
             nursery.start_soon(self._tick)
+            nursery.start_soon(self._store_groups)
             nursery.start_soon(self._rebalancer)
             self._rebalance.set()
             task_status.started()
@@ -131,21 +145,51 @@ class Delivery:
         except OverflowError as exc:
             raise Unavailable(str(exc)) from None
         replicas = [n for n in self.ring.replicas(user, self.config.replicas) if n != self.me]
-        confirmed: list[str] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_own, stored, confirmed)
-            for node in replicas:
-                nursery.start_soon(self._replicate, node, [stored], confirmed)
-        self.mailboxes.put(stored)  # kept even if short of copies: it may still be delivered
+        group = self._group
+        if group is None:
+            group = self._group = _Group()
+            self._group_ready.set()
+        group.items.append((stored, replicas))
+        await group.done.wait()
         needed = 1 + len(replicas)
-        if len(confirmed) < needed:
+        stored_on = len(group.confirmed.intersection([self.me, *replicas]))
+        if stored_on < needed:
             self.mailboxes.counters["under_replicated"] += 1
-            raise Unavailable(f"stored on {len(confirmed)} of {needed} nodes; not acknowledged")
+            raise Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
         self.push(user)
         return {"id": stored.id, "seq": stored.seq}
 
-    async def _write_own(self, stored: Stored, confirmed: list[str]) -> None:
-        await self.store.write([stored])
+    async def _store_groups(self) -> None:
+        """Store one group at a time; the next gathers meanwhile."""
+        while True:
+            await self._group_ready.wait()
+            self._group_ready = trio.Event()
+            group, self._group = self._group, None
+            if group is None:
+                continue
+            to: dict[str, list[Stored]] = {}
+            for stored, replicas in group.items:
+                for node in replicas:
+                    to.setdefault(node, []).append(stored)
+            confirmed: list[str] = []
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_own, [s for s, _ in group.items], confirmed)
+                    for node, messages in to.items():
+                        nursery.start_soon(self._replicate, node, messages, confirmed)
+            finally:
+                for stored, _ in group.items:  # kept even if short of copies (or if the
+                    self.mailboxes.put(stored)  # sender gave up): it may still be delivered
+                group.confirmed.update(confirmed)
+                group.done.set()
+            self.mailboxes.counters["store_groups"] += 1
+
+    async def _write_own(self, messages: list[Stored], confirmed: list[str]) -> None:
+        try:
+            await self.store.write(messages)
+        except Exception as exc:  # not durable here: the senders are not acknowledged
+            logger.error("store_failed messages=%d error=%r", len(messages), str(exc))
+            return
         confirmed.append(self.me)
 
     async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],

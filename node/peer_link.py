@@ -261,6 +261,8 @@ class PeerLinks:
                 continue
             if stream is not peer.stream:
                 break  # a newer link took over; it sends the queue
+            # let the tasks that are ready now queue theirs too: fewer, fuller writes
+            await trio.lowlevel.cancel_shielded_checkpoint()
             batch = list(peer.queue)
             peer.queue.clear()
             try:
