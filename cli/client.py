@@ -30,7 +30,9 @@ Handler = Callable[[WebSocketConnection, dict[str, Any]], Awaitable[None]]
 
 @dataclass
 class Session:
-    """What a client keeps across connections to resume: its session and last sequence."""
+    """What a client keeps across connections to resume: its session, and the sequence
+    number of the last QoS 1 message its connection delivered (in the connection's order,
+    which is not always the order of numbers: docs/protocol.md)."""
 
     token: str
     device: str
@@ -40,7 +42,7 @@ class Session:
     dead_after: float | None = None  # default: the node's heartbeat
 
     def saw(self, seq: int) -> None:
-        self.last_seq = max(self.last_seq or 0, seq)
+        self.last_seq = seq
 
     def hello(self) -> str:
         frame: dict[str, Any] = {"t": "hello", "token": self.token, "device": self.device}
@@ -78,6 +80,7 @@ async def hold(host: str, port: int, session: Session, handle: Handler, *,
             for obj in frame if isinstance(frame, list) else [frame]:
                 if obj.get("t") == "welcome":
                     session.session = obj.get("session")
+                    session.last_seq = None  # the resume (if any) has used it
                     heartbeat = float(obj.get("heartbeat", 30.0))
                     ping_every = session.ping_every or heartbeat / 2
                     dead_after = session.dead_after or heartbeat

@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,7 +215,7 @@ class Node:
             return None
         topics, written = parked
         if hello.last_seq is not None:
-            self.delivery.client_ack(hello.user, take_through(deque(written), hello.last_seq),
+            self.delivery.client_ack(hello.user, take_through(written, hello.last_seq),
                                      hello.device)
         return topics
 

@@ -185,6 +185,7 @@ class ClientServer:
             if session is not None:
                 session.closed = True
                 session.closed_reason = session.closed_reason or reason
+                self.clients.counters["client_rewrites_skipped"] += session.rewrites_skipped
                 self.clients.detach(session)
                 logger.info("client_disconnected user=%s session=%s reason=%s dropped=%d",
                             session.user, session.session, session.closed_reason,
@@ -378,8 +379,10 @@ class ClientServer:
             return
         limit = self.limits.max_batch
         while session.queue and not client.out and not client.closed:
-            batch = session.take(limit)
-            session.wrote(batch)  # before the write: an ack may be read before it returns
+            # noted before the write: an ack may be read before it returns
+            batch = session.wrote(session.take(limit))
+            if not batch:
+                continue
             self._send(client, ws.message(machine.encode(batch)))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:

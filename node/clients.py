@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,15 +20,53 @@ CLIENT_QUEUE = 1024
 WRITTEN_KEPT = 10_000  # beyond this, the oldest are not covered by acks: sent again
 
 
-def take_through(written: deque[int], seq: int) -> list[int]:
-    """Everything in ``written`` up to the last ``seq`` in it (removed); [] if absent."""
-    if seq not in written:
-        return []
-    items = list(written)
-    cut = len(items) - items[::-1].index(seq)
-    for _ in range(cut):
-        written.popleft()
-    return items[:cut]
+def take_through(written: list[int], seq: int) -> list[int]:
+    """The seqs of ``written`` up to ``seq`` (a parked connection's list); [] if absent."""
+    return written[:written.index(seq) + 1] if seq in written else []
+
+
+class Written:
+    """QoS 1 sequence numbers written on one connection and not yet acked, in order.
+
+    Each at most once: a message the connection already carries is not written on it
+    again (the client has it or will — the connection is ordered — and a second copy
+    would make an ack ambiguous: an ack for the first copy would seem to cover whatever
+    was written before the second)."""
+
+    __slots__ = ("_members", "_order")
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._members: set[int] = set()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, seq: int) -> bool:
+        """Note ``seq`` as written; False if the connection carries it already."""
+        if seq in self._members:
+            return False
+        if len(self._order) >= WRITTEN_KEPT:
+            self._members.discard(self._order.popleft())
+        self._order.append(seq)
+        self._members.add(seq)
+        return True
+
+    def take_through(self, seq: int) -> list[int]:
+        """The client acked ``seq``: everything written up to it, taken off; [] if the
+        connection never wrote it (or it was acked already)."""
+        if seq not in self._members:
+            return []
+        taken = []
+        while True:
+            first = self._order.popleft()
+            self._members.discard(first)
+            taken.append(first)
+            if first == seq:
+                return taken
 
 
 @dataclass(eq=False)
@@ -50,22 +88,31 @@ class ClientSession:
     closed: bool = False
     #: what waits to be written to the client, oldest first
     queue: deque[Object] = field(default_factory=deque)
-    #: QoS 1 sequence numbers written on this connection and not yet acked, in order
-    #: (made on the first: most connections of a push service only ever idle)
-    written: deque[int] | None = None
+    #: QoS 1 messages written on this connection and not yet acked (made on the first:
+    #: most connections of a push service only ever idle)
+    written: Written | None = None
+    #: QoS 1 messages not written again because this connection carries them already
+    rewrites_skipped: int = 0
 
-    def wrote(self, batch: list[Object]) -> None:
-        seqs = [obj["seq"] for obj in batch
-                if obj.get("qos") == 1 and isinstance(obj.get("seq"), int)]
-        if seqs:
-            if self.written is None:
-                self.written = deque(maxlen=WRITTEN_KEPT)
-            self.written.extend(seqs)
+    def wrote(self, batch: list[Object]) -> list[Object]:
+        """Note the QoS 1 messages of ``batch`` as written (call it just before the
+        write); returns what to write: ``batch`` without those already on the way."""
+        out = []
+        for obj in batch:
+            seq = obj.get("seq")
+            if obj.get("qos") == 1 and isinstance(seq, int):
+                if self.written is None:
+                    self.written = Written()
+                if not self.written.add(seq):
+                    self.rewrites_skipped += 1
+                    continue
+            out.append(obj)
+        return out
 
     def acked_through(self, seq: int) -> list[int]:
         """The client acked ``seq``: what this connection wrote up to it (it was read in
         order, so the client has all of it), taken off the list."""
-        return take_through(self.written, seq) if self.written is not None else []
+        return self.written.take_through(seq) if self.written is not None else []
 
     def offer(self, obj: Object) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full."""

@@ -346,7 +346,13 @@ class Delivery:
             now = time.time()
             removed = self.mailboxes.expire(now)
             if removed:
-                logger.info("messages_expired count=%d", len(removed))
+                for stored in removed:
+                    if stored.expires > now:  # not expired: sent too often without an ack
+                        logger.warning("message_dead_lettered user=%s seq=%d id=%s attempts=%d",
+                                       stored.user, stored.seq, stored.id, stored.attempts)
+                expired = sum(1 for stored in removed if stored.expires <= now)
+                if expired:
+                    logger.info("messages_expired count=%d", expired)
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in removed])
             for user in self.mailboxes.retry_users(now):
                 self.push(user)

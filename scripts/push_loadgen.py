@@ -6,8 +6,8 @@ client) and speaks grapevine's client protocol (docs/protocol.md) in msgpack fra
 
 * Receivers: users u0..u{C-1}, one connection each, to the receiving node. A message body
   is ``"<sender>:<monotonic send time>:<payload>"``; latency = receive time - send time
-  on this process's one clock. QoS 1 messages are acked, once per frame received (the
-  ack is cumulative).
+  on this process's one clock. QoS 1 messages are acked, once per frame received: the
+  last one in it (the ack is cumulative in the connection's order).
 * Senders: S connections to the sending node, each sending ``send`` objects to uniformly
   random users. **Closed loop** (default): at most --window messages in flight; a sender
   packs every permit it holds into one frame (the protocol allows batches), so the
@@ -106,12 +106,11 @@ async def receive_loop(ws: aiohttp.ClientWebSocketResponse, st: State, qos: int)
             arrived = now()
             sender, sent_at, _payload = obj["body"].split(":", 2)
             if qos == 1:
+                top = obj["seq"]  # acks go by the connection's order (docs/protocol.md)
                 if obj["id"] in st.seen:
                     st.duplicates += 1
-                    top = max(top, obj["seq"])
                     continue
                 st.seen.add(obj["id"])
-                top = max(top, obj["seq"])
             st.received += 1
             if st.measuring:
                 st.received_window += 1

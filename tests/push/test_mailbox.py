@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
 
 import pytest
 
-from node.clients import take_through
+from node.clients import WRITTEN_KEPT, ClientSession, Written, take_through
 from node.mailbox import Limits, Mailboxes, Stored
 
 NOW = 1_800_000_000.0
@@ -56,13 +55,39 @@ def test_every_known_device_must_ack() -> None:
 def test_a_cumulative_ack_covers_only_what_its_connection_wrote_before() -> None:
     """A lower number that went another way (a broken link, a full queue, another
     owner) is not covered by the ack of a higher one."""
-    written: deque[int] = deque([10, 30, 20, 40])
-    assert take_through(written, 30) == [10, 30]
+    written = Written()
+    assert all(written.add(seq) for seq in (10, 30, 20, 40))
+    assert written.take_through(30) == [10, 30]
     assert list(written) == [20, 40]
-    assert take_through(written, 25) == []  # never written here: covers nothing
-    assert take_through(written, 40) == [20, 40] and not written
-    again: deque[int] = deque([5, 7, 5, 9])  # sent twice: up to its last write
-    assert take_through(again, 5) == [5, 7, 5] and list(again) == [9]
+    assert written.take_through(25) == []  # never written here: covers nothing
+    assert written.take_through(40) == [20, 40] and not list(written)
+    assert take_through([10, 30, 20], 30) == [10, 30]  # a parked connection's list
+    assert take_through([10, 30, 20], 25) == []
+
+
+def test_a_connection_carries_an_unacked_message_once_so_acks_stay_exact() -> None:
+    """Found by a partition run: a message written twice on one connection (a retry, a
+    second device's reconnect) made the ack of its first copy cover what was written
+    between the two copies — which the client had not read yet. If the connection then
+    broke, those messages were lost for that device."""
+    session = ClientSession("s", "u", "d", "", set())
+    first = session.wrote([{"t": "msg", "qos": 1, "seq": 5}, {"t": "msg", "qos": 1, "seq": 7}])
+    assert [m["seq"] for m in first] == [5, 7]
+    again = session.wrote([{"t": "msg", "qos": 1, "seq": 5}, {"t": "msg", "qos": 0, "seq": 0},
+                           {"t": "msg", "qos": 1, "seq": 9}])
+    assert [m["seq"] for m in again] == [0, 9] and session.rewrites_skipped == 1
+    assert session.acked_through(5) == [5]  # the client read 5, not yet 7
+    assert session.acked_through(9) == [7, 9]
+    # acked, 5 may come again (a retry whose ack went astray): written once more
+    assert [m["seq"] for m in session.wrote([{"t": "msg", "qos": 1, "seq": 5}])] == [5]
+
+
+def test_written_keeps_a_bounded_number_and_forgets_the_oldest() -> None:
+    written = Written()
+    for seq in range(WRITTEN_KEPT + 5):
+        assert written.add(seq)
+    assert len(written) == WRITTEN_KEPT and written.take_through(3) == []
+    assert written.add(3)  # forgotten, so it may be written (and acked) again
 
 
 def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
