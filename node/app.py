@@ -75,6 +75,7 @@ class Node:
         self.api_address: Address | None = None
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
+        self._routing_waiters = 0
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
@@ -137,10 +138,14 @@ class Node:
 
     async def wait_routing_changed(self) -> None:
         """Wait until the router has taken one more input (sessions, peer frames, ring)."""
-        await self._routing_changed.wait()
+        self._routing_waiters += 1
+        try:
+            await self._routing_changed.wait()
+        finally:
+            self._routing_waiters -= 1
 
     def _changed(self) -> None:
-        if self._routing_changed.statistics().tasks_waiting:  # only tests and tools wait
+        if self._routing_waiters:  # only tests and tools wait: free on the hot path
             self._routing_changed.set()
             self._routing_changed = trio.Event()
 

@@ -31,6 +31,7 @@ import trio
 from .mailbox import Limits, Mailboxes, Stored
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .store import Store
+from .store_requests import StoreRequests
 
 if TYPE_CHECKING:
     from .client_server import LocalClients
@@ -82,6 +83,7 @@ class Delivery:
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._rebalance = trio.Event()
         self._group: _Group | None = None  # gathering while the one before is stored
+        self._requests = StoreRequests(links, config.replicate_timeout * 2)
         self._group_ready = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}
         #: None when this node may store as owner, else why not (the node sets it)
@@ -105,6 +107,7 @@ class Delivery:
         if not self.store.durable:
             logger.warning("qos1_not_durable reason=no_data_dir")
         async with trio.open_nursery() as nursery:
+            self._requests.nursery = nursery
             await nursery.start(self.store.run)
             for _ in range(WORKERS):
                 nursery.start_soon(self._serve_requests, self._stores)
@@ -125,18 +128,15 @@ class Delivery:
             raise Unavailable("no grapevine node is alive to own this user")
         if owner == self.me:
             return await self._store_as_owner(user, body, ttl, sender)
-        with trio.move_on_after(self.config.replicate_timeout * 2) as scope:
-            reply = await self.links.request(
-                owner, {"t": "store", "user": user, "body": body, "ttl": ttl, "from": sender}
-            )
-        if scope.cancelled_caught:
-            raise Unavailable(f"the owner {owner} did not confirm in time")
-        if "error" in reply:
-            raise Unavailable(str(reply["error"]))
-        return {"id": reply["id"], "seq": reply["seq"]}
+        return await self._requests.store(owner, user, body, ttl, sender)
 
     async def _store_as_owner(self, user: str, body: str, ttl: float | None,
                               sender: str | None) -> dict[str, Any]:
+        return await self._settle(self._enqueue(user, body, ttl, sender))
+
+    def _enqueue(self, user: str, body: str, ttl: float | None, sender: str | None
+                 ) -> tuple[Stored, list[str], _Group]:
+        """Number a new message and add it to the group being gathered."""
         not_ready = self.ready()
         if not_ready:
             raise Unavailable(not_ready)
@@ -150,14 +150,43 @@ class Delivery:
             group = self._group = _Group()
             self._group_ready.set()
         group.items.append((stored, replicas))
+        return stored, replicas, group
+
+    async def _settle(self, entry: tuple[Stored, list[str], _Group]) -> dict[str, Any]:
+        """Wait for the message's group; ``{"id", "seq"}`` if it is on R nodes."""
+        stored, replicas, group = entry
         await group.done.wait()
         needed = 1 + len(replicas)
         stored_on = len(group.confirmed.intersection([self.me, *replicas]))
         if stored_on < needed:
             self.mailboxes.counters["under_replicated"] += 1
             raise Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
-        self.push(user)
+        self.push(stored.user)
         return {"id": stored.id, "seq": stored.seq}
+
+    async def _store_many(self, items: list[Any]) -> list[Frame]:
+        """A ``stores`` request: each item stored (all in one group) or its error."""
+        entries: list[tuple[Stored, list[str], _Group] | Frame] = []
+        for item in items:
+            try:
+                if not isinstance(item, list) or len(item) != 4:
+                    raise ValueError("an item is [user, body, ttl, sender]")
+                user, body, ttl, sender = item
+                _check_store(user, body, ttl)
+                entries.append(self._enqueue(user, body, ttl,
+                                             sender if isinstance(sender, str) else None))
+            except (Unavailable, ValueError) as exc:
+                entries.append({"error": str(exc)})
+        results: list[Frame] = []
+        for entry in entries:
+            if isinstance(entry, dict):
+                results.append(entry)
+                continue
+            try:
+                results.append(await self._settle(entry))
+            except Unavailable as exc:
+                results.append({"error": str(exc)})
+        return results
 
     async def _store_groups(self) -> None:
         """Store one group at a time; the next gathers meanwhile."""
@@ -268,9 +297,10 @@ class Delivery:
     def from_peer(self, node: str, frame: Frame) -> bool:
         """Handle a delivery frame; False if it is not one."""
         kind = frame.get("t")
-        if kind in ("store", "replicate"):
+        if kind in ("store", "stores", "replicate"):
             try:
-                (self._stores_in if kind == "store" else self._copies_in).send_nowait((node, frame))
+                (self._copies_in if kind == "replicate" else self._stores_in).send_nowait(
+                    (node, frame))
             except trio.WouldBlock:
                 self.links.reply(node, frame, {"error": f"{self.me} is overloaded; try again"})
             return True
@@ -304,12 +334,14 @@ class Delivery:
             self.links.reply(node, frame, answer)
 
     async def _answer(self, frame: Frame) -> Frame:
-        if frame["t"] == "store":
+        if frame["t"] == "stores":
+            items = frame.get("items")
+            if not isinstance(items, list):
+                raise ValueError("stores needs a list of items")
+            return {"results": await self._store_many(items)}
+        if frame["t"] == "store":  # one message (nodes before batched stores)
             user, body, ttl, sender = (frame.get(k) for k in ("user", "body", "ttl", "from"))
-            if not isinstance(user, str) or not isinstance(body, str):
-                raise ValueError("store needs a user and a body")
-            if ttl is not None and not isinstance(ttl, int | float):
-                raise ValueError("ttl must be a number")
+            _check_store(user, body, ttl)
             return await self._store_as_owner(user, body, ttl, sender)
         raw, raw_devices = frame.get("msgs"), frame.get("devices", [])
         if not isinstance(raw, list) or not isinstance(raw_devices, list):
@@ -452,3 +484,10 @@ class Delivery:
         await self._replicate(node, messages, ok, users=users)
         self.mailboxes.counters["handover_requests"] += 1
         return bool(ok)
+
+
+def _check_store(user: object, body: object, ttl: object) -> None:
+    if not isinstance(user, str) or not isinstance(body, str):
+        raise ValueError("store needs a user and a body")
+    if ttl is not None and not isinstance(ttl, int | float):
+        raise ValueError("ttl must be a number")

@@ -167,6 +167,35 @@ async def test_qos1_waits_offline_then_arrives_in_order_and_acks_clear_every_cop
                     n.delivery.mailboxes.pending_count("dora") == 0 for n in nodes))
 
 
+async def test_sends_through_a_node_that_does_not_own_the_user_go_in_few_requests() -> None:
+    """Concurrent QoS 1 sends for one owner share ``stores`` requests; each is answered
+    for itself, and a malformed item fails alone."""
+    async with cluster(["a", "b", "c"]) as nodes:
+        owner = next(n for n in nodes if n.ring.owner("gus") == n.config.name)
+        via = next(n for n in nodes if n is not owner)
+        answers: list[dict] = []
+
+        async def one(i: int) -> None:
+            answers.append(await via.send("gus", f"m{i}", qos=1))
+
+        requests_before = owner.links.counters["peer_frames_in"]
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(one, i)
+        assert len({a["id"] for a in answers}) == 200
+        assert len({a["seq"] for a in answers}) == 200
+        assert owner.delivery.mailboxes.pending_count("gus") == 200
+        assert owner.links.counters["peer_frames_in"] - requests_before < 50
+        results = await owner.delivery._store_many(
+            [["gus", "fine", None, None], ["gus", 7, None, None], "junk",
+             ["gus", "ttl?", "soon", None]])
+        assert "seq" in results[0] and [sorted(r) for r in results[1:]] == [["error"]] * 3
+        assert "a user and a body" in results[1]["error"]
+        assert "[user, body, ttl, sender]" in results[2]["error"]
+        assert "ttl must be a number" in results[3]["error"]
+
+
 async def test_an_unacked_message_comes_again_after_the_ack_timeout_on_a_new_connection(
 ) -> None:
     """The retry after the ack timeout does not write a message again on a connection
