@@ -1,10 +1,16 @@
 """Durable mailboxes: embedded SQLite in WAL mode, group-committed.
 
 Every write goes through one writer task: it takes whatever writes are queued, applies
-them in **one** transaction in a worker thread (``synchronous=FULL``: the commit is on
-disk when it returns), then wakes every caller. Under load many sends share one fsync;
-alone, a send pays one. ``await store.write(puts, deletes)`` returns once the change is
-durable; that is what lets the owner acknowledge a QoS 1 message.
+them in **one** transaction on the store's own thread (``synchronous=FULL``: the commit
+is on disk when it returns), then wakes every caller. Under load many sends share one
+fsync; alone, a send pays one. ``await store.write(puts, deletes)`` returns once the
+change is durable; that is what lets the owner acknowledge a QoS 1 message.
+
+What nobody waits for (``write_soon``: acks, expiry, device records) is held for up to
+``SOON_DELAY`` and rides along with the next durable write, or commits alone when that
+time is up: a lost one costs at most a redelivery after a crash, and a commit each
+would double the fsyncs of a busy node. The thread is long-lived: handing each commit to
+a fresh worker (``trio.to_thread``) cost more CPU than the commit itself.
 
 Without a data dir the store lives in memory (tests, throwaway nodes); the node logs
 that QoS 1 messages are then not durable.
@@ -13,8 +19,11 @@ that QoS 1 messages are then not durable.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -38,6 +47,10 @@ CREATE TABLE IF NOT EXISTS devices (
 """
 Device = tuple[str, str, float]  # user, device, last seen
 QUEUE = 4096
+#: how long a write nobody waits for may wait for company
+SOON_DELAY = 0.1
+#: ... unless this many are held
+SOON_LIMIT = 4096
 
 
 @dataclass(slots=True)
@@ -57,6 +70,12 @@ class Store:
         self._send, self._receive = trio.open_memory_channel[_Write](QUEUE)
         self.commits = 0
         self.writes = 0
+        self._committed = trio.Event()  # set (and replaced) after every commit
+        self._soon: list[_Write] = []
+        self._soon_at = math.inf  # when held writes must go
+        self._waiting: trio.CancelScope | None = None  # the writer's wait for requests
+        self._jobs: queue.SimpleQueue[tuple[list[_Write], trio.Event, list[BaseException]]
+                                      | None] = queue.SimpleQueue()
 
     @classmethod
     def in_dir(cls, data_dir: str | None) -> Store:
@@ -93,37 +112,87 @@ class Store:
         if request.error is not None:
             raise request.error
 
+    async def flush(self) -> None:
+        """Return once everything queued so far, held writes included, is on disk."""
+        request = _Write([], [])
+        await self._send.send(request)
+        await request.done.wait()
+
+    async def wait_commits(self, count: int) -> None:
+        """Wait until ``commits`` reaches ``count`` (tests and tools)."""
+        while self.commits < count:
+            await self._committed.wait()
+
     def write_soon(self, puts: Iterable[Stored] = (),
                    deletes: Iterable[tuple[str, int]] = (), devices: Iterable[Device] = ()
                    ) -> None:
-        """Queue a write nobody waits for (acks, expiry); dropped and logged if the queue is
-        full: the message then comes back after a restart and is delivered again."""
+        """Queue a write nobody waits for (acks, expiry): it commits within
+        ``SOON_DELAY``, with the next durable write if one comes first."""
         request = _Write(list(puts), list(deletes), list(devices))
-        if request.puts or request.deletes or request.devices:
-            try:
-                self._send.send_nowait(request)
-            except trio.WouldBlock:
-                logger.warning("store_queue_full dropped_deletes=%d", len(request.deletes))
+        if not (request.puts or request.deletes or request.devices):
+            return
+        self._soon.append(request)
+        if len(self._soon) >= SOON_LIMIT:
+            self._soon_at = -math.inf
+        elif self._soon_at == math.inf:
+            self._soon_at = trio.current_time() + SOON_DELAY
+        else:
+            return
+        if self._waiting is not None:
+            self._waiting.deadline = self._soon_at
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """The writer: one transaction per batch of queued writes."""
+        """The writer: one transaction per batch of queued writes, on the store thread."""
+        token = trio.lowlevel.current_trio_token()
+        thread = threading.Thread(target=self._work, args=(token,), daemon=True,
+                                  name="grapevine-store")
+        thread.start()
         task_status.started()
-        async for first in self._receive:
-            batch = [first]
+        try:
             while True:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await trio.to_thread.run_sync(self._commit, batch)
-            except sqlite3.Error as exc:
-                logger.error("store_write_failed error=%r writes=%d", str(exc), len(batch))
+                batch: list[_Write] = []
+                with trio.move_on_at(self._soon_at) as self._waiting:
+                    batch.append(await self._receive.receive())
+                self._waiting = None
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                # held writes go along with a durable one, or when their time is up
+                if self._soon and (batch or trio.current_time() >= self._soon_at):
+                    batch += self._soon
+                    self._soon, self._soon_at = [], math.inf
+                if not batch:
+                    continue
+                done, outcome = trio.Event(), []
+                self._jobs.put((batch, done, outcome))
+                await done.wait()
+                if outcome:
+                    logger.error("store_write_failed error=%r writes=%d", str(outcome[0]),
+                                 len(batch))
+                    for request in batch:
+                        request.error = outcome[0]
                 for request in batch:
-                    request.error = exc
-            for request in batch:
-                request.done.set()
+                    request.done.set()
+                self._committed.set()
+                self._committed = trio.Event()
+        finally:
+            self._jobs.put(None)  # the thread ends after what it is doing
+
+    def _work(self, token: trio.lowlevel.TrioToken) -> None:
+        """The store thread: commit each batch, then wake the writer task."""
+        while (job := self._jobs.get()) is not None:
+            batch, done, outcome = job
+            try:
+                self._commit(batch)
+            except sqlite3.Error as exc:
+                outcome.append(exc)
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                return
 
     def _commit(self, batch: list[_Write]) -> None:
         assert self._db is not None, "Store.open() first"
@@ -156,8 +225,3 @@ class Store:
             raise
         self.commits += 1
         self.writes += len(batch)
-
-    async def aclose(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await trio.to_thread.run_sync(db.close)

@@ -1,0 +1,57 @@
+"""The durable store (node/store.py): group commit, held writes, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from node.mailbox import Stored
+from node.store import SOON_DELAY, Store
+
+
+def message(seq: int) -> Stored:
+    return Stored("u", seq, f"id{seq}", f"body {seq}", 1.0, 2e9)
+
+
+async def reopened(path: Path) -> tuple[list[Stored], list]:
+    store = Store(str(path))
+    messages, _seqs, devices = await store.open()
+    return messages, devices
+
+
+async def test_held_writes_ride_along_with_the_next_durable_write(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    store = Store(str(path))
+    await store.open()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.write([message(1), message(2)])
+        assert store.commits == 1
+        store.write_soon(deletes=[("u", 1)], devices=[("u", "phone", 5.0)])
+        await store.write([message(3)])  # one commit for both
+        assert store.commits == 2 and store.writes == 3
+        nursery.cancel_scope.cancel()
+    messages, devices = await reopened(path)
+    assert [m.seq for m in messages] == [2, 3] and devices == [("u", "phone", 5.0)]
+
+
+async def test_held_writes_alone_commit_after_the_delay(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    store = Store(str(path))
+    await store.open()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.write([message(1)])
+        start = trio.current_time()
+        store.write_soon(deletes=[("u", 1)])
+        store.write_soon(deletes=[("u", 9)])  # one commit for both, at the first's time
+        with trio.fail_after(5):
+            await store.wait_commits(2)
+        assert trio.current_time() - start >= SOON_DELAY  # held, not committed at once
+        assert store.commits == 2
+        store.write_soon(deletes=[("u", 2)])
+        await store.flush()  # at once, without waiting for the delay
+        assert store.commits == 3
+        nursery.cancel_scope.cancel()
+    assert await reopened(path) == ([], [])
