@@ -378,7 +378,7 @@ class ClientServer:
         if session is None or machine is None:
             return
         limit = self.limits.max_batch
-        while session.queue and not client.out and not client.closed:
+        while session.queue and not client.out and not client.closed and not client.close_sent:
             # noted before the write: an ack may be read before it returns
             batch = session.wrote(session.take(limit))
             if not batch:
