@@ -53,10 +53,12 @@ Frame = dict[str, Any]
 
 
 class _Group:
-    """QoS 1 messages an owner stores together: one write, one request per replica."""
+    """QoS 1 messages with the same replicas that an owner stores together: one write,
+    one request per replica."""
 
-    def __init__(self) -> None:
-        self.items: list[tuple[Stored, list[str]]] = []  # each with its replicas
+    def __init__(self, replicas: tuple[str, ...]) -> None:
+        self.replicas = replicas
+        self.items: list[Stored] = []
         self.confirmed: set[str] = set()  # nodes that have the whole group on disk
         self.done = trio.Event()
 
@@ -82,9 +84,11 @@ class Delivery:
         self._stores_in, self._stores = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._rebalance = trio.Event()
-        self._group: _Group | None = None  # gathering while the one before is stored
+        #: by replicas: the group gathering while the one before is stored (a replica
+        #: that does not answer holds up only the messages it is to copy)
+        self._groups: dict[tuple[str, ...], _Group | None] = {}
+        self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
-        self._group_ready = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
@@ -107,13 +111,12 @@ class Delivery:
         if not self.store.durable:
             logger.warning("qos1_not_durable reason=no_data_dir")
         async with trio.open_nursery() as nursery:
-            self._requests.nursery = nursery
+            self._requests.nursery = self._nursery = nursery
             await nursery.start(self.store.run)
             for _ in range(WORKERS):
                 nursery.start_soon(self._serve_requests, self._stores)
                 nursery.start_soon(self._serve_requests, self._copies)
             nursery.start_soon(self._tick)
-            nursery.start_soon(self._store_groups)
             nursery.start_soon(self._rebalancer)
             self._rebalance.set()
             task_status.started()
@@ -135,7 +138,7 @@ class Delivery:
         return await self._settle(self._enqueue(user, body, ttl, sender))
 
     def _enqueue(self, user: str, body: str, ttl: float | None, sender: str | None
-                 ) -> tuple[Stored, list[str], _Group]:
+                 ) -> tuple[Stored, _Group]:
         """Number a new message and add it to the group being gathered."""
         not_ready = self.ready()
         if not_ready:
@@ -144,20 +147,24 @@ class Delivery:
             stored = self.mailboxes.new(user, self._ids(), body, time.time(), ttl, sender=sender)
         except OverflowError as exc:
             raise Unavailable(str(exc)) from None
-        replicas = [n for n in self.ring.replicas(user, self.config.replicas) if n != self.me]
-        group = self._group
+        replicas = tuple(n for n in self.ring.replicas(user, self.config.replicas)
+                         if n != self.me)
+        if replicas not in self._groups:  # nothing under way for these replicas
+            assert self._nursery is not None, "Delivery.run() first"
+            self._groups[replicas] = None
+            self._nursery.start_soon(self._store_groups, replicas)
+        group = self._groups[replicas]
         if group is None:
-            group = self._group = _Group()
-            self._group_ready.set()
-        group.items.append((stored, replicas))
-        return stored, replicas, group
+            group = self._groups[replicas] = _Group(replicas)
+        group.items.append(stored)
+        return stored, group
 
-    async def _settle(self, entry: tuple[Stored, list[str], _Group]) -> dict[str, Any]:
+    async def _settle(self, entry: tuple[Stored, _Group]) -> dict[str, Any]:
         """Wait for the message's group; ``{"id", "seq"}`` if it is on R nodes."""
-        stored, replicas, group = entry
+        stored, group = entry
         await group.done.wait()
-        needed = 1 + len(replicas)
-        stored_on = len(group.confirmed.intersection([self.me, *replicas]))
+        needed = 1 + len(group.replicas)
+        stored_on = len(group.confirmed)
         if stored_on < needed:
             self.mailboxes.counters["under_replicated"] += 1
             raise Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
@@ -166,7 +173,7 @@ class Delivery:
 
     async def _store_many(self, items: list[Any]) -> list[Frame]:
         """A ``stores`` request: each item stored (all in one group) or its error."""
-        entries: list[tuple[Stored, list[str], _Group] | Frame] = []
+        entries: list[tuple[Stored, _Group] | Frame] = []
         for item in items:
             try:
                 if not isinstance(item, list) or len(item) != 4:
@@ -188,30 +195,28 @@ class Delivery:
                 results.append({"error": str(exc)})
         return results
 
-    async def _store_groups(self) -> None:
-        """Store one group at a time; the next gathers meanwhile."""
-        while True:
-            await self._group_ready.wait()
-            self._group_ready = trio.Event()
-            group, self._group = self._group, None
-            if group is None:
-                continue
-            to: dict[str, list[Stored]] = {}
-            for stored, replicas in group.items:
-                for node in replicas:
-                    to.setdefault(node, []).append(stored)
-            confirmed: list[str] = []
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_own, [s for s, _ in group.items], confirmed)
-                    for node, messages in to.items():
-                        nursery.start_soon(self._replicate, node, messages, confirmed)
-            finally:
-                for stored, _ in group.items:  # kept even if short of copies (or if the
-                    self.mailboxes.put(stored)  # sender gave up): it may still be delivered
-                group.confirmed.update(confirmed)
+    async def _store_groups(self, replicas: tuple[str, ...]) -> None:
+        """Store the groups for ``replicas`` one at a time; the next gathers meanwhile."""
+        try:
+            while (group := self._groups.get(replicas)) is not None:
+                await trio.lowlevel.checkpoint()  # the senders ready now join this group
+                self._groups[replicas] = None
+                confirmed: list[str] = []
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._write_own, group.items, confirmed)
+                        for node in replicas:
+                            nursery.start_soon(self._replicate, node, group.items, confirmed)
+                finally:
+                    for stored in group.items:  # kept even if short of copies (or if the
+                        self.mailboxes.put(stored)  # sender gave up): it may be delivered
+                    group.confirmed.update(confirmed)
+                    group.done.set()
+                self.mailboxes.counters["store_groups"] += 1
+        finally:
+            group = self._groups.pop(replicas, None)
+            if group is not None:  # cancelled: nobody will store these
                 group.done.set()
-            self.mailboxes.counters["store_groups"] += 1
 
     async def _write_own(self, messages: list[Stored], confirmed: list[str]) -> None:
         try:

@@ -1,15 +1,15 @@
 """QoS 1 sends from a node that does not own the user: gathered into ``stores`` requests.
 
 Every QoS 1 message goes to its user's owner to be stored (``delivery.py``). A node that
-is not the owner sends one request at a time to each owner: the messages that arrive
-while it is answered gather into the next, so under load one peer frame and one reply
-carry many messages, and the owner stores them in one group. Each sender still gets
-its own answer: ``{"id", "seq"}`` or :class:`Unavailable` with the owner's reason.
+is not the owner gathers the messages for one owner that arrive within one turn of the
+scheduler into one request, so under load one peer frame and one reply carry many
+messages. Requests do not wait for each other: an owner slow to answer one (a replica
+it waits for is gone) holds up only that one. Each sender gets its own answer:
+``{"id", "seq"}`` or :class:`Unavailable` with the owner's reason.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -37,19 +37,16 @@ class StoreRequests:
         self.links = links
         self.timeout = timeout
         self.nursery: trio.Nursery | None = None  # set by the delivery's run()
-        self._batches: dict[str, deque[_Batch]] = {}  # owner -> gathering, in order
+        self._gathering: dict[str, _Batch] = {}  # owner -> the batch not yet sent
 
     async def store(self, owner: str, user: str, body: str, ttl: float | None,
                     sender: str | None) -> dict[str, Any]:
         """Have ``owner`` store the message on R nodes; its ``{"id", "seq"}``."""
-        batches = self._batches.get(owner)
-        if batches is None:  # nothing under way to this owner: a request starts soon
-            batches = self._batches[owner] = deque()
+        batch = self._gathering.get(owner)
+        if batch is None or batch.bytes >= STORES_BYTES:
+            batch = self._gathering[owner] = _Batch()
             assert self.nursery is not None, "Delivery.run() first"
-            self.nursery.start_soon(self._requests, owner, batches)
-        if not batches or batches[-1].bytes >= STORES_BYTES:
-            batches.append(_Batch())
-        batch = batches[-1]
+            self.nursery.start_soon(self._request, owner, batch)
         index = len(batch.items)
         batch.items.append([user, body, ttl, sender])
         batch.bytes += len(body) + len(user)
@@ -62,22 +59,19 @@ class StoreRequests:
             raise Unavailable(str(result.get("error", "the owner's answer made no sense")))
         return {"id": result["id"], "seq": result["seq"]}
 
-    async def _requests(self, owner: str, batches: deque[_Batch]) -> None:
-        """One request at a time to ``owner``; the next batch gathers meanwhile."""
+    async def _request(self, owner: str, batch: _Batch) -> None:
         try:
-            while batches:
-                await trio.lowlevel.checkpoint()  # the senders ready now join this batch
-                batch = batches.popleft()
-                with trio.move_on_after(self.timeout):
-                    reply = await self.links.request(owner, {"t": "stores",
-                                                             "items": batch.items})
-                    results = reply.get("results")
-                    if isinstance(results, list):
-                        batch.results = results
-                    elif "error" in reply:
-                        batch.results = [{"error": reply["error"]}] * len(batch.items)
-                batch.done.set()
+            await trio.lowlevel.checkpoint()  # the senders ready now join this batch
+            if self._gathering.get(owner) is batch:
+                del self._gathering[owner]
+            with trio.move_on_after(self.timeout):
+                reply = await self.links.request(owner, {"t": "stores", "items": batch.items})
+                results = reply.get("results")
+                if isinstance(results, list):
+                    batch.results = results
+                elif "error" in reply:
+                    batch.results = [{"error": reply["error"]}] * len(batch.items)
         finally:
-            self._batches.pop(owner, None)
-            for batch in batches:  # cancelled: nobody will answer these
-                batch.done.set()
+            if self._gathering.get(owner) is batch:
+                del self._gathering[owner]
+            batch.done.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 import time
 import weakref
 from collections import deque
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import WebSocketConnection, open_websocket
 
 from gossip.keyring import Keyring
@@ -27,10 +29,12 @@ KEY = bytes(range(32))
 
 
 @asynccontextmanager
-async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,)) -> AsyncIterator[list[Node]]:
+async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,),
+                  **overrides: Any) -> AsyncIterator[list[Node]]:
     async with trio.open_nursery() as nursery:
         def config(name: str, join: tuple[str, ...] = ()) -> Any:
-            return local_config(name, client_port=0, token_secret=SECRET, keys=keys, join=join)
+            return local_config(name, client_port=0, token_secret=SECRET, keys=keys, join=join,
+                                **overrides)
         keyring = Keyring(list(keys)) if keys else None
         first = await start_node(nursery, config(names[0]), keyring=keyring)
         seed = "{}:{}".format(*first.membership.address)
@@ -194,6 +198,25 @@ async def test_sends_through_a_node_that_does_not_own_the_user_go_in_few_request
         assert "a user and a body" in results[1]["error"]
         assert "[user, body, ttl, sender]" in results[2]["error"]
         assert "ttl must be a number" in results[3]["error"]
+
+
+async def test_a_replica_that_does_not_answer_holds_up_only_what_it_is_to_copy() -> None:
+    """Found by a chaos run: an owner stored one group at a time, so one replica that had
+    just died (not yet detected) held up every send to that owner for the timeout."""
+    async with cluster(["a", "b", "c"], replicate_timeout=30.0) as nodes:
+        owner, mute, other = nodes
+        def user_copied_to(node: Node) -> str:
+            return next(u for u in (f"u{i}" for i in range(10_000))
+                        if owner.ring.replicas(u, 2) == [owner.config.name, node.config.name])
+        stalled, free = user_copied_to(mute), user_copied_to(other)
+        mute.delivery.from_peer = lambda node, frame: frame.get("t") == "replicate"  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(owner.send, stalled, "waits for a mute replica", qos=1))
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(5):  # far less than the replicate timeout
+                answer = await owner.send(free, "goes", qos=1)
+            assert answer["seq"] > 0 and other.delivery.mailboxes.pending_count(free) == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_an_unacked_message_comes_again_after_the_ack_timeout_on_a_new_connection(
