@@ -167,9 +167,8 @@ class ClientServer:
             reason = await self._converse(client)
         except _Gone as gone:
             reason = gone.reason
-            if gone.code is not None and not client.close_sent:
-                self._send(client, ws.close_frame(ws.NORMAL if gone.code == 1005 else gone.code))
-                client.close_sent = True
+            if gone.code is not None:  # answer the client's close frame
+                self._send_close(client, ws.NORMAL if gone.code == 1005 else gone.code)
         except ws.ProtocolError as exc:
             reason = "protocol_error"
             self.clients.counters["client_protocol_errors"] += 1
@@ -387,9 +386,7 @@ class ClientServer:
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:
                 session.closed_reason = "kicked"
-                self._send(client, ws.close_frame(
-                    CLOSE_NORMAL, str(kick.get("reason", "kicked"))[:120]))
-                client.close_sent = True
+                self._send_close(client, CLOSE_NORMAL, str(kick.get("reason", "kicked")))
                 if client.scope is not None:
                     client.scope.cancel()
                 session.queue.clear()
@@ -416,6 +413,12 @@ class ClientServer:
             if not client.draining and self._nursery is not None:
                 client.draining = True
                 self._nursery.start_soon(self._drain, client)
+
+    def _send_close(self, client: _Client, code: int, reason: str = "") -> None:
+        """Our close frame, once; nothing is written after it."""
+        if not client.close_sent:
+            self._send(client, ws.close_frame(code, reason[:120]))
+            client.close_sent = True
 
     async def _drain(self, client: _Client) -> None:
         """Write ``out`` as the socket takes it, then whatever queued meanwhile."""
@@ -460,9 +463,7 @@ class ClientServer:
         (bounded) the client's, after which the caller closes the socket."""
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self._written(client)
-        if not client.close_sent and not client.closed:
-            self._send(client, ws.close_frame(code, reason[:120]))
-            client.close_sent = True
+        self._send_close(client, code, reason)
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 while True:  # what the client still sends is dropped

@@ -5,9 +5,9 @@ The send path of a QoS 1 message (``docs/push.md`` draws it):
 1. any node asks the user's owner to ``store`` it (over the peer link, or itself);
 2. the owner numbers it (``mailbox.py``), writes it to its own disk and asks the next
    R-1 nodes of the ring to ``replicate`` it — all at once; each replica writes it to
-   disk before it answers. Messages arriving together go together: while one group is
-   being written and copied, the next gathers (one disk write and one ``replicate``
-   request per replica for the whole group);
+   disk before it answers. Messages with the same replicas go together: while one
+   group is being written and copied, the next gathers (one disk write and one
+   ``replicate`` request per replica for the whole group);
 3. only when R copies are durable (or every node there is, in a cluster smaller than R)
    does the owner answer ``{"id", "seq"}``, and only then is the sender acknowledged;
 4. the owner sends it to every node holding a session of the user; a client's ``ack``
@@ -172,7 +172,8 @@ class Delivery:
         return {"id": stored.id, "seq": stored.seq}
 
     async def _store_many(self, items: list[Any]) -> list[Frame]:
-        """A ``stores`` request: each item stored (all in one group) or its error."""
+        """A ``stores`` request: each item stored (in the group of its replicas) or its
+        error."""
         entries: list[tuple[Stored, _Group] | Frame] = []
         for item in items:
             try:
@@ -383,13 +384,13 @@ class Delivery:
             now = time.time()
             removed = self.mailboxes.expire(now)
             if removed:
-                for stored in removed:
-                    if stored.expires > now:  # not expired: sent too often without an ack
-                        logger.warning("message_dead_lettered user=%s seq=%d id=%s attempts=%d",
-                                       stored.user, stored.seq, stored.id, stored.attempts)
-                expired = sum(1 for stored in removed if stored.expires <= now)
-                if expired:
-                    logger.info("messages_expired count=%d", expired)
+                # not expired: sent too often without an ack
+                dead = [stored for stored in removed if stored.expires > now]
+                for stored in dead:
+                    logger.warning("message_dead_lettered user=%s seq=%d id=%s attempts=%d",
+                                   stored.user, stored.seq, stored.id, stored.attempts)
+                if len(removed) > len(dead):
+                    logger.info("messages_expired count=%d", len(removed) - len(dead))
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in removed])
             for user in self.mailboxes.retry_users(now):
                 self.push(user)

@@ -61,6 +61,9 @@ class _Write:
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 
+    def empty(self) -> bool:
+        return not (self.puts or self.deletes or self.devices)
+
 
 class Store:
     def __init__(self, path: str | None) -> None:
@@ -105,7 +108,7 @@ class Store:
                     devices: Iterable[Device] = ()) -> None:
         """Make ``puts``, ``deletes`` and ``devices`` durable (group-committed with others)."""
         request = _Write(list(puts), list(deletes), list(devices))
-        if not request.puts and not request.deletes and not request.devices:
+        if request.empty():
             return
         await self._send.send(request)
         await request.done.wait()
@@ -129,7 +132,7 @@ class Store:
         """Queue a write nobody waits for (acks, expiry): it commits within
         ``SOON_DELAY``, with the next durable write if one comes first."""
         request = _Write(list(puts), list(deletes), list(devices))
-        if not (request.puts or request.deletes or request.devices):
+        if request.empty():
             return
         self._soon.append(request)
         if len(self._soon) >= SOON_LIMIT:

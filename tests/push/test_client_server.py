@@ -169,13 +169,8 @@ async def test_clients_that_reset_during_the_upgrade_do_not_stop_the_node() -> N
     """Found by a partition run: a client gone before the node read its address
     (getpeername: ENOTCONN) ended the whole node."""
     async with client_node() as node:
-        host, port = node.client_address  # type: ignore[misc]
-        upgrade = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                   "Sec-WebSocket-Version: 13\r\n\r\n").encode()
         for _ in range(30):
-            stream = await trio.open_tcp_stream(host, port)
-            await stream.send_all(upgrade)
+            stream = await raw_upgrade(node)
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                      struct.pack("ii", 1, 0))
             stream.socket.close()  # a reset, right behind the request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -20,28 +22,31 @@ async def reopened(path: Path) -> tuple[list[Stored], list]:
     return messages, devices
 
 
-async def test_held_writes_ride_along_with_the_next_durable_write(tmp_path: Path) -> None:
-    path = tmp_path / "m.sqlite3"
+@asynccontextmanager
+async def running(path: Path) -> AsyncIterator[Store]:
     store = Store(str(path))
     await store.open()
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
+        yield store
+        nursery.cancel_scope.cancel()
+
+
+async def test_held_writes_ride_along_with_the_next_durable_write(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    async with running(path) as store:
         await store.write([message(1), message(2)])
         assert store.commits == 1
         store.write_soon(deletes=[("u", 1)], devices=[("u", "phone", 5.0)])
         await store.write([message(3)])  # one commit for both
         assert store.commits == 2 and store.writes == 3
-        nursery.cancel_scope.cancel()
     messages, devices = await reopened(path)
     assert [m.seq for m in messages] == [2, 3] and devices == [("u", "phone", 5.0)]
 
 
 async def test_held_writes_alone_commit_after_the_delay(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite3"
-    store = Store(str(path))
-    await store.open()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
+    async with running(path) as store:
         await store.write([message(1)])
         start = trio.current_time()
         store.write_soon(deletes=[("u", 1)])
@@ -53,5 +58,4 @@ async def test_held_writes_alone_commit_after_the_delay(tmp_path: Path) -> None:
         store.write_soon(deletes=[("u", 2)])
         await store.flush()  # at once, without waiting for the delay
         assert store.commits == 3
-        nursery.cancel_scope.cancel()
     assert await reopened(path) == ([], [])
