@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,19 @@ class Node:
         except Unavailable as exc:
             return {"t": "error", "code": "unavailable", "reason": str(exc), **ref}
         return {"t": "sent", **sent, **ref}
+
+    def _client_send_durable(self, session: ClientSession, request: SendTo,
+                             answer: Callable[[dict[str, Any]], None]) -> None:
+        """A client's QoS 1 send: ``answer`` gets its ``sent`` (or error) frame once the
+        message is durable on R nodes (or cannot be)."""
+        ref = {"ref": request.ref} if request.ref else {}
+
+        def settled(result: dict[str, Any] | Unavailable) -> None:
+            if isinstance(result, Unavailable):
+                answer({"t": "error", "code": "unavailable", "reason": str(result), **ref})
+            else:
+                answer({"t": "sent", **result, **ref})
+        self.delivery.send_soon(request.to, request.body, request.ttl, session.user, settled)
 
     def _session_opened(self, session: ClientSession) -> None:
         self._carry_out(self.router.connected(session.user, session.session, session.device))
@@ -438,7 +452,8 @@ async def run_node(
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
         if config.client_port is not None:
-            server = ClientServer(config, node.clients, node._client_request, node._resume)
+            server = ClientServer(config, node.clients, node._client_request, node._resume,
+                                  node._client_send_durable)
             node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()
         if config.api_port is not None:

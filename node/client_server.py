@@ -26,6 +26,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -58,6 +59,9 @@ ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
 #: Resume a session after a short disconnect: its topics, or None if it cannot be resumed.
 ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
+#: Start a QoS 1 send; the node calls ``answer`` once with the frame for the client when
+#: the message is durable on R nodes or cannot be (no task waits per message meanwhile).
+DurableSender = Callable[[ClientSession, SendTo, Callable[[Object], None]], None]
 #: QoS 1 sends one connection may have waiting for durability at once
 SENDS_IN_FLIGHT = 256
 #: A connection that ended for one of these may come back and resume.
@@ -87,6 +91,7 @@ class _Client:
         "out",
         "parser",
         "remote",
+        "room",
         "scope",
         "session",
         "sock",
@@ -104,18 +109,20 @@ class _Client:
         self.session: ClientSession | None = None
         self.machine: ClientConnection | None = None
         self.scope: trio.CancelScope | None = None  # cancelled to end the conversation
-        self.in_flight: trio.Semaphore | None = None
+        self.in_flight = 0  # QoS 1 sends not answered yet
+        self.room: trio.Event | None = None  # set when ``in_flight`` drops below the cap
         self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
 
 
 class ClientServer:
     def __init__(self, config: Config, clients: LocalClients, handle: RequestHandler,
-                 resume: ResumeHandler) -> None:
+                 resume: ResumeHandler, send_durable: DurableSender) -> None:
         self.config = config
         self.node_name = config.name
         self.clients = clients
         self.handle = handle
         self.resume = resume
+        self.send_durable = send_durable
         self.limits = Limits(
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
             max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
@@ -283,11 +290,11 @@ class ClientServer:
                 if isinstance(event, SendTo) and event.qos == 1:
                     # durable sends take milliseconds: answer them as they complete, many
                     # at once per connection, instead of one after the other
-                    if client.in_flight is None:
-                        client.in_flight = trio.Semaphore(SENDS_IN_FLIGHT)
-                    await client.in_flight.acquire()
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._answer_later, client, session, event)
+                    while client.in_flight >= SENDS_IN_FLIGHT:
+                        client.room = trio.Event()
+                        await client.room.wait()
+                    client.in_flight += 1
+                    self.send_durable(session, event, partial(self._sent, client, session))
                     continue
                 self._offer_answer(session, await self._answer(session, event))
             data = None
@@ -298,13 +305,13 @@ class ClientServer:
                 return "heartbeat_missed"
             pending = machine.receive(time.time(), data)
 
-    async def _answer_later(self, client: _Client, session: ClientSession,
-                            event: Request) -> None:
-        try:
-            self._offer_answer(session, await self._answer(session, event))
-        finally:
-            assert client.in_flight is not None
-            client.in_flight.release()
+    def _sent(self, client: _Client, session: ClientSession, answer: Object) -> None:
+        """A QoS 1 send of this connection is answered."""
+        client.in_flight -= 1
+        if client.room is not None:
+            client.room.set()
+            client.room = None
+        self._offer_answer(session, answer)
 
     def _offer_answer(self, session: ClientSession, answer: Object | None) -> None:
         if answer is not None and not session.offer(answer):

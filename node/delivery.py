@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,7 +32,7 @@ import trio
 from .mailbox import Limits, Mailboxes, Stored
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .store import Store
-from .store_requests import StoreRequests
+from .store_requests import Answer, Reply, StoreRequests, parse_item
 
 if TYPE_CHECKING:
     from .client_server import LocalClients
@@ -42,10 +43,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: requests served at once per pool: durable writes wait on the disk and on replicas,
-#: so many are in flight while group commit shares each fsync among them
+#: replicate requests served at once: each waits on the disk, so many are in flight
+#: while group commit shares each fsync among them
 WORKERS = 256
 REQUESTS = 1024
+#: messages an owner may be storing for other nodes at once; a stores request beyond it
+#: is refused as overloaded (its senders are told, not held)
+STORING = 65536
 TICK = 1.0
 HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
 HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
@@ -59,8 +63,8 @@ class _Group:
     def __init__(self, replicas: tuple[str, ...]) -> None:
         self.replicas = replicas
         self.items: list[Stored] = []
+        self.replies: list[Reply] = []  # one per item
         self.confirmed: set[str] = set()  # nodes that have the whole group on disk
-        self.done = trio.Event()
 
 
 class Delivery:
@@ -79,10 +83,11 @@ class Delivery:
             ack_timeout=config.ack_timeout, max_attempts=config.max_attempts,
             default_ttl=config.default_ttl, max_pending_per_user=config.max_pending,
         ))
-        # stores wait on replicas, replicas only on their disk: two pools, so that nodes
-        # storing through each other can never hold each other's workers
-        self._stores_in, self._stores = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
+        # replicate requests wait only on the disk (stores wait on replicas but hold no
+        # task: their senders are called back), so nodes storing through each other can
+        # never hold each other's workers
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
+        self._storing = 0  # messages of stores requests not answered yet
         self._rebalance = trio.Event()
         #: by replicas: the group gathering while the one before is stored (a replica
         #: that does not answer holds up only the messages it is to copy)
@@ -114,7 +119,6 @@ class Delivery:
             self._requests.nursery = self._nursery = nursery
             await nursery.start(self.store.run)
             for _ in range(WORKERS):
-                nursery.start_soon(self._serve_requests, self._stores)
                 nursery.start_soon(self._serve_requests, self._copies)
             nursery.start_soon(self._tick)
             nursery.start_soon(self._rebalancer)
@@ -126,19 +130,36 @@ class Delivery:
     async def send(self, user: str, body: str, ttl: float | None, sender: str | None
                    ) -> dict[str, Any]:
         """Store a QoS 1 message on R nodes through its owner; ``{"id", "seq"}`` once done."""
+        outcome: list[dict[str, Any] | Unavailable] = []
+        done = trio.Event()
+
+        def reply(result: dict[str, Any] | Unavailable) -> None:
+            outcome.append(result)
+            done.set()
+        self.send_soon(user, body, ttl, sender, reply)
+        await done.wait()
+        if isinstance(outcome[0], Unavailable):
+            raise outcome[0]
+        return outcome[0]
+
+    def send_soon(self, user: str, body: str, ttl: float | None, sender: str | None,
+                  reply: Reply) -> None:
+        """Start storing a QoS 1 message on R nodes through its owner; ``reply`` is called
+        once, with ``{"id", "seq"}`` when it is durable there or the :class:`Unavailable`
+        that says why not. Thousands in flight cost no task each."""
         owner = self.ring.owner(user)
         if owner is None:
-            raise Unavailable("no grapevine node is alive to own this user")
-        if owner == self.me:
-            return await self._store_as_owner(user, body, ttl, sender)
-        return await self._requests.store(owner, user, body, ttl, sender)
+            reply(Unavailable("no grapevine node is alive to own this user"))
+        elif owner != self.me:
+            self._requests.store_soon(owner, [user, body, ttl, sender], reply)
+        else:
+            try:
+                self._enqueue(user, body, ttl, sender, reply)
+            except Unavailable as exc:
+                reply(exc)
 
-    async def _store_as_owner(self, user: str, body: str, ttl: float | None,
-                              sender: str | None) -> dict[str, Any]:
-        return await self._settle(self._enqueue(user, body, ttl, sender))
-
-    def _enqueue(self, user: str, body: str, ttl: float | None, sender: str | None
-                 ) -> tuple[Stored, _Group]:
+    def _enqueue(self, user: str, body: str, ttl: float | None, sender: str | None,
+                 reply: Reply) -> None:
         """Number a new message and add it to the group being gathered."""
         not_ready = self.ready()
         if not_ready:
@@ -157,44 +178,49 @@ class Delivery:
         if group is None:
             group = self._groups[replicas] = _Group(replicas)
         group.items.append(stored)
-        return stored, group
+        group.replies.append(reply)
 
-    async def _settle(self, entry: tuple[Stored, _Group]) -> dict[str, Any]:
-        """Wait for the message's group; ``{"id", "seq"}`` if it is on R nodes."""
-        stored, group = entry
-        await group.done.wait()
+    def _settled(self, group: _Group) -> None:
+        """Tell the group's senders: acknowledged if it is on R nodes, else why not."""
         needed = 1 + len(group.replicas)
         stored_on = len(group.confirmed)
         if stored_on < needed:
-            self.mailboxes.counters["under_replicated"] += 1
-            raise Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
-        self.push(stored.user)
-        return {"id": stored.id, "seq": stored.seq}
+            self.mailboxes.counters["under_replicated"] += len(group.items)
+            error = Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
+            for reply in group.replies:
+                reply(error)
+            return
+        for user in dict.fromkeys(stored.user for stored in group.items):
+            self.push(user)
+        for stored, reply in zip(group.items, group.replies, strict=True):
+            reply({"id": stored.id, "seq": stored.seq})
 
-    async def _store_many(self, items: list[Any]) -> list[Frame]:
-        """A ``stores`` request: each item stored (in the group of its replicas) or its
-        error."""
-        entries: list[tuple[Stored, _Group] | Frame] = []
-        for item in items:
+    def _store_for(self, node: str, frame: Frame) -> None:
+        """A ``stores`` request from ``node`` (or one ``store``, from nodes before batched
+        stores): each item stored in the group of its replicas, or its error; answered
+        when the last is settled."""
+        single = frame.get("t") == "store"
+        items = ([[frame.get(k) for k in ("user", "body", "ttl", "from")]] if single
+                 else frame.get("items"))
+        if not isinstance(items, list):
+            self.links.reply(node, frame, {"error": "bad request: stores needs a list of items"})
+            return
+        if self._storing + len(items) > STORING:
+            self.mailboxes.counters["stores_refused"] += 1
+            self.links.reply(node, frame, {"error": f"{self.me} is overloaded; try again"})
+            return
+        self._storing += len(items)
+
+        def done(results: list[Frame]) -> None:
+            self._storing -= len(results)
+            self.links.reply(node, frame, results[0] if single else {"results": results})
+        answer = Answer(len(items), done)
+        for index, item in enumerate(items):
+            reply = partial(answer.set, index)
             try:
-                if not isinstance(item, list) or len(item) != 4:
-                    raise ValueError("an item is [user, body, ttl, sender]")
-                user, body, ttl, sender = item
-                _check_store(user, body, ttl)
-                entries.append(self._enqueue(user, body, ttl,
-                                             sender if isinstance(sender, str) else None))
+                self._enqueue(*parse_item(item), reply)
             except (Unavailable, ValueError) as exc:
-                entries.append({"error": str(exc)})
-        results: list[Frame] = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                results.append(entry)
-                continue
-            try:
-                results.append(await self._settle(entry))
-            except Unavailable as exc:
-                results.append({"error": str(exc)})
-        return results
+                reply(exc)
 
     async def _store_groups(self, replicas: tuple[str, ...]) -> None:
         """Store the groups for ``replicas`` one at a time; the next gathers meanwhile."""
@@ -212,12 +238,12 @@ class Delivery:
                     for stored in group.items:  # kept even if short of copies (or if the
                         self.mailboxes.put(stored)  # sender gave up): it may be delivered
                     group.confirmed.update(confirmed)
-                    group.done.set()
+                    self._settled(group)
                 self.mailboxes.counters["store_groups"] += 1
         finally:
             group = self._groups.pop(replicas, None)
             if group is not None:  # cancelled: nobody will store these
-                group.done.set()
+                self._settled(group)
 
     async def _write_own(self, messages: list[Stored], confirmed: list[str]) -> None:
         try:
@@ -303,10 +329,12 @@ class Delivery:
     def from_peer(self, node: str, frame: Frame) -> bool:
         """Handle a delivery frame; False if it is not one."""
         kind = frame.get("t")
-        if kind in ("store", "stores", "replicate"):
+        if kind in ("store", "stores"):
+            self._store_for(node, frame)
+            return True
+        if kind == "replicate":
             try:
-                (self._copies_in if kind == "replicate" else self._stores_in).send_nowait(
-                    (node, frame))
+                self._copies_in.send_nowait((node, frame))
             except trio.WouldBlock:
                 self.links.reply(node, frame, {"error": f"{self.me} is overloaded; try again"})
             return True
@@ -340,15 +368,7 @@ class Delivery:
             self.links.reply(node, frame, answer)
 
     async def _answer(self, frame: Frame) -> Frame:
-        if frame["t"] == "stores":
-            items = frame.get("items")
-            if not isinstance(items, list):
-                raise ValueError("stores needs a list of items")
-            return {"results": await self._store_many(items)}
-        if frame["t"] == "store":  # one message (nodes before batched stores)
-            user, body, ttl, sender = (frame.get(k) for k in ("user", "body", "ttl", "from"))
-            _check_store(user, body, ttl)
-            return await self._store_as_owner(user, body, ttl, sender)
+        """A ``replicate`` request: the copies on disk here."""
         raw, raw_devices = frame.get("msgs"), frame.get("devices", [])
         if not isinstance(raw, list) or not isinstance(raw_devices, list):
             raise ValueError("replicate needs msgs and devices lists")
@@ -490,10 +510,3 @@ class Delivery:
         await self._replicate(node, messages, ok, users=users)
         self.mailboxes.counters["handover_requests"] += 1
         return bool(ok)
-
-
-def _check_store(user: object, body: object, ttl: object) -> None:
-    if not isinstance(user, str) or not isinstance(body, str):
-        raise ValueError("store needs a user and a body")
-    if ttl is not None and not isinstance(ttl, int | float):
-        raise ValueError("ttl must be a number")

@@ -132,10 +132,16 @@ class Mailboxes:
 
     # ---- writing --------------------------------------------------------------------------
 
+    def _box(self, user: str) -> _Box:
+        box = self._boxes.get(user)
+        if box is None:  # not setdefault: a box is five containers to build for nothing
+            box = self._boxes[user] = _Box()
+        return box
+
     def new(self, user: str, message_id: str, body: str, now: float, ttl: float | None,
             *, sender: str | None = None) -> Stored:
         """A new message at the owner: the next sequence number, not yet stored."""
-        box = self._boxes.setdefault(user, _Box())
+        box = self._box(user)
         if len(box.pending) >= self.limits.max_pending_per_user:
             raise OverflowError(
                 f"{user} has {len(box.pending)} messages waiting; the limit is "
@@ -148,7 +154,7 @@ class Mailboxes:
 
     def put(self, stored: Stored) -> bool:
         """Keep ``stored`` (a new message, a replica, a handover, a reload); False if known."""
-        box = self._boxes.setdefault(stored.user, _Box())
+        box = self._box(stored.user)
         box.last_seq = max(box.last_seq, stored.seq)
         if stored.seq in box.pending:
             return False
@@ -157,12 +163,12 @@ class Mailboxes:
 
     def note_seq(self, user: str, seq: int) -> None:
         """Remember that ``seq`` was used for ``user`` (from disk or a peer)."""
-        box = self._boxes.setdefault(user, _Box())
+        box = self._box(user)
         box.last_seq = max(box.last_seq, seq)
 
     def see_device(self, user: str, device: str, now: float) -> bool:
         """``device`` of ``user`` is connected; True if it is new here."""
-        box = self._boxes.setdefault(user, _Box())
+        box = self._box(user)
         new = device not in box.devices
         box.devices[device] = now
         return new
@@ -216,7 +222,7 @@ class Mailboxes:
 
     def sent(self, stored: Stored, now: float) -> Stored:
         """Record one more attempt; returns the message with its new attempt count."""
-        box = self._boxes.setdefault(stored.user, _Box())
+        box = self._box(stored.user)
         current = box.pending.get(stored.seq, stored)
         updated = replace(current, attempts=current.attempts + 1)
         if stored.seq in box.pending:

@@ -25,6 +25,12 @@ from membership.member import Member, MemberState
 from .config import ROLE, parse_weight
 
 
+#: nodes looked up per key at once (the owner and replicas up to R = 3 in one walk)
+WALK = 3
+#: keys whose nodes are remembered until the ring changes (then all are forgotten)
+REMEMBERED = 100_000
+
+
 def hash64(data: str) -> int:
     return int.from_bytes(blake2b(data.encode(), digest_size=8).digest(), "big")
 
@@ -68,6 +74,9 @@ class HashRing:
         self._weights: dict[str, float] = {}
         self._contested: set[int] = set()  # points two nodes hashed to
         self.version = 0  # bumped by every change, for caches and views
+        #: key -> its nodes in ring order (owner first), as far as looked up: a message
+        #: asks for its user's owner and replicas several times on every node it crosses
+        self._found: dict[str, list[str]] = {}
         if nodes:
             self.update(nodes)
 
@@ -89,28 +98,35 @@ class HashRing:
 
     def owner(self, key: str) -> str | None:
         """The node that owns ``key``; None on an empty ring."""
-        if not self._points:
-            return None
-        index = self._points.bisect_left(hash64(key))
-        if index == len(self._points):
-            index = 0
-        return self._points.peekitem(index)[1]
+        found = self._found.get(key)
+        if found is None:
+            found = self._walk(key, WALK)
+        return found[0] if found else None
 
     def replicas(self, key: str, r: int) -> list[str]:
         """The owner and the next ``r - 1`` distinct nodes clockwise (fewer if the ring is)."""
-        wanted = min(r, len(self._weights))
+        found = self._found.get(key)
+        if found is None or (len(found) < r and len(found) < len(self._weights)):
+            found = self._walk(key, max(r, WALK))
+        return found[:r] if r > 0 else []
+
+    def _walk(self, key: str, wanted: int) -> list[str]:
+        """The first ``wanted`` distinct nodes clockwise from ``key`` (remembered)."""
+        wanted = min(wanted, len(self._weights))
         found: list[str] = []
-        if wanted <= 0:
-            return found
         count = len(self._points)
-        index = self._points.bisect_left(hash64(key))
-        values = self._points.values()
-        for step in range(count):
-            name = values[(index + step) % count]
-            if name not in found:
-                found.append(name)
-                if len(found) == wanted:
-                    break
+        if wanted > 0:
+            index = self._points.bisect_left(hash64(key))
+            values = self._points.values()
+            for step in range(count):
+                name = values[(index + step) % count]
+                if name not in found:
+                    found.append(name)
+                    if len(found) == wanted:
+                        break
+        if len(self._found) >= REMEMBERED:
+            self._found.clear()
+        self._found[key] = found
         return found
 
     def shares(self) -> dict[str, float]:
@@ -142,6 +158,7 @@ class HashRing:
                 changed = True
         if changed:
             self.version += 1
+            self._found.clear()
         return changed
 
     def _vnode_points(self, name: str, weight: float) -> list[int]:

@@ -1,15 +1,18 @@
-"""QoS 1 sends from a node that does not own the user: gathered into ``stores`` requests.
+"""QoS 1 sends from a node that does not own the user: gathered into ``stores`` requests
+(and, at the owner, the answer to one).
 
 Every QoS 1 message goes to its user's owner to be stored (``delivery.py``). A node that
 is not the owner gathers the messages for one owner that arrive within one turn of the
 scheduler into one request, so under load one peer frame and one reply carry many
 messages. Requests do not wait for each other: an owner slow to answer one (a replica
-it waits for is gone) holds up only that one. Each sender gets its own answer:
-``{"id", "seq"}`` or :class:`Unavailable` with the owner's reason.
+it waits for is gone) holds up only that one. Each sender gets its own answer, by a
+callback and without a task of its own: ``{"id", "seq"}`` or :class:`Unavailable` with
+the owner's reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -24,12 +27,15 @@ STORES_BYTES = 1 << 20
 Frame = dict[str, Any]
 
 
+#: called once with a message's ``{"id", "seq"}`` or why it was not stored
+Reply = Callable[["dict[str, Any] | Unavailable"], None]
+
+
 class _Batch:
     def __init__(self) -> None:
         self.items: list[list[Any]] = []  # [user, body, ttl, sender]
+        self.replies: list[Reply] = []  # one per item
         self.bytes = 0
-        self.results: list[Any] = []
-        self.done = trio.Event()
 
 
 class StoreRequests:
@@ -39,39 +45,73 @@ class StoreRequests:
         self.nursery: trio.Nursery | None = None  # set by the delivery's run()
         self._gathering: dict[str, _Batch] = {}  # owner -> the batch not yet sent
 
-    async def store(self, owner: str, user: str, body: str, ttl: float | None,
-                    sender: str | None) -> dict[str, Any]:
-        """Have ``owner`` store the message on R nodes; its ``{"id", "seq"}``."""
+    def store_soon(self, owner: str, item: list[Any], reply: Reply) -> None:
+        """Have ``owner`` store the message ``[user, body, ttl, sender]`` on R nodes;
+        ``reply`` gets the outcome."""
         batch = self._gathering.get(owner)
         if batch is None or batch.bytes >= STORES_BYTES:
             batch = self._gathering[owner] = _Batch()
             assert self.nursery is not None, "Delivery.run() first"
             self.nursery.start_soon(self._request, owner, batch)
-        index = len(batch.items)
-        batch.items.append([user, body, ttl, sender])
-        batch.bytes += len(body) + len(user)
-        with trio.move_on_after(self.timeout):
-            await batch.done.wait()
-        result = batch.results[index] if index < len(batch.results) else None
-        if not isinstance(result, dict):
-            raise Unavailable(f"the owner {owner} did not confirm in time")
-        if "error" in result or not {"id", "seq"} <= result.keys():
-            raise Unavailable(str(result.get("error", "the owner's answer made no sense")))
-        return {"id": result["id"], "seq": result["seq"]}
+        batch.items.append(item)
+        batch.replies.append(reply)
+        batch.bytes += len(item[0]) + len(item[1])
 
     async def _request(self, owner: str, batch: _Batch) -> None:
+        results: list[Any] = []
         try:
             await trio.lowlevel.checkpoint()  # the senders ready now join this batch
             if self._gathering.get(owner) is batch:
                 del self._gathering[owner]
             with trio.move_on_after(self.timeout):
                 reply = await self.links.request(owner, {"t": "stores", "items": batch.items})
-                results = reply.get("results")
-                if isinstance(results, list):
-                    batch.results = results
+                if isinstance(reply.get("results"), list):
+                    results = reply["results"]
                 elif "error" in reply:
-                    batch.results = [{"error": reply["error"]}] * len(batch.items)
+                    results = [{"error": reply["error"]}] * len(batch.items)
         finally:
             if self._gathering.get(owner) is batch:
                 del self._gathering[owner]
-            batch.done.set()
+            for index, reply_to in enumerate(batch.replies):
+                reply_to(_outcome(owner, results[index] if index < len(results) else None))
+
+
+def _outcome(owner: str, result: object) -> dict[str, Any] | Unavailable:
+    if not isinstance(result, dict):
+        return Unavailable(f"the owner {owner} did not confirm in time")
+    if "error" in result or not {"id", "seq"} <= result.keys():
+        return Unavailable(str(result.get("error", "the owner's answer made no sense")))
+    return {"id": result["id"], "seq": result["seq"]}
+
+
+# ---- the owner's side ---------------------------------------------------------------------
+
+def parse_item(item: object) -> tuple[str, str, float | None, str | None]:
+    """``[user, body, ttl, sender]`` of a stores request; ValueError if it is not one."""
+    if not isinstance(item, list) or len(item) != 4:
+        raise ValueError("an item is [user, body, ttl, sender]")
+    user, body, ttl, sender = item
+    if not isinstance(user, str) or not isinstance(body, str):
+        raise ValueError("store needs a user and a body")
+    if ttl is not None and not isinstance(ttl, int | float):
+        raise ValueError("ttl must be a number")
+    return user, body, ttl, sender if isinstance(sender, str) else None
+
+
+class Answer:
+    """The results of one stores request, handed to ``done`` when the last is in."""
+
+    __slots__ = ("done", "left", "results")
+
+    def __init__(self, count: int, done: Callable[[list[Frame]], None]) -> None:
+        self.done = done
+        self.results: list[Frame] = [{}] * count
+        self.left = count
+        if not count:
+            done([])
+
+    def set(self, index: int, result: dict[str, Any] | Exception) -> None:
+        self.results[index] = {"error": str(result)} if isinstance(result, Exception) else result
+        self.left -= 1
+        if self.left == 0:
+            self.done(self.results)

@@ -126,3 +126,22 @@ def test_an_empty_ring_owns_nothing() -> None:
     assert ring.owner("u") is None and ring.replicas("u", 2) == [] and ring.shares() == {}
     with pytest.raises(ValueError):
         HashRing(0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(names, st.randoms(use_true_random=False))
+def test_lookups_between_changes_answer_like_a_fresh_ring(
+    nodes: list[str], rnd: random.Random
+) -> None:
+    """The ring remembers what it looked up: nothing remembered may outlive a change."""
+    ring = HashRing(16)
+    present: list[str] = []
+    for _ in range(2 * len(nodes)):
+        name = rnd.choice(nodes)
+        present = [n for n in present if n != name] if name in present else [*present, name]
+        ring.update(dict.fromkeys(present, 1.0))
+        fresh = HashRing(16, dict.fromkeys(present, 1.0))
+        for key in KEYS[:300]:
+            r = rnd.randint(1, 5)
+            assert ring.replicas(key, r) == fresh.replicas(key, r)
+            assert ring.owner(key) == fresh.owner(key)

@@ -191,13 +191,63 @@ async def test_sends_through_a_node_that_does_not_own_the_user_go_in_few_request
         assert len({a["seq"] for a in answers}) == 200
         assert owner.delivery.mailboxes.pending_count("gus") == 200
         assert owner.links.counters["peer_frames_in"] - requests_before < 50
-        results = await owner.delivery._store_many(
-            [["gus", "fine", None, None], ["gus", 7, None, None], "junk",
-             ["gus", "ttl?", "soon", None]])
+        reply = await via.links.request(owner.config.name, {"t": "stores", "items": [
+            ["gus", "fine", None, None], ["gus", 7, None, None], "junk",
+            ["gus", "ttl?", "soon", None]]})
+        results = reply["results"]
         assert "seq" in results[0] and [sorted(r) for r in results[1:]] == [["error"]] * 3
         assert "a user and a body" in results[1]["error"]
         assert "[user, body, ttl, sender]" in results[2]["error"]
         assert "ttl must be a number" in results[3]["error"]
+
+
+async def test_a_client_may_send_more_qos1_messages_than_it_may_have_in_flight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the cap the node stops reading the connection until an answer makes room:
+    every send is answered once, with a ref of its own, none refused."""
+    monkeypatch.setattr("node.client_server.SENDS_IN_FLIGHT", 3)
+    async with cluster(["a", "b", "c"]) as nodes, device(nodes[0], "hal") as hal:
+        for i in range(20):
+            await hal.send_message(json.dumps(
+                {"t": "send", "to": f"user{i}", "body": "b", "qos": 1, "ref": str(i)}))
+        answers = [await next_object(hal) for _ in range(20)]
+        assert sorted(int(a["ref"]) for a in answers) == list(range(20))
+        assert all(a["t"] == "sent" and a["seq"] > 0 for a in answers)
+        stored = sum(n.delivery.mailboxes.pending_count() for n in nodes)
+        assert stored == 20 * 2  # on R = 2 nodes each
+
+
+async def test_an_owner_answers_single_stores_and_refuses_beyond_its_capacity(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with cluster(["a", "b"]) as (a, b):
+        user = next(u for u in (f"u{i}" for i in range(1000)) if a.ring.owner(u) == "b")
+        # one message per request, as nodes before batched stores sent them
+        single = await a.links.request("b", {"t": "store", "user": user, "body": "x",
+                                             "ttl": None, "from": None})
+        assert single["seq"] > 0 and b.delivery.mailboxes.pending_count(user) == 1
+        bad = await a.links.request("b", {"t": "store", "user": user, "body": 3})
+        assert "a user and a body" in bad["error"]
+        monkeypatch.setattr("node.delivery.STORING", 2)
+        three = {"t": "stores", "items": [[user, "x", None, None]] * 3}
+        refused = await a.links.request("b", three)
+        assert "overloaded" in refused["error"]
+        assert b.delivery.mailboxes.counters["stores_refused"] == 1
+        errors: list[str] = []
+
+        async def send() -> None:
+            try:
+                await a.delivery.send(user, "too many", None, None)
+            except Unavailable as exc:
+                errors.append(str(exc))
+        async with trio.open_nursery() as nursery:  # one request of three, refused
+            for _ in range(3):
+                nursery.start_soon(send)
+        assert len(errors) == 3 and all("overloaded" in e for e in errors)
+        for _ in range(2):  # answered requests leave room again
+            two = {"t": "stores", "items": [[user, "y", None, None]] * 2}
+            fits = await a.links.request("b", two)
+            assert all(r["seq"] > 0 for r in fits["results"])
+        assert b.delivery.mailboxes.pending_count(user) == 1 + 4
 
 
 async def test_a_replica_that_does_not_answer_holds_up_only_what_it_is_to_copy() -> None:
