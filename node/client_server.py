@@ -25,6 +25,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -85,11 +86,13 @@ class _Client:
         "closed",
         "drained",
         "draining",
+        "heard",
         "in_flight",
         "inbox",
         "machine",
         "out",
         "parser",
+        "pending",
         "remote",
         "room",
         "scope",
@@ -102,6 +105,8 @@ class _Client:
         self.remote = remote
         self.parser = ws.FrameParser(WS_MAX_MESSAGE)
         self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
+        self.pending: deque[Request | Violation] = deque()  # decoded, not yet handled
+        self.heard = 0.0  # when the client last sent a message (trio's clock)
         self.out = bytearray()  # what the socket did not take yet
         self.draining = False  # a task waits to write ``out``
         self.closed = False
@@ -277,17 +282,38 @@ class ClientServer:
 
     async def _read(self, client: _Client, session: ClientSession, machine: ClientConnection,
                     pending: list[Request | Violation]) -> str:
+        """Serve the client until it goes, breaks a limit or is silent for two heartbeats.
+
+        The silence deadline is one cancel scope per quiet period, not one per message
+        (that cost a tenth of a busy node): the scope ends at ``heard + idle``; when it
+        fires and something was heard meanwhile, a new one starts from there. Whatever
+        the deadline interrupts is safe to take up again: events wait in
+        ``client.pending`` until handled, and bytes in the parser."""
         idle = self.limits.heartbeat * 2
+        client.pending.extend(pending)
+        client.heard = trio.current_time()
         while True:
-            for event in pending:
+            with trio.move_on_at(client.heard + idle):
+                refusal = await self._serve(client, session, machine)
+                await self._refuse(client, refusal)
+                return refusal.code
+            if trio.current_time() >= client.heard + idle:
+                await self._close(client, CLOSE_NORMAL, f"silent for {idle:g} s")
+                return "heartbeat_missed"
+
+    async def _serve(self, client: _Client, session: ClientSession, machine: ClientConnection
+                     ) -> Violation:
+        """Handle the client's requests; returns the violation that ends the connection."""
+        pending = client.pending
+        while True:
+            while pending:
+                event = pending[0]
                 if isinstance(event, Violation):
                     self.clients.counters[f"client_error_{event.code}"] += 1
                     if event.close is not None:
-                        await self._refuse(client, event)
-                        return event.code
+                        return event
                     session.offer(event.frame())
-                    continue
-                if isinstance(event, SendTo) and event.qos == 1:
+                elif isinstance(event, SendTo) and event.qos == 1:
                     # durable sends take milliseconds: answer them as they complete, many
                     # at once per connection, instead of one after the other
                     while client.in_flight >= SENDS_IN_FLIGHT:
@@ -295,15 +321,12 @@ class ClientServer:
                         await client.room.wait()
                     client.in_flight += 1
                     self.send_durable(session, event, partial(self._sent, client, session))
-                    continue
-                self._offer_answer(session, await self._answer(session, event))
-            data = None
-            with trio.move_on_after(idle):
-                data = await self._message(client)
-            if data is None:
-                await self._close(client, CLOSE_NORMAL, f"silent for {idle:g} s")
-                return "heartbeat_missed"
-            pending = machine.receive(time.time(), data)
+                else:
+                    self._offer_answer(session, await self._answer(session, event))
+                pending.popleft()
+            data = await self._message(client)
+            client.heard = trio.current_time()
+            pending.extend(machine.receive(time.time(), data))
 
     def _sent(self, client: _Client, session: ClientSession, answer: Object) -> None:
         """A QoS 1 send of this connection is answered."""

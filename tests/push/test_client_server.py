@@ -253,3 +253,22 @@ async def test_a_client_that_stops_reading_loses_qos0_not_the_node() -> None:
         assert node.clients.deliver("fast", {"t": "msg", "id": "f", "body": "y"}) == 1
         assert (await receive(fast))["id"] == "f"  # everyone else is served at once
         await stalled.aclose()
+
+
+async def test_a_client_silent_for_two_heartbeats_is_closed_however_long_it_talked() -> None:
+    """The silence deadline is re-armed per quiet period, not per message: a client that
+    pinged through several periods is closed two heartbeats after its last word, not
+    before and not never."""
+    async with client_node(heartbeat=0.25) as node, connect(node) as ws:
+        await hello(ws, "quiet")
+        for _ in range(12):  # 1.2 s of talk: more than two 0.5 s periods
+            await trio.sleep(0.1)
+            await ws.send_message(json.dumps({"t": "ping"}))
+            last_word = trio.current_time()
+            assert (await receive(ws))["t"] == "pong"
+        with trio.fail_after(5):
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+        assert trio.current_time() - last_word >= 0.5 * 0.9
+        assert closed.value.reason.code == 1000 and "silent" in closed.value.reason.reason
