@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import gc
 import logging
 import signal
 import socket
@@ -214,6 +215,16 @@ async def serve(config: Config, keyring: Keyring | None) -> None:
                 node.request_stop()
 
 
+def _tune_gc() -> None:
+    """A node keeps many long-lived objects (sessions, mailboxes, the ring) and makes
+    many short-lived ones per message: at the default thresholds (700, 10, 10) the
+    collector ran every few hundred allocations. Young collections are rarer, and what
+    exists at start-up (modules, the parsed config) is left out of all of them.
+    Measured: QoS 1 p99 at full load 210 -> 165 ms (docs/benchmarks.md)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config, keyring = config_from_args(args)
@@ -221,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     configure_logging(args.log_level, config.name)
     failure: OSError | None = None
+    _tune_gc()
     try:
         trio.run(functools.partial(serve, config, keyring))
     except* OSError as group:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .handover import Handover
 from .mailbox import Limits, Mailboxes, Stored
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .store import Store
@@ -51,8 +52,6 @@ REQUESTS = 1024
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
 TICK = 1.0
-HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
-HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
 Frame = dict[str, Any]
 
 
@@ -88,13 +87,12 @@ class Delivery:
         # never hold each other's workers
         self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._storing = 0  # messages of stores requests not answered yet
-        self._rebalance = trio.Event()
         #: by replicas: the group gathering while the one before is stored (a replica
         #: that does not answer holds up only the messages it is to copy)
         self._groups: dict[tuple[str, ...], _Group | None] = {}
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
-        self._copied: dict[str, frozenset[str]] = {}
+        self.handover = Handover(self)
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids
@@ -116,13 +114,12 @@ class Delivery:
         if not self.store.durable:
             logger.warning("qos1_not_durable reason=no_data_dir")
         async with trio.open_nursery() as nursery:
-            self._requests.nursery = self._nursery = nursery
+            self._nursery = nursery
             await nursery.start(self.store.run)
             for _ in range(WORKERS):
                 nursery.start_soon(self._serve_requests, self._copies)
             nursery.start_soon(self._tick)
-            nursery.start_soon(self._rebalancer)
-            self._rebalance.set()
+            nursery.start_soon(self.handover.run)
             task_status.started()
 
     # ---- sending ------------------------------------------------------------------------
@@ -230,10 +227,7 @@ class Delivery:
                 self._groups[replicas] = None
                 confirmed: list[str] = []
                 try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._write_own, group.items, confirmed)
-                        for node in replicas:
-                            nursery.start_soon(self._replicate, node, group.items, confirmed)
+                    await self._store_group(group, confirmed)
                 finally:
                     for stored in group.items:  # kept even if short of copies (or if the
                         self.mailboxes.put(stored)  # sender gave up): it may be delivered
@@ -245,23 +239,48 @@ class Delivery:
             if group is not None:  # cancelled: nobody will store these
                 self._settled(group)
 
-    async def _write_own(self, messages: list[Stored], confirmed: list[str]) -> None:
+    async def _store_group(self, group: _Group, confirmed: list[str]) -> None:
+        """Write the group here and have its replicas copy it, all at once; each node
+        that has it on disk is added to ``confirmed``. The copies are requests with
+        callbacks, not tasks: one wait for the disk, one for the last replica."""
+        copying = set(group.replicas)
+        copied = trio.Event()
+
+        def replied(node: str, reply: Frame | None) -> None:
+            if reply is not None and reply.get("ok"):
+                confirmed.append(node)
+            else:
+                logger.warning("replicate_failed peer=%s messages=%d", node, len(group.items))
+            copying.discard(node)
+            if not copying:
+                copied.set()
+        frame = self._replicate_frame(group.items)
+        for node in group.replicas:
+            self.links.request_soon(node, frame, partial(replied, node),
+                                    self.config.replicate_timeout)
         try:
-            await self.store.write(messages)
+            await self.store.write(group.items)
         except Exception as exc:  # not durable here: the senders are not acknowledged
-            logger.error("store_failed messages=%d error=%r", len(messages), str(exc))
-            return
-        confirmed.append(self.me)
+            logger.error("store_failed messages=%d error=%r", len(group.items), str(exc))
+        else:
+            confirmed.append(self.me)
+        if copying:
+            await copied.wait()
+
+    def _replicate_frame(self, messages: list[Stored], users: set[str] | None = None
+                         ) -> Frame:
+        """A request to copy ``messages`` and the devices of their users (or of
+        ``users``)."""
+        devices = self._devices_of(users if users is not None else {s.user for s in messages})
+        return {"t": "replicate", "msgs": [s.to_wire() for s in messages],
+                "devices": [list(d) for d in devices]}
 
     async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],
                          users: set[str] | None = None) -> None:
         """Copy ``messages`` and the devices of their users (or of ``users``) to ``node``;
         on its disk, it is added to ``confirmed``."""
-        devices = self._devices_of(users if users is not None else {s.user for s in messages})
-        frame = {"t": "replicate", "msgs": [s.to_wire() for s in messages],
-                 "devices": [list(d) for d in devices]}
         with trio.move_on_after(self.config.replicate_timeout):
-            reply = await self.links.request(node, frame)
+            reply = await self.links.request(node, self._replicate_frame(messages, users))
             if reply.get("ok"):
                 confirmed.append(node)
                 return
@@ -382,7 +401,7 @@ class Delivery:
         for user in {stored.user for stored in fresh}:
             self.push(user)  # a handover to the owner: deliver now, not at the next message
             if self.me not in self.ring.replicas(user, self.config.replicas):
-                self._rebalance.set()  # sent by a node with an older ring: pass it on
+                self.handover.ring_changed()  # sent by a node with an older ring: pass it on
         return {"ok": True}
 
     def _see_devices(self, raw: list[Any]) -> list[tuple[str, str, float]]:
@@ -416,97 +435,4 @@ class Delivery:
                 self.push(user)
 
     def ring_changed(self) -> None:
-        self._rebalance.set()
-
-    async def _rebalancer(self) -> None:
-        while True:
-            await self._rebalance.wait()
-            self._rebalance = trio.Event()
-            if not await self._rebalance_once():
-                await trio.sleep(TICK)  # a holder did not answer: try again in a while
-                self._rebalance.set()
-
-    async def _rebalance_once(self) -> bool:
-        """Copy each mailbox, and the devices each user has, to the user's replica set;
-        drop those no longer ours. One request per new holder and batch of users.
-
-        Devices go along even when no message waits: a new owner that did not know a
-        device would take the acks of the user's other devices as enough, and a message
-        would never reach the device it forgot. Returns False if some new holder did not
-        confirm its copy."""
-        moving: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # user -> (holders,
-        #                                                                  those to copy to)
-        batches: dict[str, list[str]] = {}  # node -> users to copy there
-        # what is copied: messages that arrive while the copies are under way are not in
-        # it, so they are not dropped with it (the next round takes them)
-        snapshot: dict[str, list[Stored]] = {}
-        for user in self.mailboxes.known_users():
-            holders = frozenset(self.ring.replicas(user, self.config.replicas))
-            if not holders or self._copied.get(user) == holders:
-                continue
-            targets = holders - {self.me} - self._copied.get(user, frozenset())
-            moving[user] = (holders, targets)
-            snapshot[user] = self.mailboxes.pending(user)
-            for node in targets:
-                batches.setdefault(node, []).append(user)
-        confirmed: dict[str, set[str]] = {}  # node -> users it confirmed
-        async with trio.open_nursery() as nursery:
-            for node, users in batches.items():
-                nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
-        complete = True
-        for user, (holders, targets) in moving.items():
-            if any(user not in confirmed.get(node, ()) for node in targets):
-                complete = False
-                continue
-            if frozenset(self.ring.replicas(user, self.config.replicas)) != holders:
-                complete = False  # the ring moved while copying: the next round decides
-                continue
-            if self.me not in holders:
-                dropped = self.mailboxes.remove(user, [s.seq for s in snapshot[user]])
-                if self.mailboxes.pending_count(user):
-                    complete = False  # more came meanwhile: copy those in the next round
-                else:
-                    self.mailboxes.drop_user(user)
-                self._copied.pop(user, None)  # if it comes back here, copy it again
-                self.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
-                if dropped:
-                    logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
-                                len(dropped), ",".join(sorted(holders)))
-                    logger.debug("mailbox_dropped user=%s seqs=%s", user,
-                                 [s.seq for s in dropped])
-                continue
-            self._copied[user] = holders
-            if self.ring.owner(user) == self.me:
-                self.push(user, reconnect=True)
-        return complete
-
-    async def _hand_over(self, node: str, users: list[str],
-                         snapshot: dict[str, list[Stored]],
-                         confirmed: dict[str, set[str]]) -> None:
-        """Copy ``users``' mailboxes and devices to ``node`` in requests of a bounded size
-        (a user's messages may span several); a user is confirmed once all of its are."""
-        done = confirmed.setdefault(node, set())
-        messages: list[Stored] = []
-        batch: set[str] = set()
-        size = 0
-        for index, user in enumerate(users):
-            batch.add(user)
-            for stored in snapshot[user]:
-                messages.append(stored)
-                size += len(stored.body) + 200
-                if size >= HANDOVER_BYTES:
-                    if not await self._copy(node, messages, batch):
-                        return
-                    done.update(batch - {user})  # the user at hand may have more to come
-                    messages, batch, size = [], {user}, 0
-            if index + 1 == len(users) or len(batch) >= HANDOVER_USERS:
-                if not await self._copy(node, messages, batch):
-                    return
-                done.update(batch)
-                messages, batch, size = [], set(), 0
-
-    async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
-        ok: list[str] = []
-        await self._replicate(node, messages, ok, users=users)
-        self.mailboxes.counters["handover_requests"] += 1
-        return bool(ok)
+        self.handover.ring_changed()

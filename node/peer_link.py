@@ -10,12 +10,21 @@ writes it with one ``send_all``. The opening is ``peer_proto``'s hello/auth exch
 ``on_frame(node, frame)``; ``on_connected(node)`` runs each time a link opens.
 ``await request(node, frame)`` tags the frame with a request id (``rid``) and returns the
 peer's ``{"t": "reply", "rid": ...}`` frame; the caller bounds the wait.
+``request_soon(node, frame, on_reply, timeout)`` does the same without a task waiting:
+``on_reply`` gets the reply, or None once ``timeout`` has passed without one (one timer
+task serves every request of the node).
+
+``send`` and ``request_soon`` return a ticket: while ``queued(node, ticket)`` holds, the
+frame has not been packed yet, so a caller may still add to it (``stores`` requests
+gather their messages that way, for free, until the writer takes them).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import math
 import os
 import random
 from collections import Counter, deque
@@ -47,6 +56,7 @@ class _Peer:
         self.wake = trio.Event()
         self.stream: trio.SocketStream | None = None
         self.generation = 0  # bumped by every new connection
+        self.taken = 0  # bumped each time the writer takes the queue (tickets)
         self.wanted = False  # alive in the member table
         self.dialing = False  # a dial loop runs for it (never two: they would take turns
         #                       replacing each other's link)
@@ -67,7 +77,9 @@ class PeerLinks:
         self._peers: dict[str, _Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._rids = itertools.count(1)
-        self._waiting: dict[int, tuple[trio.Event, list[Frame]]] = {}
+        self._waiting: dict[int, Callable[[Frame | None], None]] = {}
+        self._deadlines: list[tuple[float, int]] = []  # (when, rid) of request_soon
+        self._timer: trio.CancelScope | None = None  # the timer's sleep, until the first
         self.counters: Counter[str] = Counter()
 
     def _peer(self, name: str) -> _Peer:
@@ -81,19 +93,29 @@ class PeerLinks:
 
     # ---- what the node calls ------------------------------------------------------------
 
-    def send(self, node: str, frame: Frame) -> None:
+    def send(self, node: str, frame: Frame) -> int:
+        """Queue ``frame`` for ``node``; returns its ticket (see ``queued``)."""
         peer = self._peer(node)
         if len(peer.queue) >= QUEUE_LIMIT:
             peer.queue.popleft()
             self.counters["peer_queue_drops"] += 1
         peer.queue.append(frame)
         peer.kick()
+        return peer.taken
+
+    def queued(self, node: str, ticket: int) -> bool:
+        """Whether frames queued with ``ticket`` still wait, unpacked, for the writer."""
+        return self._peer(node).taken == ticket
 
     async def request(self, node: str, frame: Frame) -> Frame:
         """Send ``frame`` to ``node`` and wait for its reply (bound it with a timeout)."""
         rid = next(self._rids)
         arrived, slot = trio.Event(), []
-        self._waiting[rid] = (arrived, slot)
+
+        def replied(reply: Frame | None) -> None:
+            slot.append(reply)
+            arrived.set()
+        self._waiting[rid] = replied
         try:
             self.send(node, {**frame, "rid": rid})
             await arrived.wait()
@@ -101,17 +123,43 @@ class PeerLinks:
         finally:
             self._waiting.pop(rid, None)
 
+    def request_soon(self, node: str, frame: Frame, on_reply: Callable[[Frame | None], None],
+                     timeout: float) -> int:
+        """Send ``frame`` to ``node``; ``on_reply`` gets its reply, or None if none came
+        within ``timeout``. Returns the frame's ticket."""
+        rid = next(self._rids)
+        self._waiting[rid] = on_reply
+        deadline = trio.current_time() + timeout
+        heapq.heappush(self._deadlines, (deadline, rid))
+        if self._timer is not None and deadline < self._timer.deadline:
+            self._timer.deadline = deadline
+        return self.send(node, {**frame, "rid": rid})
+
     def reply(self, node: str, request: Frame, answer: Frame) -> None:
         """Answer a request frame from ``node``."""
         self.send(node, {**answer, "t": "reply", "rid": request.get("rid")})
 
     def _replied(self, frame: Frame) -> None:
-        waiting = self._waiting.get(frame.get("rid"))  # type: ignore[arg-type]
-        if waiting is None:
+        on_reply = self._waiting.pop(frame.get("rid"), None)  # type: ignore[arg-type]
+        if on_reply is None:
             self.counters["peer_late_replies"] += 1
             return
-        waiting[1].append(frame)
-        waiting[0].set()
+        on_reply(frame)
+
+    async def _expire(self) -> None:
+        """The timer of ``request_soon``: give up on requests whose time is up."""
+        while True:
+            first = self._deadlines[0][0] if self._deadlines else math.inf
+            with trio.CancelScope(deadline=first) as self._timer:
+                await trio.sleep_forever()
+            self._timer = None
+            now = trio.current_time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, rid = heapq.heappop(self._deadlines)
+                on_reply = self._waiting.pop(rid, None)
+                if on_reply is not None:  # else answered already
+                    self.counters["peer_requests_timed_out"] += 1
+                    on_reply(None)
 
     def set_peers(self, peers: dict[str, Address]) -> None:
         """The live grapevine nodes and their link addresses (from their tags)."""
@@ -119,6 +167,7 @@ class PeerLinks:
             if name not in peers and peer.wanted:
                 peer.wanted = False
                 peer.queue.clear()
+                peer.taken += 1  # what was queued will never be packed
                 peer.kick()
         for name, address in peers.items():
             if name == self.me:
@@ -136,6 +185,7 @@ class PeerLinks:
                     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._expire)
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             task_status.started()
             await trio.sleep_forever()
@@ -265,6 +315,7 @@ class PeerLinks:
             await trio.lowlevel.cancel_shielded_checkpoint()
             batch = list(peer.queue)
             peer.queue.clear()
+            peer.taken += 1
             try:
                 await stream.send_all(encode_frames(batch))
             except BaseException:

@@ -2,20 +2,20 @@
 (and, at the owner, the answer to one).
 
 Every QoS 1 message goes to its user's owner to be stored (``delivery.py``). A node that
-is not the owner gathers the messages for one owner that arrive within one turn of the
-scheduler into one request, so under load one peer frame and one reply carry many
-messages. Requests do not wait for each other: an owner slow to answer one (a replica
-it waits for is gone) holds up only that one. Each sender gets its own answer, by a
-callback and without a task of its own: ``{"id", "seq"}`` or :class:`Unavailable` with
-the owner's reason.
+is not the owner gathers the messages for one owner into one request until the link's
+writer takes its frame, so under load one peer frame and one reply carry many messages.
+Requests do not wait for each other: an owner slow to answer one (a replica it waits for
+is gone) holds up only that one. Each sender gets its own answer, by a callback and
+without a task of its own: ``{"id", "seq"}`` or :class:`Unavailable` with the owner's
+reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import trio
 
 from .routing import Unavailable
 
@@ -36,44 +36,43 @@ class _Batch:
         self.items: list[list[Any]] = []  # [user, body, ttl, sender]
         self.replies: list[Reply] = []  # one per item
         self.bytes = 0
+        self.ticket = -1  # of its frame in the owner's link queue
 
 
 class StoreRequests:
     def __init__(self, links: PeerLinks, timeout: float) -> None:
         self.links = links
         self.timeout = timeout
-        self.nursery: trio.Nursery | None = None  # set by the delivery's run()
         self._gathering: dict[str, _Batch] = {}  # owner -> the batch not yet sent
 
     def store_soon(self, owner: str, item: list[Any], reply: Reply) -> None:
         """Have ``owner`` store the message ``[user, body, ttl, sender]`` on R nodes;
-        ``reply`` gets the outcome."""
+        ``reply`` gets the outcome.
+
+        The message joins the request for ``owner`` whose frame still waits in the link's
+        queue, unpacked (so no task and no timer of its own); if there is none, it starts
+        one."""
         batch = self._gathering.get(owner)
-        if batch is None or batch.bytes >= STORES_BYTES:
+        if (batch is None or batch.bytes >= STORES_BYTES
+                or not self.links.queued(owner, batch.ticket)):
             batch = self._gathering[owner] = _Batch()
-            assert self.nursery is not None, "Delivery.run() first"
-            self.nursery.start_soon(self._request, owner, batch)
+            batch.ticket = self.links.request_soon(
+                owner, {"t": "stores", "items": batch.items},
+                partial(self._answered, owner, batch), self.timeout)
         batch.items.append(item)
         batch.replies.append(reply)
         batch.bytes += len(item[0]) + len(item[1])
 
-    async def _request(self, owner: str, batch: _Batch) -> None:
+    def _answered(self, owner: str, batch: _Batch, reply: Frame | None) -> None:
+        if self._gathering.get(owner) is batch:
+            del self._gathering[owner]
         results: list[Any] = []
-        try:
-            await trio.lowlevel.checkpoint()  # the senders ready now join this batch
-            if self._gathering.get(owner) is batch:
-                del self._gathering[owner]
-            with trio.move_on_after(self.timeout):
-                reply = await self.links.request(owner, {"t": "stores", "items": batch.items})
-                if isinstance(reply.get("results"), list):
-                    results = reply["results"]
-                elif "error" in reply:
-                    results = [{"error": reply["error"]}] * len(batch.items)
-        finally:
-            if self._gathering.get(owner) is batch:
-                del self._gathering[owner]
-            for index, reply_to in enumerate(batch.replies):
-                reply_to(_outcome(owner, results[index] if index < len(results) else None))
+        if reply is not None and isinstance(reply.get("results"), list):
+            results = reply["results"]
+        elif reply is not None and "error" in reply:
+            results = [{"error": reply["error"]}] * len(batch.items)
+        for index, reply_to in enumerate(batch.replies):
+            reply_to(_outcome(owner, results[index] if index < len(results) else None))
 
 
 def _outcome(owner: str, result: object) -> dict[str, Any] | Unavailable:

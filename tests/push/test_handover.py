@@ -60,9 +60,9 @@ async def test_a_message_that_arrives_during_the_handover_is_not_dropped_with_it
         late = Stored(user, first.seq + 10, "late", "b", now, now + 60)
         links.during = lambda: delivery.mailboxes.put(late)
         ring.update({"new-a": 1.0, "new-b": 1.0})  # "old" left the ring: hand over
-        assert not await delivery._rebalance_once()  # the late one still waits here
+        assert not await delivery.handover.once()  # the late one still waits here
         assert [s.id for s in delivery.mailboxes.pending(user)] == ["late"]
-        assert await delivery._rebalance_once()  # the next round copies and drops it
+        assert await delivery.handover.once()  # the next round copies and drops it
         assert delivery.mailboxes.pending(user) == []
         copied = {seq for _node, seqs in links.copied for seq in seqs}
         assert copied == {first.seq, late.seq}

@@ -82,3 +82,48 @@ async def test_a_connection_reset_by_the_peer_breaks_the_link_not_the_node() -> 
         while 20 not in seen:
             seen.add((await b.next_frame())["n"])
         assert a.links.counters["peer_links_opened"] >= 2
+
+
+async def test_request_soon_calls_back_with_the_reply_or_none_when_its_time_is_up() -> None:
+    async with pair() as (a, b):
+        answers: list[Frame | None] = []
+        got = trio.Event()
+
+        def on_reply(reply: Frame | None) -> None:
+            answers.append(reply)
+            got.set()
+        a.links.request_soon("node-b", {"t": "q", "n": 1}, on_reply, timeout=5.0)
+        asked = await b.next_frame()
+        b.links.reply("node-a", asked, {"n": asked["n"] + 1})
+        with trio.fail_after(5):
+            await got.wait()
+        assert answers == [{"n": 2, "t": "reply", "rid": asked["rid"]}]
+        # unanswered: None once the timeout passes (and a late reply is only counted)
+        got = trio.Event()
+        started = trio.current_time()
+        a.links.request_soon("node-b", {"t": "q", "n": 3}, on_reply, timeout=0.3)
+        a.links.request_soon("node-b", {"t": "q", "n": 4}, lambda _: None, timeout=60.0)
+        late = await b.next_frame()
+        with trio.fail_after(5):
+            await got.wait()
+        assert answers[1] is None and trio.current_time() - started >= 0.3
+        assert a.links.counters["peer_requests_timed_out"] == 1
+        b.links.reply("node-a", late, {"n": 0})
+        await b.next_frame()  # n = 4, never answered: it waits its own minute
+        b.links.send("node-a", {"t": "x", "n": 5})
+        assert (await a.next_frame())["n"] == 5  # the late reply came before this frame
+        assert a.links.counters["peer_late_replies"] == 1 and len(answers) == 2
+
+
+async def test_a_frame_may_grow_until_the_writer_takes_it() -> None:
+    """Tickets: ``queued`` holds until the writer packs the frame, never after."""
+    async with pair() as (a, b):
+        items = [1]
+        ticket = a.links.send("node-b", {"t": "grow", "items": items})
+        assert a.links.queued("node-b", ticket)
+        items.append(2)  # still unpacked: it goes with the frame
+        first = await b.next_frame()
+        assert first["items"] == [1, 2] and not a.links.queued("node-b", ticket)
+        ticket = a.links.send("node-b", {"t": "x", "n": 0})
+        a.links.set_peers({})  # the peer is gone: its queue is dropped, never packed
+        assert not a.links.queued("node-b", ticket)

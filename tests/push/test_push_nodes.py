@@ -317,7 +317,7 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
     chunked: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if chunked:  # the handover to the new replica takes several requests
-        monkeypatch.setattr("node.delivery.HANDOVER_BYTES", 700)
+        monkeypatch.setattr("node.handover.HANDOVER_BYTES", 700)
     keyring = Keyring([KEY])
     scopes: dict[str, trio.CancelScope] = {}
 

@@ -1,0 +1,135 @@
+"""Handover: when the ring changes, mailboxes move to their users' new replica sets.
+
+Every node copies each mailbox it holds, with the devices of its user, to the nodes of
+the user's replica set that do not have it yet, and drops the ones it no longer holds
+once the new holders have them on disk (``docs/push.md``). Part of the QoS 1 shell
+(``delivery.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from .mailbox import Stored
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
+
+logger = logging.getLogger(__name__)
+
+HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
+HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
+RETRY = 1.0  # seconds before a round that a holder did not confirm is tried again
+
+
+class Handover:
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self._wanted = trio.Event()
+        self._copied: dict[str, frozenset[str]] = {}  # user -> holders that have its box
+
+    def ring_changed(self) -> None:
+        """Hand over what moved (soon, in the handover's own task)."""
+        self._wanted.set()
+
+    async def run(self) -> None:
+        self._wanted.set()
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            if not await self.once():
+                await trio.sleep(RETRY)  # a holder did not answer: try again in a while
+                self._wanted.set()
+
+    def _holders(self, user: str) -> frozenset[str]:
+        return frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas))
+
+    async def once(self) -> bool:
+        """Copy each mailbox, and the devices each user has, to the user's replica set;
+        drop those no longer ours. One request per new holder and batch of users.
+
+        Devices go along even when no message waits: a new owner that did not know a
+        device would take the acks of the user's other devices as enough, and a message
+        would never reach the device it forgot. Returns False if some new holder did not
+        confirm its copy."""
+        delivery = self.delivery
+        boxes, me = delivery.mailboxes, delivery.me
+        moving: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # user -> (holders,
+        #                                                                  those to copy to)
+        batches: dict[str, list[str]] = {}  # node -> users to copy there
+        # what is copied: messages that arrive while the copies are under way are not in
+        # it, so they are not dropped with it (the next round takes them)
+        snapshot: dict[str, list[Stored]] = {}
+        for user in boxes.known_users():
+            holders = frozenset(self._holders(user))
+            if not holders or self._copied.get(user) == holders:
+                continue
+            targets = holders - {me} - self._copied.get(user, frozenset())
+            moving[user] = (holders, targets)
+            snapshot[user] = boxes.pending(user)
+            for node in targets:
+                batches.setdefault(node, []).append(user)
+        confirmed: dict[str, set[str]] = {}  # node -> users it confirmed
+        async with trio.open_nursery() as nursery:
+            for node, users in batches.items():
+                nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
+        complete = True
+        for user, (holders, targets) in moving.items():
+            if any(user not in confirmed.get(node, ()) for node in targets):
+                complete = False
+                continue
+            if frozenset(self._holders(user)) != holders:
+                complete = False  # the ring moved while copying: the next round decides
+                continue
+            if me not in holders:
+                dropped = boxes.remove(user, [s.seq for s in snapshot[user]])
+                if boxes.pending_count(user):
+                    complete = False  # more came meanwhile: copy those in the next round
+                else:
+                    boxes.drop_user(user)
+                self._copied.pop(user, None)  # if it comes back here, copy it again
+                delivery.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
+                if dropped:
+                    logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
+                                len(dropped), ",".join(sorted(holders)))
+                    logger.debug("mailbox_dropped user=%s seqs=%s", user,
+                                 [s.seq for s in dropped])
+                continue
+            self._copied[user] = holders
+            if delivery.ring.owner(user) == me:
+                delivery.push(user, reconnect=True)
+        return complete
+
+    async def _hand_over(self, node: str, users: list[str],
+                         snapshot: dict[str, list[Stored]],
+                         confirmed: dict[str, set[str]]) -> None:
+        """Copy ``users``' mailboxes and devices to ``node`` in requests of a bounded size
+        (a user's messages may span several); a user is confirmed once all of its are."""
+        done = confirmed.setdefault(node, set())
+        messages: list[Stored] = []
+        batch: set[str] = set()
+        size = 0
+        for index, user in enumerate(users):
+            batch.add(user)
+            for stored in snapshot[user]:
+                messages.append(stored)
+                size += len(stored.body) + 200
+                if size >= HANDOVER_BYTES:
+                    if not await self._copy(node, messages, batch):
+                        return
+                    done.update(batch - {user})  # the user at hand may have more to come
+                    messages, batch, size = [], {user}, 0
+            if index + 1 == len(users) or len(batch) >= HANDOVER_USERS:
+                if not await self._copy(node, messages, batch):
+                    return
+                done.update(batch)
+                messages, batch, size = [], set(), 0
+
+    async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
+        ok: list[str] = []
+        await self.delivery._replicate(node, messages, ok, users=users)
+        self.delivery.mailboxes.counters["handover_requests"] += 1
+        return bool(ok)
