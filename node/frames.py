@@ -22,8 +22,17 @@ class FrameError(ValueError):
         self.code = code
 
 
+#: one packer for the process (``packb`` builds a new one per call: twice the cost of a
+#: small frame); only the event loop's thread packs
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    try:
+        return _packer.pack(value)
+    except BaseException:
+        _packer.reset()  # a value it cannot pack leaves the half-packed bytes behind
+        raise
 
 
 def unpack(data: bytes, max_size: int) -> Any:

@@ -51,19 +51,25 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
+        buffer = self._buffer
         frames: list[dict[str, Any]] = []
-        while len(self._buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buffer)
-            if size > self._max:
-                raise FrameError(f"peer frame of {size} bytes is over {self._max}", "too_large")
-            end = HEADER.size + size
-            if len(self._buffer) < end:
-                break
-            value = unpack(bytes(self._buffer[HEADER.size:end]), self._max)
-            del self._buffer[:end]
-            if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-                raise FrameError("a peer frame is a map with a string 't'")
-            frames.append(value)
+        start = 0
+        try:
+            while len(buffer) - start >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer, start)
+                if size > self._max:
+                    raise FrameError(f"peer frame of {size} bytes is over {self._max}",
+                                     "too_large")
+                end = start + HEADER.size + size
+                if len(buffer) < end:
+                    break
+                value = unpack(bytes(buffer[start + HEADER.size:end]), self._max)
+                start = end
+                if not isinstance(value, dict) or not isinstance(value.get("t"), str):
+                    raise FrameError("a peer frame is a map with a string 't'")
+                frames.append(value)
+        finally:
+            del buffer[:start]  # once per read, not once per frame
         return frames
 
 

@@ -12,14 +12,17 @@ from node.peer_proto import (
 KEYS = [b"k" * 32, b"old" * 8]
 
 
-def test_frames_split_however_the_bytes_arrive() -> None:
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1 << 20])
+def test_frames_split_however_the_bytes_arrive(chunk: int) -> None:
+    """Many frames in one read, or one frame over many: all come out, in order."""
     frames = [{"t": "route", "user": f"u{i}", "msg": {"body": "x" * i}} for i in range(20)]
     data = encode_frames(frames)
     reader = FrameReader()
     got = []
-    for start in range(0, len(data), 7):
-        got += reader.feed(data[start:start + 7])
+    for start in range(0, len(data), chunk):
+        got += reader.feed(data[start:start + chunk])
     assert got == frames
+    assert reader.feed(b"") == []  # nothing left over
 
 
 @pytest.mark.parametrize(("data", "code"), [
