@@ -4,13 +4,16 @@ grapevine: 3 nodes on 127.0.0.1 (``grapevine cluster up 3``, profile local, a da
 each, so QoS 1 is really on disk on R = 2 nodes); the receiving clients on node-3, the
 senders on node-1, 256-byte bodies (scripts/push_loadgen.py). Measured:
 
-* sustained delivered messages/s, QoS 0 and QoS 1 (closed loop, --window in flight);
+* sustained delivered messages/s, QoS 0 and QoS 1 (closed loop: --window messages in
+  flight, calibrated first like the peer's: a short run at each of --windows, and the
+  window that delivered most is the one measured);
 * p50/p99 latency at half that load, and at the rate socket.io sustained (open loop);
 * node RSS per idle connection at 1,000 and 10,000 connections, and new connections/s.
 
 socket.io: ``../shared/peers/socketio`` (copied under runs/, its own venv, a local
 redis-server): its ``cross`` scenario, nodes A and B through Redis, at the same client
-counts, with the window its authors calibrated (16).
+counts, at whichever of --peer-windows delivers most (its authors calibrated 16 with
+uvicorn; with aiohttp they measured 64 delivering 8-11 % more).
 
 Needs root for apt (redis-server) the first time; everything listens on 127.0.0.1 and
 every process is stopped by pid at the end. Prints a table and writes JSON.
@@ -111,12 +114,13 @@ def loadgen(python: Path, cluster: Cluster, out: Path, **options: Any) -> dict[s
 
 
 def peer_run(python: Path, work: Path, clients: int, args: argparse.Namespace,
-             duration: float) -> dict[str, Any]:
+             duration: float, *, window: int = 16, warmup: float | None = None
+             ) -> dict[str, Any]:
     runs = work / "socketio" / f"runs-C{clients}-{time.monotonic_ns()}"
     sh(str(python), "bench.py", "--http", "aiohttp", "--scenarios", "cross", "--clients",
-       str(clients), "--reps", "1", "--warmup", str(args.warmup), "--duration", str(duration),
-       "--window", "16", "--runs-dir", str(runs), cwd=work / "socketio",
-       stdout=subprocess.DEVNULL)
+       str(clients), "--reps", "1", "--warmup", str(args.warmup if warmup is None else warmup),
+       "--duration", str(duration), "--window", str(window), "--runs-dir", str(runs),
+       cwd=work / "socketio", stdout=subprocess.DEVNULL)
     [result] = [json.loads(p.read_text()) for p in runs.glob("*.json")]
     return result
 
@@ -124,7 +128,10 @@ def peer_run(python: Path, work: Path, clients: int, args: argparse.Namespace,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--window", type=int, default=512, help="grapevine messages in flight")
+    ap.add_argument("--windows", default="256,512,1024,2048,4096",
+                    help="grapevine windows (messages in flight) to calibrate among")
+    ap.add_argument("--peer-windows", default="16,64",
+                    help="socket.io windows to calibrate among")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=1000)
@@ -149,11 +156,30 @@ def main() -> None:
         print(f"[{name}] " + " ".join(f"{k}={v}" for k, v in cells.items() if v is not None),
               flush=True)
 
+    # calibration: like the peer's authors, measure at the window that delivers most
+    windows: dict[str, int] = {}
+    for qos in (0, 1):
+        sweep = {}
+        for window in (int(w) for w in args.windows.split(",")):
+            with Cluster(work, f"gv-q{qos}-w{window}") as cluster:
+                sweep[window] = loadgen(python, cluster, work / f"gv-q{qos}-w{window}.json",
+                                        clients=args.clients, window=window, qos=qos,
+                                        warmup=3, duration=8)["delivered_per_s"]
+        windows[f"qos{qos}"] = max(sweep, key=lambda w: sweep[w])
+        print(f"[calibration grapevine qos{qos}] delivered/s by window: {sweep}; "
+              f"measuring at {windows[f'qos{qos}']}", flush=True)
+    if not args.skip_peer:
+        sweep = {window: peer_run(python, work, args.clients, args, 8.0, window=window,
+                                 warmup=3.0)[
+            "delivered_per_s"] for window in (int(w) for w in args.peer_windows.split(","))}
+        windows["socket.io"] = max(sweep, key=lambda w: sweep[w])
+        print(f"[calibration socket.io] delivered/s by window: {sweep}; "
+              f"measuring at {windows['socket.io']}", flush=True)
     for rep in range(args.reps):  # interleaved, fresh processes every time
         for qos in (0, 1):
             with Cluster(work, f"gv-q{qos}") as cluster:
                 peak = loadgen(python, cluster, work / f"gv-q{qos}-peak-{rep}.json",
-                               clients=args.clients, window=args.window, qos=qos,
+                               clients=args.clients, window=windows[f"qos{qos}"], qos=qos,
                                warmup=args.warmup, duration=args.duration)
                 keep(f"grapevine qos{qos} peak", peak)
             with Cluster(work, f"gv-q{qos}-half") as cluster:
@@ -162,7 +188,8 @@ def main() -> None:
                                qos=qos, warmup=args.warmup, duration=args.duration)
                 keep(f"grapevine qos{qos} half load", half)
         if not args.skip_peer:
-            peer = peer_run(python, work, args.clients, args, args.duration)
+            peer = peer_run(python, work, args.clients, args, args.duration,
+                            window=windows["socket.io"])
             keep("socket.io cross peak", peer)
             for qos in (0, 1):
                 with Cluster(work, f"gv-q{qos}-at-peer") as cluster:
@@ -185,9 +212,10 @@ def main() -> None:
     table = {name: {key: median(name, key) for key in (
         "delivered_per_s", "offered_per_s", "p50_ms", "p99_ms", "rss_per_conn_kib",
         "connections_per_s", "lost")} for name in rows}
-    Path(args.out).write_text(json.dumps({"machine": info, "medians": table, "runs": rows},
-                                         indent=1))
+    Path(args.out).write_text(json.dumps({"machine": info, "windows": windows,
+                                          "medians": table, "runs": rows}, indent=1))
     print()
+    print("windows: " + ", ".join(f"{k}={v}" for k, v in windows.items()))
     print(f"{'run':<40} {'msgs/s':>8} {'offered':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'KiB/conn':>8} {'conn/s':>7} {'lost':>5}")
     for name, cells in table.items():
