@@ -25,7 +25,6 @@ import logging
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -105,7 +104,7 @@ class _Client:
         self.remote = remote
         self.parser = ws.FrameParser(WS_MAX_MESSAGE)
         self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
-        self.pending: deque[Request | Violation] = deque()  # decoded, not yet handled
+        self.pending: list[Request | Violation] = []  # decoded, not yet handled
         self.heard = 0.0  # when the client last sent a message (trio's clock)
         self.out = bytearray()  # what the socket did not take yet
         self.draining = False  # a task waits to write ``out``
@@ -323,7 +322,7 @@ class ClientServer:
                     self.send_durable(session, event, partial(self._sent, client, session))
                 else:
                     self._offer_answer(session, await self._answer(session, event))
-                pending.popleft()
+                del pending[0]
             data = await self._message(client)
             client.heard = trio.current_time()
             pending.extend(machine.receive(time.time(), data))
@@ -354,11 +353,8 @@ class ClientServer:
     # ---- reading ------------------------------------------------------------------------
 
     async def _receive(self, client: _Client) -> bytes:
-        """The next bytes from the socket; b"" once the client has gone.
-
-        Every call yields to the scheduler once: by waiting when nothing is there (the
-        common case), or after reading what was, so that a flood cannot hog the node. A
-        second yield per message was a tenth of a busy node's task steps."""
+        """The next bytes from the socket; b"" once the client has gone. Yields once: by
+        waiting, or after reading what was there (a flood cannot hog the node)."""
         waited = False
         while True:
             try:

@@ -6,6 +6,12 @@ for a peer wait in its bounded queue while the link is down (the oldest are drop
 counted when it overflows) and go out packed: the writer takes everything queued and
 writes it with one ``send_all``. The opening is ``peer_proto``'s hello/auth exchange.
 
+**Writes happen once per scheduler pass**, not by a task per write: whatever the tasks of
+one pass queued for a link goes out in one ``write`` just before trio waits for I/O (an
+instrument's ``before_io_wait``), so a frame costs no task step at all and frames of one
+pass share a write. Only a socket that does not take everything gets its link's writer
+task to wait until it can; until the rest is out, later frames wait in the queue.
+
 ``PeerLinks.send(node, frame)`` never blocks; frames that arrive are handed to
 ``on_frame(node, frame)``; ``on_connected(node)`` runs each time a link opens.
 ``await request(node, frame)`` tags the frame with a request id (``rid``) and returns the
@@ -46,6 +52,7 @@ HANDSHAKE_TIMEOUT = 5.0
 QUEUE_LIMIT = 100_000
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
 STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without backoff
+TIMER_SLACK = 0.1  # request_soon's timeouts fire up to this late
 
 
 class _Peer:
@@ -57,6 +64,9 @@ class _Peer:
         self.stream: trio.SocketStream | None = None
         self.generation = 0  # bumped by every new connection
         self.taken = 0  # bumped each time the writer takes the queue (tickets)
+        self.out = bytearray()  # packed frames the socket did not take yet (the writer's)
+        self.unsent: list[Frame] = []  # the frames ``out`` holds, sent again on a new link
+        self.dirty = False  # in the links' list of queues to write at the end of the pass
         self.wanted = False  # alive in the member table
         self.dialing = False  # a dial loop runs for it (never two: they would take turns
         #                       replacing each other's link)
@@ -80,6 +90,7 @@ class PeerLinks:
         self._waiting: dict[int, Callable[[Frame | None], None]] = {}
         self._deadlines: list[tuple[float, int]] = []  # (when, rid) of request_soon
         self._timer: trio.CancelScope | None = None  # the timer's sleep, until the first
+        self._dirty: list[_Peer] = []  # peers with frames queued during this pass
         self.counters: Counter[str] = Counter()
 
     def _peer(self, name: str) -> _Peer:
@@ -100,7 +111,9 @@ class PeerLinks:
             peer.queue.popleft()
             self.counters["peer_queue_drops"] += 1
         peer.queue.append(frame)
-        peer.kick()
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
         return peer.taken
 
     def queued(self, node: str, ticket: int) -> bool:
@@ -149,7 +162,10 @@ class PeerLinks:
     async def _expire(self) -> None:
         """The timer of ``request_soon``: give up on requests whose time is up."""
         while True:
-            first = self._deadlines[0][0] if self._deadlines else math.inf
+            # most entries were answered long before they come due: wake for them at
+            # most every TIMER_SLACK, not once each
+            first = (max(self._deadlines[0][0], trio.current_time() + TIMER_SLACK)
+                     if self._deadlines else math.inf)
             with trio.CancelScope(deadline=first) as self._timer:
                 await trio.sleep_forever()
             self._timer = None
@@ -183,12 +199,48 @@ class PeerLinks:
 
     async def serve(self, listeners: list[trio.SocketListener],
                     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._expire)
-            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
-            task_status.started()
-            await trio.sleep_forever()
+        flusher = _EachPass(self.flush)
+        trio.lowlevel.add_instrument(flusher)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._expire)
+                nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            trio.lowlevel.remove_instrument(flusher)
+
+    def flush(self) -> None:
+        """Write what was queued for each link during this pass, one write per link; what
+        a socket does not take is left to the link's writer task."""
+        dirty, self._dirty = self._dirty, []
+        for peer in dirty:
+            peer.dirty = False
+            stream = peer.stream
+            if not peer.queue or stream is None:
+                continue  # no link: the next one's writer sends the queue
+            if peer.out:
+                peer.kick()  # the writer is waiting to write: it takes the queue after
+                continue
+            batch = list(peer.queue)
+            peer.queue.clear()
+            peer.taken += 1
+            data = encode_frames(batch)
+            try:
+                sent = os.write(stream.socket.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # broken: the writer finds out and the next link sends them
+                peer.queue.extendleft(reversed(batch))
+                peer.kick()
+                continue
+            self.counters["peer_frames_out"] += len(batch)
+            self.counters["peer_writes"] += 1
+            if sent < len(data):
+                peer.out += memoryview(data)[sent:]
+                peer.unsent = batch
+                peer.kick()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         keys = list(self._keys())
@@ -280,6 +332,8 @@ class PeerLinks:
         finally:
             if peer.generation == generation:
                 peer.stream = None
+                peer.queue.extendleft(reversed(peer.unsent))  # the next link sends them
+                peer.unsent, peer.out = [], bytearray()
             self.counters["peer_links_closed"] += 1
 
     async def _read(self, peer: _Peer, stream: trio.SocketStream, inbound: _Inbound) -> None:
@@ -304,26 +358,45 @@ class PeerLinks:
 
     async def _write(self, peer: _Peer, stream: trio.SocketStream, generation: int,
                      scope: trio.CancelScope) -> None:
-        while peer.generation == generation:
+        """The link's writer: writes what the socket did not take at once (waiting until
+        it can), and what was queued before the link opened."""
+        while peer.generation == generation and stream is peer.stream:
+            if peer.out:
+                await trio.lowlevel.wait_writable(stream.socket)
+                try:
+                    sent = os.write(stream.socket.fileno(), peer.out)
+                except BlockingIOError:
+                    continue
+                del peer.out[:sent]
+                if not peer.out:
+                    peer.unsent = []
+                continue
             if not peer.queue:
                 peer.wake = trio.Event()
                 await peer.wake.wait()
                 continue
-            if stream is not peer.stream:
-                break  # a newer link took over; it sends the queue
-            # let the tasks that are ready now queue theirs too: fewer, fuller writes
-            await trio.lowlevel.cancel_shielded_checkpoint()
             batch = list(peer.queue)
             peer.queue.clear()
             peer.taken += 1
-            try:
-                await stream.send_all(encode_frames(batch))
-            except BaseException:
-                peer.queue.extendleft(reversed(batch))  # the next link sends them
-                raise
+            peer.out += encode_frames(batch)
+            peer.unsent = batch
             self.counters["peer_frames_out"] += len(batch)
             self.counters["peer_writes"] += 1
         scope.cancel()
+
+
+class _EachPass(trio.abc.Instrument):
+    """Calls ``flush`` once per pass of the scheduler, just before it waits for I/O:
+    after every task that was ready has run."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def before_io_wait(self, timeout: float) -> None:
+        try:
+            self._flush()
+        except Exception:  # an instrument that raises is removed by trio: never raise
+            logger.exception("peer_flush_failed")
 
 
 class _Inbound:

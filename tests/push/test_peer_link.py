@@ -127,3 +127,22 @@ async def test_a_frame_may_grow_until_the_writer_takes_it() -> None:
         ticket = a.links.send("node-b", {"t": "x", "n": 0})
         a.links.set_peers({})  # the peer is gone: its queue is dropped, never packed
         assert not a.links.queued("node-b", ticket)
+
+
+async def test_what_the_socket_does_not_take_at_once_follows_in_order() -> None:
+    """Frames queued in one pass go out in one write at the end of it; a socket that
+    takes only part leaves the rest to the link's writer, and frames queued meanwhile
+    wait behind it."""
+    async with pair() as (a, b):
+        a.links.send("node-b", {"t": "x", "n": -1})
+        assert (await b.next_frame())["n"] == -1  # the link is up
+        blob = "z" * 65536
+        for n in range(300):  # ~20 MB in one pass: far more than a socket buffer
+            a.links.send("node-b", {"t": "x", "n": n, "blob": blob})
+        await trio.lowlevel.checkpoint()  # the pass ends: its write leaves a remainder
+        assert a.links._peers["node-b"].out
+        for n in range(300, 310):  # queued while the writer drains
+            a.links.send("node-b", {"t": "x", "n": n})
+        assert [(await b.next_frame())["n"] for _ in range(310)] == list(range(310))
+        assert not a.links._peers["node-b"].out
+        assert a.links.counters["peer_frames_out"] == 311
