@@ -86,7 +86,7 @@ class Cluster:
 
     def __enter__(self) -> Cluster:
         up = grapevine("cluster", "up", "3", "--dir", str(self.dir), "--base-port", "0",
-                       "--token-secret", self.secret)
+                       f"--token-secret={self.secret}")  # a secret may start with "-"
         if up.returncode != 0:
             raise RuntimeError(f"cluster up failed: {up.stderr}")
         self.nodes = json.loads((self.dir / "cluster.json").read_text())["nodes"]
