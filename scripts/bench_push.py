@@ -105,7 +105,7 @@ class Cluster:
 def loadgen(python: Path, cluster: Cluster, out: Path, **options: Any) -> dict[str, Any]:
     argv = [str(python), str(ROOT / "scripts" / "push_loadgen.py"),
             "--recv-url", cluster.url(2), "--send-url", cluster.url(0),
-            "--secret", cluster.secret, "--server-pid", str(cluster.nodes[2]["pid"]),
+            f"--secret={cluster.secret}", "--server-pid", str(cluster.nodes[2]["pid"]),
             "--cpu-pids", cluster.pids(), "--out", str(out)]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
