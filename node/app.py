@@ -174,26 +174,19 @@ class Node:
             return None
         if not isinstance(request, SendTo):
             return None
-        ref = {"ref": request.ref} if request.ref else {}
         try:
             sent = await self.send(request.to, request.body, qos=request.qos,
                                    ttl=request.ttl, sender=session.user)
         except Unavailable as exc:
-            return {"t": "error", "code": "unavailable", "reason": str(exc), **ref}
-        return {"t": "sent", **sent, **ref}
+            return _sent_frame(request, exc)
+        return _sent_frame(request, sent)
 
     def _client_send_durable(self, session: ClientSession, request: SendTo,
                              answer: Callable[[dict[str, Any]], None]) -> None:
         """A client's QoS 1 send: ``answer`` gets its ``sent`` (or error) frame once the
         message is durable on R nodes (or cannot be)."""
-        ref = {"ref": request.ref} if request.ref else {}
-
-        def settled(result: dict[str, Any] | Unavailable) -> None:
-            if isinstance(result, Unavailable):
-                answer({"t": "error", "code": "unavailable", "reason": str(result), **ref})
-            else:
-                answer({"t": "sent", **result, **ref})
-        self.delivery.send_soon(request.to, request.body, request.ttl, session.user, settled)
+        self.delivery.send_soon(request.to, request.body, request.ttl, session.user,
+                                lambda result: answer(_sent_frame(request, result)))
 
     def _session_opened(self, session: ClientSession) -> None:
         self._carry_out(self.router.connected(session.user, session.session, session.device))
@@ -425,6 +418,14 @@ def peer_addresses(members: Any) -> dict[str, Address]:
         except ValueError:
             continue
     return found
+
+
+def _sent_frame(request: SendTo, result: dict[str, Any] | Unavailable) -> dict[str, Any]:
+    """The client's answer to its send: ``sent`` with the id and seq, or why not."""
+    ref = {"ref": request.ref} if request.ref else {}
+    if isinstance(result, Unavailable):
+        return {"t": "error", "code": "unavailable", "reason": str(result), **ref}
+    return {"t": "sent", **result, **ref}
 
 
 async def run_node(

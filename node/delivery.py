@@ -247,10 +247,7 @@ class Delivery:
         copied = trio.Event()
 
         def replied(node: str, reply: Frame | None) -> None:
-            if reply is not None and reply.get("ok"):
-                confirmed.append(node)
-            else:
-                logger.warning("replicate_failed peer=%s messages=%d", node, len(group.items))
+            _note_copy(node, reply, len(group.items), confirmed)
             copying.discard(node)
             if not copying:
                 copied.set()
@@ -279,12 +276,10 @@ class Delivery:
                          users: set[str] | None = None) -> None:
         """Copy ``messages`` and the devices of their users (or of ``users``) to ``node``;
         on its disk, it is added to ``confirmed``."""
+        reply = None
         with trio.move_on_after(self.config.replicate_timeout):
             reply = await self.links.request(node, self._replicate_frame(messages, users))
-            if reply.get("ok"):
-                confirmed.append(node)
-                return
-        logger.warning("replicate_failed peer=%s messages=%d", node, len(messages))
+        _note_copy(node, reply, len(messages), confirmed)
 
     def _devices_of(self, users: set[str]) -> list[tuple[str, str, float]]:
         return [(user, device, seen) for user in sorted(users)
@@ -436,3 +431,12 @@ class Delivery:
 
     def ring_changed(self) -> None:
         self.handover.ring_changed()
+
+
+def _note_copy(node: str, reply: Frame | None, count: int, confirmed: list[str]) -> None:
+    """A replicate request's outcome: ``node`` is added to ``confirmed`` if it has the
+    copies on disk; anything else (an error, no answer in time) is logged."""
+    if reply is not None and reply.get("ok"):
+        confirmed.append(node)
+    else:
+        logger.warning("replicate_failed peer=%s messages=%d", node, count)

@@ -3,8 +3,8 @@
 Of two nodes, the one with the smaller name dials, as soon as it sees the other alive,
 and dials again with backoff while the other stays alive; the other only accepts. Frames
 for a peer wait in its bounded queue while the link is down (the oldest are dropped and
-counted when it overflows) and go out packed: the writer takes everything queued and
-writes it with one ``send_all``. The opening is ``peer_proto``'s hello/auth exchange.
+counted when it overflows) and go out packed, everything queued in one write. The
+opening is ``peer_proto``'s hello/auth exchange.
 
 **Writes happen once per scheduler pass**, not by a task per write: whatever the tasks of
 one pass queued for a link goes out in one ``write`` just before trio waits for I/O (an
@@ -223,10 +223,7 @@ class PeerLinks:
             if peer.out:
                 peer.kick()  # the writer is waiting to write: it takes the queue after
                 continue
-            batch = list(peer.queue)
-            peer.queue.clear()
-            peer.taken += 1
-            data = encode_frames(batch)
+            batch, data = self._take(peer)
             try:
                 sent = os.write(stream.socket.fileno(), data)
             except BlockingIOError:
@@ -235,8 +232,6 @@ class PeerLinks:
                 peer.queue.extendleft(reversed(batch))
                 peer.kick()
                 continue
-            self.counters["peer_frames_out"] += len(batch)
-            self.counters["peer_writes"] += 1
             if sent < len(data):
                 peer.out += memoryview(data)[sent:]
                 peer.unsent = batch
@@ -375,14 +370,18 @@ class PeerLinks:
                 peer.wake = trio.Event()
                 await peer.wake.wait()
                 continue
-            batch = list(peer.queue)
-            peer.queue.clear()
-            peer.taken += 1
-            peer.out += encode_frames(batch)
-            peer.unsent = batch
-            self.counters["peer_frames_out"] += len(batch)
-            self.counters["peer_writes"] += 1
+            peer.unsent, data = self._take(peer)
+            peer.out += data
         scope.cancel()
+
+    def _take(self, peer: _Peer) -> tuple[list[Frame], bytes]:
+        """Everything queued for ``peer``, packed for one write (closes its tickets)."""
+        batch = list(peer.queue)
+        peer.queue.clear()
+        peer.taken += 1
+        self.counters["peer_frames_out"] += len(batch)
+        self.counters["peer_writes"] += 1
+        return batch, encode_frames(batch)
 
 
 class _EachPass(trio.abc.Instrument):

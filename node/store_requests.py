@@ -16,7 +16,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-
 from .routing import Unavailable
 
 if TYPE_CHECKING:
