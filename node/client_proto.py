@@ -11,11 +11,14 @@ given) and the subscription cap; it holds no sockets and never raises on client 
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from .frames import FrameError, dump_json, load_json, pack, unpack
 from .token import TokenError, verify
+
+logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 #: WebSocket close codes the shell uses after a violation
@@ -265,10 +268,19 @@ class ClientConnection:
 
     # ---- sending ------------------------------------------------------------------------
 
-    def encode(self, objects: list[dict[str, Any]]) -> bytes | str:
-        """One frame: a single object as itself, several as a batch (an array)."""
+    def encode(self, objects: list[dict[str, Any]]) -> bytes | str | None:
+        """One frame: a single object as itself, several as a batch (an array); None (and
+        logged) if a value in them has no form in the client's encoding."""
         value: Any = objects[0] if len(objects) == 1 else objects
-        return dump_json(value) if self.text else pack(value)
+        try:
+            if not self.text:
+                return pack(value)
+            text = dump_json(value)
+            text.encode()  # a lone surrogate has no UTF-8 form: the frame would not either
+            return text
+        except (TypeError, ValueError) as exc:
+            logger.error("client_frame_unencodable objects=%d error=%r", len(objects), str(exc))
+            return None
 
 
 def _str(obj: dict[str, Any], name: str, limit: int) -> str:

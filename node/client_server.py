@@ -246,7 +246,7 @@ class ClientServer:
                    "resumed": topics is not None}
         if topics is not None:
             welcome["topics"] = sorted(machine.subscriptions)
-        self._send(client, ws.message(machine.encode([welcome])))
+        self._send(client, ws.message(machine.encode([welcome]) or ""))
         client.session = session
         self.clients.attach(session)
         logger.info("client_connected user=%s session=%s device=%s remote=%s",
@@ -413,9 +413,10 @@ class ClientServer:
         while session.queue and not client.out and not client.closed and not client.close_sent:
             # noted before the write: an ack may be read before it returns
             batch = session.wrote(session.take(limit))
-            if not batch:
+            data = machine.encode(batch) if batch else None  # None if unencodable (logged)
+            if data is None:
                 continue
-            self._send(client, ws.message(machine.encode(batch)))
+            self._send(client, ws.message(data))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:
                 session.closed_reason = "kicked"
@@ -488,7 +489,7 @@ class ClientServer:
             client.session.offer(violation.frame())
             self._flush(client)
         elif client.machine is not None:
-            self._send(client, ws.message(client.machine.encode([violation.frame()])))
+            self._send(client, ws.message(client.machine.encode([violation.frame()]) or ""))
         await self._close(client, violation.close or 1008, violation.reason)
 
     async def _close(self, client: _Client, code: int, reason: str) -> None:

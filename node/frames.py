@@ -58,6 +58,33 @@ def load_json(text: str, max_size: int) -> Any:
         raise FrameError(f"frame of {len(text)} characters is over the {max_size} limit",
                          "too_large")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError):
         raise FrameError("not JSON") from None
+    if ("\\ud" in text or "\\uD" in text) and not utf8_clean(value):
+        raise FrameError(LONE_SURROGATE)
+    return value
+
+
+#: why JSON that escapes half a surrogate pair is refused: its text has no UTF-8 form, so
+#: it could be neither stored nor sent on (msgpack, SQLite and every peer need UTF-8)
+LONE_SURROGATE = "text with an unpaired surrogate escape (\\ud800-\\udfff) is not valid Unicode"
+
+
+def utf8_clean(value: Any) -> bool:
+    """Whether every string in ``value`` (decoded JSON: maps, lists, scalars) has a UTF-8
+    form; JSON can escape half a surrogate pair, which Python decodes as is."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True

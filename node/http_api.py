@@ -37,6 +37,7 @@ from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
+from .frames import LONE_SURROGATE, utf8_clean
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
 
@@ -252,6 +253,8 @@ def _json(body: bytes) -> dict[str, Any]:
         value = json.loads(body or b"{}")
     except ValueError:
         raise HttpError(400, "body is not valid JSON") from None
+    if (b"\\ud" in body or b"\\uD" in body) and not utf8_clean(value):
+        raise HttpError(400, f"body: {LONE_SURROGATE}")
     if not isinstance(value, dict):
         raise HttpError(400, "body must be a JSON object")
     return value

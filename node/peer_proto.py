@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -32,11 +33,20 @@ HEADER = struct.Struct(">I")
 MAX_PEER_FRAME = 4 * 1024 * 1024
 NONCE_SIZE = 16
 
+logger = logging.getLogger(__name__)
+
 
 def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
+    """The frames, each behind its length. One that cannot be packed (a value msgpack
+    cannot carry: input checks should have refused it) is logged and left out, never the
+    others written with it."""
     out = bytearray()
     for obj in objects:
-        body = pack(obj)
+        try:
+            body = pack(obj)
+        except (TypeError, ValueError) as exc:
+            logger.error("peer_frame_unpackable kind=%s error=%r", obj.get("t"), str(exc))
+            continue
         out += HEADER.pack(len(body))
         out += body
     return bytes(out)

@@ -190,8 +190,8 @@ class Store:
             batch, done, outcome = job
             try:
                 self._commit(batch)
-            except sqlite3.Error as exc:
-                outcome.append(exc)
+            except Exception as exc:  # not only sqlite3.Error (a value it cannot bind is a
+                outcome.append(exc)  # ValueError): the batch fails, the thread lives on
             try:
                 token.run_sync_soon(done.set)
             except trio.RunFinishedError:

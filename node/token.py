@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .frames import utf8_clean
+
 #: Clock skew tolerated between the minting server and the node, seconds.
 LEEWAY = 30.0
 MAX_TOKEN_SIZE = 4096
@@ -53,6 +55,8 @@ def _sign(secret: bytes, signing_input: bytes) -> bytes:
 
 
 def check_user(user: str) -> str:
+    if isinstance(user, str) and not utf8_clean(user):
+        raise ValueError("user id must be valid Unicode (it has half a surrogate pair)")
     if not isinstance(user, str) or not user or len(user.encode()) > MAX_USER_SIZE:
         raise ValueError(f"user id must be a non-empty string of at most {MAX_USER_SIZE} bytes")
     if any(ord(ch) < 32 for ch in user):
