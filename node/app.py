@@ -47,6 +47,10 @@ from .store import Store
 from .views import format_address
 
 logger = logging.getLogger(__name__)
+#: peer frames that go straight to the router, or to QoS 1 delivery (the others are
+#: asked in turn)
+_ROUTED = frozenset({"route", "deliver", "register", "unregister"})
+_DURABLE = frozenset({"store", "stores", "replicate", "ack", "acked", "devices"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +259,14 @@ class Node:
 
     def _peer_frame(self, node: str, frame: dict[str, Any]) -> None:
         self._changed()
+        kind = frame.get("t")
+        if kind in _ROUTED:  # most frames of a busy node: straight to the router
+            self._carry_out(self.router.from_peer(node, frame))
+            return
+        if kind in _DURABLE:
+            if not self.delivery.from_peer(node, frame):
+                self.router.counters["bad_peer_frames"] += 1
+            return
         if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
             self.links.reply(node, frame, self._presence_here(frame["user"]))
             return

@@ -208,11 +208,9 @@ class Store:
             last[stored.user] = max(last.get(stored.user, 0), stored.seq)
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(s.user, s.seq, s.id, s.body, s.ts, s.expires, s.sender, s.attempts)
-                 for s in puts],
-            )
+            # a Stored is a tuple in the columns' order
+            db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           puts)
             db.executemany(
                 "INSERT INTO sequences VALUES (?, ?) ON CONFLICT(user) DO UPDATE "
                 "SET last_seq = max(last_seq, excluded.last_seq)", list(last.items()),
