@@ -241,6 +241,8 @@ class ClientConnection:
                                         or not ttl > 0):
                     raise _Bad("send: ttl must be a positive number of seconds")
                 to = _str(obj, "to", 256)
+                if not to:  # no token names the empty user: it could never be delivered
+                    raise _Bad("send: to must be a user id of 1 to 256 characters")
                 return SendTo(to, _str(obj, "body", self.limits.max_frame), qos, ttl, ref)
             if kind == "ping":
                 return Ping(ref)

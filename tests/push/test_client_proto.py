@@ -81,6 +81,7 @@ def test_bad_requests_are_answered_and_the_connection_stays_open() -> None:
         ({"t": "send", "to": "bob", "body": "x", "qos": 2, "ref": "q"}, "qos"),
         ({"t": "send", "to": "bob", "body": "x", "ttl": 0}, "ttl"),
         ({"t": "send", "body": "x"}, "to"),
+        ({"t": "send", "to": "", "body": "x"}, "1 to 256"),
         ({"t": "sub", "topics": []}, "topics"),
         ({"t": "sub", "topics": ["x" * 300]}, "topic"),
         ({"t": "hello", "token": "t"}, "already"),
