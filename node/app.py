@@ -204,6 +204,8 @@ class Node:
             topics = sorted(session.subscriptions)
             until = time.time() + self.config.resume_window
             written = list(session.written or ())
+            logger.debug("session_parked user=%s session=%s owner=%s written=%s", session.user,
+                         session.session, owner, written)
             if owner == self.config.name:
                 self.router.park(session.user, session.session, topics, until, time.time(),
                                  written=written)
@@ -231,8 +233,11 @@ class Node:
             return None
         topics, written = parked
         if hello.last_seq is not None:
-            self.delivery.client_ack(hello.user, take_through(written, hello.last_seq),
-                                     hello.device)
+            acked = take_through(written, hello.last_seq)
+            logger.debug("session_resumed user=%s session=%s owner=%s last_seq=%s written=%s "
+                         "acked=%s", hello.user, hello.session, owner, hello.last_seq, written,
+                         acked)
+            self.delivery.client_ack(hello.user, acked, hello.device)
         return topics
 
     def kick(self, user: str, reason: str) -> None:

@@ -8,11 +8,9 @@ here 33 KiB and five tasks per idle connection, and a task switch plus a lock pe
   then every message through the connection's :class:`~node.client_proto.ClientConnection`;
   it answers pings and the closing handshake itself;
 * **writes do not wait**: :meth:`ClientSession.offer` queues an object and, on the first,
-  marks the session; one **flusher** task takes every marked session in turn, packs all
-  it has queued into one frame and hands it straight to the kernel. Only a connection
-  whose socket buffer is full gets a task of its own that waits until it can write
-  more; until then its queue fills, and when full drops QoS 0 objects and counts them:
-  a slow client never slows anyone else.
+  marks the session; one **flusher** task packs each marked session's queue into one
+  frame and hands it to the kernel. Only a connection whose socket is full gets a task
+  that waits to write more; meanwhile its queue fills, then drops QoS 0 objects (counted).
 
 The sessions themselves, by user and by topic, live in ``clients.py``.
 """
@@ -413,9 +411,11 @@ class ClientServer:
         while session.queue and not client.out and not client.closed and not client.close_sent:
             # noted before the write: an ack may be read before it returns
             batch = session.wrote(session.take(limit))
-            data = machine.encode(batch) if batch else None  # None if unencodable (logged)
-            if data is None:
+            if not batch:
                 continue
+            if (data := machine.encode(batch)) is None:  # logged; noted as written, so end
+                batch = [{"t": "kick", "reason": "a message could not be encoded"}]  # the
+                data = machine.encode(batch) or ""  # connection: no ack may cover them
             self._send(client, ws.message(data))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:

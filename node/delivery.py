@@ -189,7 +189,11 @@ class Delivery:
             return
         for user in dict.fromkeys(stored.user for stored in group.items):
             self.push(user)
+        tracing = logger.isEnabledFor(logging.DEBUG)
         for stored, reply in zip(group.items, group.replies, strict=True):
+            if tracing:  # ties a message id to its user and seq in the other debug lines
+                logger.debug("message_durable id=%s user=%s seq=%d on=%s", stored.id,
+                             stored.user, stored.seq, ",".join(sorted(group.confirmed)))
             reply({"id": stored.id, "seq": stored.seq})
 
     def _store_for(self, node: str, frame: Frame) -> None:

@@ -76,3 +76,14 @@ async def test_a_store_write_that_fails_in_the_thread_fails_only_its_batch() -> 
             await store.write([Stored("bob", 1, "i1", "fine", 1.0, 2.0)])  # the thread lives
         nursery.cancel_scope.cancel()
     assert store.commits == 1
+
+
+async def test_a_message_the_client_cannot_be_sent_ends_its_connection() -> None:
+    """Noted as written before the write, it must not be covered by a later ack: the
+    connection ends (a kick) instead of carrying on without it."""
+    async with client_node() as node, connect(node) as bob:
+        await hello(bob, "bob")
+        node.clients.deliver("bob", {"t": "msg", "id": "m", "seq": 7, "qos": 1, "body": "\ud800"})
+        kick = await receive(bob)
+        assert kick["t"] == "kick" and "encoded" in kick["reason"]
+        assert await closed_with(bob) is not None
