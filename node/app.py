@@ -272,16 +272,16 @@ class Node:
             if not self.delivery.from_peer(node, frame):
                 self.router.counters["bad_peer_frames"] += 1
             return
-        if frame.get("t") == "presence" and isinstance(frame.get("user"), str):
+        if kind == "presence" and isinstance(frame.get("user"), str):
             self.links.reply(node, frame, self._presence_here(frame["user"]))
             return
         if self._session_frame(node, frame):
             return
-        if frame.get("t") == "resync":
+        if kind == "resync":
             self.router.counters["resyncs"] += 1
             self._carry_out(self.router.peer_connected(node))
             return
-        if not (self.delivery.from_peer(node, frame) or self.fanout.from_peer(frame)):
+        if not self.fanout.from_peer(frame):  # the router counts what nobody knows
             self._carry_out(self.router.from_peer(node, frame))
 
     def _session_frame(self, node: str, frame: dict[str, Any]) -> bool:

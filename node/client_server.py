@@ -407,15 +407,15 @@ class ClientServer:
         session, machine = client.session, client.machine
         if session is None or machine is None:
             return
-        limit = self.limits.max_batch
         while session.queue and not client.out and not client.closed and not client.close_sent:
             # noted before the write: an ack may be read before it returns
-            batch = session.wrote(session.take(limit))
+            batch = session.wrote(session.take(self.limits.max_batch))
             if not batch:
                 continue
-            if (data := machine.encode(batch)) is None:  # logged; noted as written, so end
-                batch = [{"t": "kick", "reason": "a message could not be encoded"}]  # the
-                data = machine.encode(batch) or ""  # connection: no ack may cover them
+            data = machine.encode(batch)
+            if data is None:  # logged; noted as written: end it, so no later ack covers it
+                batch = [{"t": "kick", "reason": "a message could not be encoded"}]
+                data = machine.encode(batch) or ""
             self._send(client, ws.message(data))
             kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
             if kick is not None:

@@ -61,7 +61,7 @@ def load_json(text: str, max_size: int) -> Any:
         value = json.loads(text)
     except (ValueError, RecursionError):
         raise FrameError("not JSON") from None
-    if ("\\ud" in text or "\\uD" in text) and not utf8_clean(value):
+    if lone_surrogate(text, value):
         raise FrameError(LONE_SURROGATE)
     return value
 
@@ -69,6 +69,13 @@ def load_json(text: str, max_size: int) -> Any:
 #: why JSON that escapes half a surrogate pair is refused: its text has no UTF-8 form, so
 #: it could be neither stored nor sent on (msgpack, SQLite and every peer need UTF-8)
 LONE_SURROGATE = "text with an unpaired surrogate escape (\\ud800-\\udfff) is not valid Unicode"
+
+
+def lone_surrogate(raw: str | bytes, value: Any) -> bool:
+    """Whether ``value``, decoded from the JSON text ``raw``, holds a string with half a
+    surrogate pair (only an escape in ``raw`` can make one: the walk is skipped without)."""
+    marks = ("\\ud", "\\uD") if isinstance(raw, str) else (b"\\ud", b"\\uD")
+    return any(mark in raw for mark in marks) and not utf8_clean(value)  # type: ignore[operator]
 
 
 def utf8_clean(value: Any) -> bool:

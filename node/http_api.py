@@ -37,7 +37,7 @@ from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
-from .frames import LONE_SURROGATE, utf8_clean
+from .frames import LONE_SURROGATE, lone_surrogate
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
 
@@ -253,7 +253,7 @@ def _json(body: bytes) -> dict[str, Any]:
         value = json.loads(body or b"{}")
     except ValueError:
         raise HttpError(400, "body is not valid JSON") from None
-    if (b"\\ud" in body or b"\\uD" in body) and not utf8_clean(value):
+    if lone_surrogate(body, value):
         raise HttpError(400, f"body: {LONE_SURROGATE}")
     if not isinstance(value, dict):
         raise HttpError(400, "body must be a JSON object")
