@@ -29,15 +29,16 @@ from gossip.transport import advertise_address
 from membership.member import Address, EventKind
 from membership.service import Membership, serve_membership, split_host_port
 
-from .client_proto import Ack, Hello, Request, SendTo, Upstream
-from .client_server import RESUMABLE, ClientServer
-from .clients import ClientSession, LocalClients, take_through
+from .client_proto import Ack, Request, SendTo, Upstream
+from .client_server import ClientServer
+from .clients import ClientSession, LocalClients
 from .config import Config
 from .delivery import Delivery
 from .fanout import Fanout
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
+from .resume import Resumes
 from .ring import HashRing, live_nodes, ring_members
 from .routing import (
     Action, DeliverLocal, MessageIds, NoOwner, Registered, Router, SendPeer, Unavailable,
@@ -68,7 +69,8 @@ class Node:
         self.peer_address = peer_address
         self.ring = HashRing(config.ring_vnodes)
         self.router = Router(config.name, self.ring.owner)
-        self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed)
+        self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed,
+                                    on_read=self._read_already)
         self.links = PeerLinks(config.name, self._keys, self._peer_frame, self._peer_connected)
         self._ids = MessageIds(config.name)
         self.delivery = Delivery(
@@ -77,6 +79,8 @@ class Node:
         )
         self.fanout = Fanout(config, ring=self.ring, clients=self.clients, links=self.links,
                              ids=self._ids)
+        self.resumes = Resumes(config, ring=self.ring, router=self.router, links=self.links,
+                               delivery=self.delivery, clients=self.clients)
         self.api_address: Address | None = None
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
@@ -196,49 +200,13 @@ class Node:
         self._carry_out(self.router.connected(session.user, session.session, session.device))
         self.fanout.presence(session, online=True)
 
+    def _read_already(self, session: ClientSession, seqs: list[int]) -> None:
+        self.resumes.read_already(session, seqs)
+
     def _session_closed(self, session: ClientSession) -> None:
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
-        owner = self.ring.owner(session.user)
-        if session.closed_reason in RESUMABLE and owner is not None:
-            topics = sorted(session.subscriptions)
-            until = time.time() + self.config.resume_window
-            written = list(session.written or ())
-            logger.debug("session_parked user=%s session=%s owner=%s written=%s", session.user,
-                         session.session, owner, written)
-            if owner == self.config.name:
-                self.router.park(session.user, session.session, topics, until, time.time(),
-                                 written=written)
-            else:
-                self.links.send(owner, {"t": "park", "user": session.user, "until": until,
-                                        "session": session.session, "topics": topics,
-                                        "written": written})
-
-    async def _resume(self, hello: Hello) -> list[str] | None:
-        """A client came back with its session id: its topics if the owner parked them.
-
-        ``last_seq`` counts as an ack of what the old connection wrote up to it (the
-        owner parked that list): the client has those, so they are not sent again. The
-        ack reaches the owner before the new session registers."""
-        owner = self.ring.owner(hello.user)
-        if owner is None or hello.session is None:
-            return None
-        if owner == self.config.name:
-            parked = self.router.unpark(hello.user, hello.session, time.time())
-        else:
-            reply = await self.links.request(
-                owner, {"t": "unpark", "user": hello.user, "session": hello.session})
-            parked = _parked_from(reply)
-        if parked is None:
-            return None
-        topics, written = parked
-        if hello.last_seq is not None:
-            acked = take_through(written, hello.last_seq)
-            logger.debug("session_resumed user=%s session=%s owner=%s last_seq=%s written=%s "
-                         "acked=%s", hello.user, hello.session, owner, hello.last_seq, written,
-                         acked)
-            self.delivery.client_ack(hello.user, acked, hello.device)
-        return topics
+        self.resumes.park(session)
 
     def kick(self, user: str, reason: str) -> None:
         """Close every session of ``user`` in the cluster, with a ``kick`` frame first."""
@@ -275,7 +243,7 @@ class Node:
         if kind == "presence" and isinstance(frame.get("user"), str):
             self.links.reply(node, frame, self._presence_here(frame["user"]))
             return
-        if self._session_frame(node, frame):
+        if self.resumes.from_peer(node, frame):
             return
         if kind == "resync":
             self.router.counters["resyncs"] += 1
@@ -283,29 +251,6 @@ class Node:
             return
         if not self.fanout.from_peer(frame):  # the router counts what nobody knows
             self._carry_out(self.router.from_peer(node, frame))
-
-    def _session_frame(self, node: str, frame: dict[str, Any]) -> bool:
-        """Parking and resuming sessions, at the owner."""
-        kind, user, session = frame.get("t"), frame.get("user"), frame.get("session")
-        if kind not in ("park", "unpark"):
-            return False
-        if not isinstance(user, str) or not isinstance(session, str):
-            self.router.counters["bad_peer_frames"] += 1
-            return True
-        now = time.time()
-        if kind == "unpark":
-            parked = self.router.unpark(user, session, now)
-            self.links.reply(node, frame, {"topics": parked[0], "written": parked[1]}
-                             if parked is not None else {"topics": None})
-            return True
-        topics, until, written = frame.get("topics"), frame.get("until"), frame.get("written")
-        if isinstance(topics, list) and isinstance(until, int | float):
-            limit = now + self.config.resume_window
-            self.router.park(user, session, [t for t in topics if isinstance(t, str)],
-                             min(float(until), limit), now,
-                             written=[s for s in written if isinstance(s, int)]
-                             if isinstance(written, list) else [])
-        return True
 
     def _peer_connected(self, node: str) -> None:
         self._carry_out(self.router.peer_connected(node))
@@ -416,16 +361,6 @@ def _write_json(data_dir: str, name: str, data: Any) -> None:
     os.replace(temporary, path)
 
 
-def _parked_from(reply: dict[str, Any]) -> tuple[list[str], list[int]] | None:
-    """The owner's answer to an unpark: (topics, written), or None (not parked, junk)."""
-    topics, written = reply.get("topics"), reply.get("written", [])
-    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-        return None
-    if not isinstance(written, list):
-        written = []
-    return topics, [s for s in written if isinstance(s, int)]
-
-
 def peer_addresses(members: Any) -> dict[str, Address]:
     """Live grapevine members and their link addresses (the ``peer`` tag)."""
     found: dict[str, Address] = {}
@@ -470,7 +405,7 @@ async def run_node(
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
         if config.client_port is not None:
-            server = ClientServer(config, node.clients, node._client_request, node._resume,
+            server = ClientServer(config, node.clients, node._client_request, node.resumes.resume,
                                   node._client_send_durable)
             node.client_address = await nursery.start(server.serve)
         api_done = trio.Event()

@@ -62,8 +62,6 @@ ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
 DurableSender = Callable[[ClientSession, SendTo, Callable[[Object], None]], None]
 #: QoS 1 sends one connection may have waiting for durability at once
 SENDS_IN_FLIGHT = 256
-#: A connection that ended for one of these may come back and resume.
-RESUMABLE = ("client_closed", "heartbeat_missed")
 
 
 class _Gone(Exception):
@@ -238,7 +236,7 @@ class ClientServer:
             f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}")
         session = ClientSession(session_id, hello.user, hello.device, client.remote,
                                 machine.subscriptions, notify=lambda _: self._mark(client),
-                                limit=self.config.client_queue)
+                                limit=self.config.client_queue, read_before=hello.last_seq)
         welcome = {"t": "welcome", "session": session.session, "user": session.user,
                    "node": self.node_name, "heartbeat": self.limits.heartbeat,
                    "resumed": topics is not None}

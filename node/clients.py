@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 Object = dict[str, Any]
 CLIENT_QUEUE = 1024
-WRITTEN_KEPT = 10_000  # beyond this, the oldest are not covered by acks: sent again
+WRITTEN_KEPT = 10_000  # unacked on one connection: more wait for their owner to send again
 
 
 def take_through(written: list[int], seq: int) -> list[int]:
@@ -26,18 +26,26 @@ def take_through(written: list[int], seq: int) -> list[int]:
 
 
 class Written:
-    """QoS 1 sequence numbers written on one connection and not yet acked, in order.
+    """What one connection's client has of its QoS 1 messages: the sequence numbers
+    written on it and not yet acked, in order, and those it is known to have read (acked
+    here, or named by its hello as the last it read before).
 
-    Each at most once: a message the connection already carries is not written on it
-    again (the client has it or will — the connection is ordered — and a second copy
-    would make an ack ambiguous: an ack for the first copy would seem to cover whatever
-    was written before the second)."""
+    Each is written at most once on a connection, ever, so that where it stands says what
+    the client had read when it names it: in an ack, or in a resume's ``last_seq`` after
+    the connection broke. A second copy would make that ambiguous. Written again while
+    unacked, the ack of the first copy would seem to cover what came between the copies;
+    written again after it was acked (a retry whose ack went astray, a stale copy from an
+    owner that came back), a resume naming it — the last thing the client read — would
+    cover what came before the second copy, unread: lost for that device. So a message the
+    client has read is not written again here; it is acked again instead (``wrote``)."""
 
-    __slots__ = ("_members", "_order")
+    __slots__ = ("_members", "_order", "_read", "_read_order")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
         self._members: set[int] = set()
+        self._read_order: deque[int] = deque()
+        self._read: set[int] = set()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order)
@@ -45,19 +53,33 @@ class Written:
     def __len__(self) -> int:
         return len(self._order)
 
+    def full(self) -> bool:
+        return len(self._order) >= WRITTEN_KEPT
+
     def add(self, seq: int) -> bool:
         """Note ``seq`` as written; False if the connection carries it already."""
         if seq in self._members:
             return False
-        if len(self._order) >= WRITTEN_KEPT:
-            self._members.discard(self._order.popleft())
         self._order.append(seq)
         self._members.add(seq)
         return True
 
+    def has_read(self, seq: int) -> bool:
+        return seq in self._read
+
+    def read(self, seqs: Iterable[int]) -> None:
+        """The client has these (the oldest are forgotten beyond ``WRITTEN_KEPT``: the
+        client has read that many since, so a resume cannot name them)."""
+        for seq in seqs:
+            if seq not in self._read:
+                if len(self._read_order) >= WRITTEN_KEPT:
+                    self._read.discard(self._read_order.popleft())
+                self._read_order.append(seq)
+                self._read.add(seq)
+
     def take_through(self, seq: int) -> list[int]:
-        """The client acked ``seq``: everything written up to it, taken off; [] if the
-        connection never wrote it (or it was acked already)."""
+        """The client acked ``seq``: everything written up to it, taken off (and noted as
+        read); [] if the connection never wrote it (or it was acked already)."""
         if seq not in self._members:
             return []
         taken = []
@@ -66,6 +88,7 @@ class Written:
             self._members.discard(first)
             taken.append(first)
             if first == seq:
+                self.read(taken)
                 return taken
 
 
@@ -88,25 +111,45 @@ class ClientSession:
     closed: bool = False
     #: what waits to be written to the client, oldest first
     queue: deque[Object] = field(default_factory=deque)
-    #: QoS 1 messages written on this connection and not yet acked (made on the first:
-    #: most connections of a push service only ever idle)
+    #: QoS 1 messages written on this connection and not yet acked, and those its client
+    #: has read (made on the first: most connections of a push service only ever idle)
     written: Written | None = None
     #: QoS 1 messages not written again because this connection carries them already
     rewrites_skipped: int = 0
+    #: called with the session and the QoS 1 messages not written to it because its client
+    #: has them (acked on this connection, or named by its hello): they are acked again
+    on_read: Callable[[ClientSession, list[int]], None] = lambda _session, _seqs: None
+    #: the hello's ``last_seq``: read before this connection, so not to be written on it
+    read_before: InitVar[int | None] = None
+
+    def __post_init__(self, read_before: int | None) -> None:
+        if read_before is not None:
+            self.written = Written()
+            self.written.read([read_before])
 
     def wrote(self, batch: list[Object]) -> list[Object]:
         """Note the QoS 1 messages of ``batch`` as written (call it just before the
         write); returns what to write: ``batch`` without those already on the way."""
         out = []
+        read = []
         for obj in batch:
             seq = obj.get("seq")
             if obj.get("qos") == 1 and isinstance(seq, int):
                 if self.written is None:
                     self.written = Written()
-                if not self.written.add(seq):
+                written = self.written
+                if written.has_read(seq):
+                    read.append(seq)
+                    continue
+                if written.full():  # as from a full queue: its owner sends it again
+                    self.dropped += 1
+                    continue
+                if not written.add(seq):
                     self.rewrites_skipped += 1
                     continue
             out.append(obj)
+        if read:
+            self.on_read(self, read)
         return out
 
     def acked_through(self, seq: int) -> list[int]:
@@ -138,9 +181,11 @@ class LocalClients:
     """The sessions connected to this node, by user and by id."""
 
     def __init__(self, on_open: Callable[[ClientSession], None] | None = None,
-                 on_close: Callable[[ClientSession], None] | None = None) -> None:
+                 on_close: Callable[[ClientSession], None] | None = None,
+                 on_read: Callable[[ClientSession, list[int]], None] | None = None) -> None:
         self._on_open = on_open
         self._on_close = on_close
+        self._on_read = on_read
         self._by_user: dict[str, dict[str, ClientSession]] = {}
         self._by_id: dict[str, ClientSession] = {}
         self._by_topic: dict[str, set[ClientSession]] = {}
@@ -160,6 +205,8 @@ class LocalClients:
         self._by_user.setdefault(session.user, {})[session.session] = session
         self._by_id[session.session] = session
         self.counters["sessions_opened"] += 1
+        if self._on_read is not None:
+            session.on_read = self._on_read
         if self._on_open is not None:
             self._on_open(session)
 

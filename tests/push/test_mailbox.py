@@ -70,7 +70,9 @@ def test_a_connection_carries_an_unacked_message_once_so_acks_stay_exact() -> No
     second device's reconnect) made the ack of its first copy cover what was written
     between the two copies — which the client had not read yet. If the connection then
     broke, those messages were lost for that device."""
-    session = ClientSession("s", "u", "d", "", set())
+    reread: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "", set(),
+                            on_read=lambda _session, seqs: reread.append(seqs))
     first = session.wrote([{"t": "msg", "qos": 1, "seq": 5}, {"t": "msg", "qos": 1, "seq": 7}])
     assert [m["seq"] for m in first] == [5, 7]
     again = session.wrote([{"t": "msg", "qos": 1, "seq": 5}, {"t": "msg", "qos": 0, "seq": 0},
@@ -78,16 +80,55 @@ def test_a_connection_carries_an_unacked_message_once_so_acks_stay_exact() -> No
     assert [m["seq"] for m in again] == [0, 9] and session.rewrites_skipped == 1
     assert session.acked_through(5) == [5]  # the client read 5, not yet 7
     assert session.acked_through(9) == [7, 9]
-    # acked, 5 may come again (a retry whose ack went astray): written once more
-    assert [m["seq"] for m in session.wrote([{"t": "msg", "qos": 1, "seq": 5}])] == [5]
+    assert reread == []
+    # acked, 5 comes again (a retry whose ack went astray): acked again, not written
+    assert session.wrote([{"t": "msg", "qos": 1, "seq": 5}]) == []
+    assert reread == [[5]]
 
 
-def test_written_keeps_a_bounded_number_and_forgets_the_oldest() -> None:
+def test_a_resume_naming_the_last_read_message_covers_nothing_written_after_it() -> None:
+    """Found by a chaos run (1 loss in 450,000): the client read and acked 5; an owner
+    that came back with an old copy sent 5 again after 8, and the connection broke with
+    neither read. The client resumed naming 5, the last it read — and the parked list
+    [8, 5] made that cover 8, unread: lost. A read message is never written again on its
+    connection, so the resume covers nothing and 8 is sent again."""
+    reread: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "", set(),
+                            on_read=lambda _session, seqs: reread.append(seqs))
+    session.wrote([{"t": "msg", "qos": 1, "seq": 5}])
+    assert session.acked_through(5) == [5]
+    out = session.wrote([{"t": "msg", "qos": 1, "seq": 8}, {"t": "msg", "qos": 1, "seq": 5}])
+    assert [m["seq"] for m in out] == [8] and reread == [[5]]
+    parked = list(session.written or ())
+    assert parked == [8] and take_through(parked, 5) == []
+
+
+def test_a_resumed_connection_does_not_write_what_its_hello_says_was_read() -> None:
+    """A hello's ``last_seq`` names a message read before: not written on the new
+    connection (acked again instead), so a later resume naming it covers nothing here."""
+    reread: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "", set(), read_before=5,
+                            on_read=lambda _session, seqs: reread.append(seqs))
+    out = session.wrote([{"t": "msg", "qos": 1, "seq": 8}, {"t": "msg", "qos": 1, "seq": 5}])
+    assert [m["seq"] for m in out] == [8] and reread == [[5]]
+    assert take_through(list(session.written or ()), 5) == []
+
+
+def test_a_full_written_list_leaves_more_to_their_owner_rather_than_forget_any() -> None:
+    """Forgetting the oldest unacked message would let it be written again: ambiguous."""
+    session = ClientSession("s", "u", "d", "", set())
+    batch = [{"t": "msg", "qos": 1, "seq": seq} for seq in range(WRITTEN_KEPT + 5)]
+    assert len(session.wrote(batch)) == WRITTEN_KEPT and session.dropped == 5
+    assert session.acked_through(3) == [0, 1, 2, 3]
+    again = session.wrote(batch[WRITTEN_KEPT:])  # room for four: the fifth waits again
+    assert [m["seq"] for m in again] == list(range(WRITTEN_KEPT, WRITTEN_KEPT + 4))
+    assert session.dropped == 6
+
+
+def test_written_remembers_a_bounded_number_of_read_messages() -> None:
     written = Written()
-    for seq in range(WRITTEN_KEPT + 5):
-        assert written.add(seq)
-    assert len(written) == WRITTEN_KEPT and written.take_through(3) == []
-    assert written.add(3)  # forgotten, so it may be written (and acked) again
+    written.read(range(WRITTEN_KEPT + 5))
+    assert not written.has_read(4) and written.has_read(5) and written.has_read(WRITTEN_KEPT)
 
 
 def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:

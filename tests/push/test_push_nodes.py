@@ -396,6 +396,43 @@ async def test_a_dropped_client_resumes_without_loss_duplicates_or_resubscribing
             assert (await next_message(ws))["body"] == "no need to subscribe again"
 
 
+async def test_a_copy_sent_again_after_its_ack_does_not_make_a_resume_cover_more() -> None:
+    """The loss of a chaos run (docs/benchmarks.md#chaos): the client read and acked one
+    message; the next was written and not read; then the owner — back with an old copy —
+    sent the first again on the same connection, which broke. The resume named the first,
+    the last the client read, and the parked list made that cover the unread one too."""
+    async with cluster(["a", "b", "c"]) as nodes:
+        host, port = nodes[2].client_address  # type: ignore[misc]
+        owner = owner_of(nodes, "una")
+        async with open_websocket(host, port, "/", use_ssl=False) as ws:
+            token = mint(SECRET.encode(), "una", time.time())
+            await ws.send_message(json.dumps({"t": "hello", "token": token}))
+            session = (await next_object(ws))["session"]
+            await nodes[0].send("una", "read", qos=1)
+            read = await next_message(ws)
+            [old_copy] = owner.delivery.mailboxes.pending("una")
+            await ws.send_message(json.dumps({"t": "ack", "seq": read["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: not owner.delivery.mailboxes.pending("una"))
+            unread = await nodes[0].send("una", "written, never read", qos=1)
+            held = nodes[2].clients.sessions_of("una")[0]
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: len(held.written or ()) == 1)
+            owner.delivery.mailboxes.put(old_copy)  # as if restored from an old disk
+            owner.delivery.push("una")
+            with trio.fail_after(5):  # acked again by c, or (before the fix) written again
+                await wait_until(nodes, lambda: len(held.written or ()) == 2
+                                 or nodes[2].clients.counters["client_reacks"] == 1)
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: parked(nodes, "una", session))
+        async with hello_again(nodes[0], "una", session, read["seq"]) as (ws, welcome):
+            assert welcome["resumed"] is True
+            again = await next_message(ws)
+            assert (again["id"], again["body"]) == (unread["id"], "written, never read")
+        # the old copy was acked again, not left to be sent until it is dead-lettered
+        assert [s.seq for s in owner.delivery.mailboxes.pending("una")] == [unread["seq"]]
+
+
 async def test_an_unknown_or_expired_session_starts_afresh() -> None:
     async with cluster(["a"], keys=()) as nodes, \
             hello_again(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
