@@ -73,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS", help="how long a dropped client may resume its session (30)",
     )
     parser.add_argument(
+        "--default-ttl", type=float, default=float(env("DEFAULT_TTL", "259200") or 259200),
+        metavar="SECONDS", help="how long a QoS 1 message sent without a ttl is kept (3 days)",
+    )
+    parser.add_argument(
+        "--max-ttl", type=float, default=float(env("MAX_TTL", "2592000") or 2592000),
+        metavar="SECONDS", help="the longest ttl a send may ask for (30 days)",
+    )
+    parser.add_argument(
         "--token-secret", default=env("TOKEN_SECRET"), metavar="SECRET",
         help="HS256 secret of client tokens (grapevine token --secret mints them)",
     )
@@ -161,7 +169,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             api_key=args.api_key or None, client_addr=client_host, client_port=client_port,
             peer_addr=peer_host, peer_port=peer_port, replicas=args.replicas,
             webhook=args.webhook or None, broadcast_rate=args.broadcast_rate,
-            resume_window=args.resume_window,
+            resume_window=args.resume_window, default_ttl=args.default_ttl,
+            max_ttl=args.max_ttl,
             token_secret=args.token_secret or None, data_dir=args.data_dir, label=args.label,
             tags=tuple(tags), keys=tuple(keys),
         )
@@ -174,6 +183,7 @@ _FLAG_OF_FIELD = {
     "name": "--name", "api_key": "--api-key", "label": "--label", "tags": "--tag",
     "token_secret": "--token-secret", "client_port": "--client", "replicas": "--replicas",
     "webhook": "--webhook", "broadcast_rate": "--broadcast-rate",
+    "resume_window": "--resume-window", "default_ttl": "--default-ttl", "max_ttl": "--max-ttl",
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .frames import FrameError, dump_json, load_json, pack, unpack
-from .token import TokenError, verify
+from .token import TokenError, check_user, verify
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1003, 1008,
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_frame: int = 64 * 1024
+    #: the longest a QoS 1 message may be kept for its user (a send's ``ttl``)
+    max_ttl: float = 30 * 24 * 3600.0
     #: objects per second a connection may send (each object of a batch counts; service
     #: tokens, the application's own servers, are not limited) ...
     rate: float = 50.0
@@ -233,16 +235,10 @@ class ClientConnection:
             if kind == "up":
                 return Upstream(_str(obj, "body", self.limits.max_frame), ref)
             if kind == "send":
-                qos = obj.get("qos", 0)
-                if qos not in (0, 1) or isinstance(qos, bool):
-                    raise _Bad("send: qos must be 0 or 1")
-                ttl = obj.get("ttl")
-                if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
-                                        or not ttl > 0):
-                    raise _Bad("send: ttl must be a positive number of seconds")
-                to = _str(obj, "to", 256)
-                if not to:  # no token names the empty user: it could never be delivered
-                    raise _Bad("send: to must be a user id of 1 to 256 characters")
+                to, qos, ttl = obj.get("to"), obj.get("qos", 0), obj.get("ttl")
+                problem = send_problem(to, qos, ttl, self.limits.max_ttl)
+                if problem:
+                    raise _Bad(f"send: {problem}")
                 return SendTo(to, _str(obj, "body", self.limits.max_frame), qos, ttl, ref)
             if kind == "ping":
                 return Ping(ref)
@@ -283,6 +279,23 @@ class ClientConnection:
         except (TypeError, ValueError) as exc:
             logger.error("client_frame_unencodable objects=%d error=%r", len(objects), str(exc))
             return None
+
+
+def send_problem(to: Any, qos: Any, ttl: Any, max_ttl: float) -> str | None:
+    """What is wrong with a send's recipient, ``qos`` and ``ttl``, or None. The client
+    socket and the HTTP API ask the same: a recipient must be a user id a token could
+    name (anything else could never be delivered, and a QoS 1 message would wait out its
+    TTL), a TTL finite and at most ``max_ttl``."""
+    try:
+        check_user(to)
+    except ValueError as exc:
+        return f"to: {exc}"
+    if qos not in (0, 1) or isinstance(qos, bool):
+        return "qos must be 0 (at most once) or 1 (at least once)"
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or not 0 < ttl <= max_ttl):
+        return f"ttl must be a number of seconds above 0 and at most {max_ttl:g}"
+    return None
 
 
 def _str(obj: dict[str, Any], name: str, limit: int) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,8 @@ class Config:
     ack_timeout: float = 10.0
     max_attempts: int = 10
     default_ttl: float = 3 * 24 * 3600.0
+    #: the longest TTL a send may ask for
+    max_ttl: float = 30 * 24 * 3600.0
     max_pending: int = 10_000
     replicate_timeout: float = 5.0
     # Failure detection (memberlist names).
@@ -181,10 +184,13 @@ class Config:
             "probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
             "tcp_timeout", "leave_timeout", "join_retry_interval", "join_retry_max_interval",
             "reconnect_interval", "client_rate", "heartbeat", "ack_timeout", "default_ttl",
-            "broadcast_rate", "replicate_timeout", "resume_window", "join_grace",
+            "max_ttl", "broadcast_rate", "replicate_timeout", "resume_window", "join_grace",
         ):
             if not getattr(self, positive) > 0:
                 raise ValueError(f"{positive}: must be > 0, got {getattr(self, positive)}")
+        if not self.default_ttl <= self.max_ttl < math.inf:
+            raise ValueError(f"max_ttl: {self.max_ttl:g} must be finite and at least "
+                             f"default_ttl {self.default_ttl:g}")
         if self.probe_timeout >= self.probe_interval:
             raise ValueError(
                 f"probe_timeout: {self.probe_timeout} must be shorter than "

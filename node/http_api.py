@@ -37,6 +37,7 @@ from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
+from .client_proto import send_problem
 from .frames import LONE_SURROGATE, lone_surrogate
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
@@ -143,15 +144,10 @@ class HttpApi:
     async def _send(self, body: bytes, _query: Query) -> tuple[int, Any]:
         request = _json(body)
         to, text = _field(request, "to", str), self._body_field(request)
-        if not to or len(to) > 256:
-            raise HttpError(400, "to: give a user id of 1 to 256 characters")
-        qos = request.get("qos", 0)
-        if qos not in (0, 1) or isinstance(qos, bool):
-            raise HttpError(400, "qos: 0 (at most once) or 1 (at least once)")
-        ttl = request.get("ttl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
-                                or not ttl > 0):
-            raise HttpError(400, "ttl: a positive number of seconds")
+        qos, ttl = request.get("qos", 0), request.get("ttl")
+        problem = send_problem(to, qos, ttl, self._node.config.max_ttl)
+        if problem:
+            raise HttpError(400, problem)
         try:
             sent = await self._node.send(to, text, qos=qos, ttl=ttl)
         except Unavailable as exc:

@@ -81,7 +81,10 @@ def test_bad_requests_are_answered_and_the_connection_stays_open() -> None:
         ({"t": "send", "to": "bob", "body": "x", "qos": 2, "ref": "q"}, "qos"),
         ({"t": "send", "to": "bob", "body": "x", "ttl": 0}, "ttl"),
         ({"t": "send", "body": "x"}, "to"),
-        ({"t": "send", "to": "", "body": "x"}, "1 to 256"),
+        ({"t": "send", "to": "", "body": "x"}, "non-empty string of at most 256 bytes"),
+        ({"t": "send", "to": "é" * 200, "body": "x"}, "at most 256 bytes"),  # 400 bytes
+        ({"t": "send", "to": "bob\n", "body": "x"}, "control characters"),
+        ({"t": "send", "to": "bob", "body": "x", "ttl": 1e300}, "at most 2.592e+06"),
         ({"t": "sub", "topics": []}, "topics"),
         ({"t": "sub", "topics": ["x" * 300]}, "topic"),
         ({"t": "hello", "token": "t"}, "already"),

@@ -131,9 +131,13 @@ async def test_bad_sends_get_a_reason() -> None:
                            ({"to": "u", "body": "x", "qos": 3}, 400),
                            ({"to": "u", "body": "x", "ttl": -1}, 400),
                            ({"to": "u", "body": "x" * 70_000}, 413),
-                           ({"to": "u", "body": "x", "qos": True}, 400)]:
+                           ({"to": "u", "body": "x", "qos": True}, 400),
+                           ({"to": "u\u0007", "body": "x", "qos": 1}, 400),
+                           ({"to": "ü" * 129, "body": "x", "qos": 1}, 400),
+                           ({"to": "u", "body": "x", "qos": 1, "ttl": 1e12}, 400)]:
             status, answer = await http(api, "POST", "/v1/send", body)
             assert status == code and answer["error"], (body, answer)
+        assert nodes[0].delivery.mailboxes.pending_count() == 0  # nothing was kept
 
 
 def owner_of(nodes: list[Node], user: str) -> Node:
