@@ -18,6 +18,7 @@ from typing import Any
 Object = dict[str, Any]
 CLIENT_QUEUE = 1024
 WRITTEN_KEPT = 10_000  # unacked on one connection: more wait for their owner to send again
+READ_KEPT = 64  # read messages a connection remembers (Written says why few are enough)
 
 
 def take_through(written: list[int], seq: int) -> list[int]:
@@ -30,14 +31,17 @@ class Written:
     written on it and not yet acked, in order, and those it is known to have read (acked
     here, or named by its hello as the last it read before).
 
-    Each is written at most once on a connection, ever, so that where it stands says what
-    the client had read when it names it: in an ack, or in a resume's ``last_seq`` after
-    the connection broke. A second copy would make that ambiguous. Written again while
-    unacked, the ack of the first copy would seem to cover what came between the copies;
-    written again after it was acked (a retry whose ack went astray, a stale copy from an
-    owner that came back), a resume naming it — the last thing the client read — would
-    cover what came before the second copy, unread: lost for that device. So a message the
-    client has read is not written again here; it is acked again instead (``wrote``)."""
+    Where a message stands in the written list says what the client had read when it
+    names it: in an ack, or in a resume's ``last_seq`` after the connection broke. A
+    second copy would make that ambiguous. Written again while unacked, the ack of the
+    first copy would seem to cover what came between the copies; written again after it
+    was acked (a retry whose ack went astray, a stale copy from an owner that came back),
+    a resume naming it — the last thing the client read — would cover what came before
+    the second copy, unread: lost for that device. So a message the client has read is
+    not written again here; it is acked again instead (``wrote``). Only the last one the
+    client named can be named by a resume (it read everything acked before it, and what
+    it read since is still unacked here), so remembering the last ``READ_KEPT`` is safe;
+    they also spare the client most duplicates."""
 
     __slots__ = ("_members", "_order", "_read", "_read_order")
 
@@ -68,11 +72,11 @@ class Written:
         return seq in self._read
 
     def read(self, seqs: Iterable[int]) -> None:
-        """The client has these (the oldest are forgotten beyond ``WRITTEN_KEPT``: the
-        client has read that many since, so a resume cannot name them)."""
+        """The client has these, the last of them read last (only the last ``READ_KEPT``
+        are remembered)."""
         for seq in seqs:
             if seq not in self._read:
-                if len(self._read_order) >= WRITTEN_KEPT:
+                if len(self._read_order) >= READ_KEPT:
                     self._read.discard(self._read_order.popleft())
                 self._read_order.append(seq)
                 self._read.add(seq)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.clients import WRITTEN_KEPT, ClientSession, Written, take_through
+from node.clients import READ_KEPT, WRITTEN_KEPT, ClientSession, Written, take_through
 from node.mailbox import Limits, Mailboxes, Stored
 
 NOW = 1_800_000_000.0
@@ -125,10 +125,13 @@ def test_a_full_written_list_leaves_more_to_their_owner_rather_than_forget_any()
     assert session.dropped == 6
 
 
-def test_written_remembers_a_bounded_number_of_read_messages() -> None:
+def test_written_remembers_the_last_read_messages_the_last_named_always() -> None:
     written = Written()
-    written.read(range(WRITTEN_KEPT + 5))
-    assert not written.has_read(4) and written.has_read(5) and written.has_read(WRITTEN_KEPT)
+    written.read(range(READ_KEPT + 5))
+    assert not written.has_read(4) and written.has_read(5) and written.has_read(READ_KEPT + 4)
+    for seq in range(1000, 1000 + 3 * READ_KEPT):  # read and acked one by one
+        assert written.add(seq) and written.take_through(seq) == [seq]
+        assert written.has_read(seq)
 
 
 def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
