@@ -130,6 +130,6 @@ class Handover:
 
     async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
         ok: list[str] = []
-        await self.delivery._replicate(node, messages, ok, users=users)
         self.delivery.mailboxes.counters["handover_requests"] += 1
+        await self.delivery._replicate(node, messages, ok, users=users)
         return bool(ok)
