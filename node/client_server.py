@@ -35,15 +35,14 @@ from .client_proto import (
 )
 from .clients import ClientSession, LocalClients, Object
 from .config import Config
+from .routing import Parked
 
 logger = logging.getLogger(__name__)
 #: Messages above this are refused outright (close 1009, no error frame); below it and
 #: above ``Config.max_frame`` the client gets a ``too_large`` error frame first.
 WS_MAX_MESSAGE = 1024 * 1024
-#: the opening handshake must be done within this
-HANDSHAKE_TIMEOUT = 10.0
-#: how long a closing connection waits for the client's close frame
-CLOSE_TIMEOUT = 2.0
+HANDSHAKE_TIMEOUT = 10.0  # the opening handshake must be done within this
+CLOSE_TIMEOUT = 2.0  # how long a closing connection waits for the client's close frame
 RECEIVE_BYTES = 65536
 #: bytes a connection may have waiting for its socket before its queue stops draining
 OUT_LIMIT = 256 * 1024
@@ -55,8 +54,8 @@ ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
 #: server answers the client with whatever object the handler returns (or nothing).
 RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
-#: Resume a session after a short disconnect: its topics, or None if it cannot be resumed.
-ResumeHandler = Callable[[Hello], Awaitable["list[str] | None"]]
+#: Resume a session after a short disconnect: what was kept of it, or None if it cannot be.
+ResumeHandler = Callable[[Hello], Awaitable["Parked | None"]]
 #: Start a QoS 1 send; the node calls ``answer`` once with the frame for the client when
 #: the message is durable on R nodes or cannot be (no task waits per message meanwhile).
 DurableSender = Callable[[ClientSession, SendTo, Callable[[Object], None]], None]
@@ -226,17 +225,19 @@ class ClientServer:
             if isinstance(hello, Violation):
                 await self._refuse(client, hello)
             return "refused"
-        topics = None
+        resumed = None
         if hello.session is not None:
             with trio.move_on_after(2.0):
-                topics = await self.resume(hello)
+                resumed = await self.resume(hello)
+        topics = None if resumed is None else resumed.topics
         if topics is not None:
             machine.subscriptions.update(topics[:self.limits.max_subscriptions])
         session_id = hello.session if topics is not None else (
             f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}")
         session = ClientSession(session_id, hello.user, hello.device, client.remote,
                                 machine.subscriptions, notify=lambda _: self._mark(client),
-                                limit=self.config.client_queue, read_before=hello.last_seq)
+                                limit=self.config.client_queue,
+                                read_before=[hello.last_seq] if resumed is None else resumed.read)
         welcome = {"t": "welcome", "session": session.session, "user": session.user,
                    "node": self.node_name, "heartbeat": self.limits.heartbeat,
                    "resumed": topics is not None}

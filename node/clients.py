@@ -71,6 +71,10 @@ class Written:
     def has_read(self, seq: int) -> bool:
         return seq in self._read
 
+    def reads(self) -> list[int]:
+        """The remembered reads, the last read last."""
+        return list(self._read_order)
+
     def read(self, seqs: Iterable[int]) -> None:
         """The client has these, the last of them read last (only the last ``READ_KEPT``
         are remembered)."""
@@ -123,13 +127,15 @@ class ClientSession:
     #: called with the session and the QoS 1 messages not written to it because its client
     #: has them (acked on this connection, or named by its hello): they are acked again
     on_read: Callable[[ClientSession, list[int]], None] = lambda _session, _seqs: None
-    #: the hello's ``last_seq``: read before this connection, so not to be written on it
-    read_before: InitVar[int | None] = None
+    #: read before this connection, so not to be written on it: what a resumed session's
+    #: client read, and the hello's ``last_seq`` (last)
+    read_before: InitVar[list[int | None]] = ()  # type: ignore[assignment]
 
-    def __post_init__(self, read_before: int | None) -> None:
-        if read_before is not None:
+    def __post_init__(self, read_before: list[int | None]) -> None:
+        read = [seq for seq in read_before if seq is not None]
+        if read:
             self.written = Written()
-            self.written.read([read_before])
+            self.written.read(read)
 
     def wrote(self, batch: list[Object]) -> list[Object]:
         """Note the QoS 1 messages of ``batch`` as written (call it just before the

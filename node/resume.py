@@ -21,7 +21,7 @@ from .config import Config
 from .delivery import Delivery
 from .peer_link import PeerLinks
 from .ring import HashRing
-from .routing import Router
+from .routing import Parked, Router
 
 logger = logging.getLogger(__name__)
 #: a connection that ended for one of these may come back and resume
@@ -46,15 +46,16 @@ class Resumes:
         topics = sorted(session.subscriptions)
         until = time.time() + self.config.resume_window
         written = list(session.written or ())
+        read = session.written.reads() if session.written is not None else []
         logger.debug("session_parked user=%s session=%s owner=%s written=%s", session.user,
                      session.session, owner, written)
         if owner == self.config.name:
             self.router.park(session.user, session.session, topics, until, time.time(),
-                             written=written)
+                             written=written, read=read)
         else:
             self.links.send(owner, {"t": "park", "user": session.user, "until": until,
                                     "session": session.session, "topics": topics,
-                                    "written": written})
+                                    "written": written, "read": read})
 
     def read_already(self, session: ClientSession, seqs: list[int]) -> None:
         """Messages sent again to a connection whose client has them: an owner that
@@ -65,8 +66,10 @@ class Resumes:
                      session.session, seqs)
         self.delivery.client_ack(session.user, seqs, session.device)
 
-    async def resume(self, hello: Hello) -> list[str] | None:
-        """A client came back with its session id: its topics if the owner parked them.
+    async def resume(self, hello: Hello) -> Parked | None:
+        """A client came back with its session id: what the owner kept of it, if it did,
+        with ``read`` now everything the client is known to have read, the last it named
+        last (the new connection does not write those again).
 
         ``last_seq`` counts as an ack of what the old connection wrote up to it (the
         owner parked that list): the client has those, so they are not sent again. The
@@ -82,14 +85,14 @@ class Resumes:
             parked = _parked_from(reply)
         if parked is None:
             return None
-        topics, written = parked
+        acked: list[int] = []
         if hello.last_seq is not None:
-            acked = take_through(written, hello.last_seq)
+            acked = take_through(parked.written, hello.last_seq)
             logger.debug("session_resumed user=%s session=%s owner=%s last_seq=%s written=%s "
-                         "acked=%s", hello.user, hello.session, owner, hello.last_seq, written,
-                         acked)
+                         "acked=%s", hello.user, hello.session, owner, hello.last_seq,
+                         parked.written, acked)
             self.delivery.client_ack(hello.user, acked, hello.device)
-        return topics
+        return parked._replace(read=[*parked.read, *acked, hello.last_seq])
 
     def from_peer(self, node: str, frame: dict[str, Any]) -> bool:
         """Parking and resuming sessions, at the owner; False if ``frame`` is neither."""
@@ -102,24 +105,28 @@ class Resumes:
         now = time.time()
         if kind == "unpark":
             parked = self.router.unpark(user, session, now)
-            self.links.reply(node, frame, {"topics": parked[0], "written": parked[1]}
-                             if parked is not None else {"topics": None})
+            self.links.reply(node, frame, parked._asdict() if parked is not None
+                             else {"topics": None})
             return True
-        topics, until, written = frame.get("topics"), frame.get("until"), frame.get("written")
+        topics, until = frame.get("topics"), frame.get("until")
         if isinstance(topics, list) and isinstance(until, int | float):
             limit = now + self.config.resume_window
             self.router.park(user, session, [t for t in topics if isinstance(t, str)],
-                             min(float(until), limit), now,
-                             written=[s for s in written if isinstance(s, int)]
-                             if isinstance(written, list) else [])
+                             min(float(until), limit), now, written=_seqs(frame, "written"),
+                             read=_seqs(frame, "read"))
         return True
 
 
-def _parked_from(reply: dict[str, Any]) -> tuple[list[str], list[int]] | None:
-    """The owner's answer to an unpark: (topics, written), or None (not parked, junk)."""
-    topics, written = reply.get("topics"), reply.get("written", [])
+def _parked_from(reply: dict[str, Any]) -> Parked | None:
+    """The owner's answer to an unpark, or None (not parked, junk)."""
+    topics = reply.get("topics")
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         return None
-    if not isinstance(written, list):
-        written = []
-    return topics, [s for s in written if isinstance(s, int)]
+    return Parked(topics, _seqs(reply, "written"), _seqs(reply, "read"))
+
+
+def _seqs(frame: dict[str, Any], name: str) -> list[int]:
+    """A list of sequence numbers from a peer's frame (nothing if absent or not a list:
+    nodes before 2026-11-30 send no ``read``)."""
+    value = frame.get(name)
+    return [s for s in value if isinstance(s, int)] if isinstance(value, list) else []

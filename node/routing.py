@@ -46,6 +46,15 @@ def qos0_message(message_id: str, body: Any, now: float, **extra: Any) -> Messag
             "ts": round(now, 3), **extra}
 
 
+class Parked(NamedTuple):
+    """A dropped session kept for a resume: its topics, the QoS 1 messages its connection
+    wrote and the client did not ack (in order), the last ones the client read there."""
+
+    topics: list[str]
+    written: list[int]
+    read: list[int]
+
+
 class DeliverLocal(NamedTuple):
     user: str
     message: Message
@@ -85,8 +94,8 @@ class Router:
         #: here: session -> its device name (sent along with every registration)
         self.local_devices: dict[str, str] = {}
         #: at the owner: sessions that dropped and may resume:
-        #: session -> (user, topics, until, seqs written and not acked)
-        self.parked: dict[str, tuple[str, list[str], float, list[int]]] = {}
+        #: session -> (user, until, what was kept for a resume)
+        self.parked: dict[str, tuple[str, float, Parked]] = {}
         self._park_order: deque[tuple[float, str]] = deque()
         self.counters: Counter[str] = Counter()
 
@@ -137,17 +146,17 @@ class Router:
     # ---- flash disconnects ----------------------------------------------------------------
 
     def park(self, user: str, session: str, topics: list[str], until: float, now: float,
-             *, written: list[int] | None = None) -> None:
-        """A session of ``user`` dropped; keep its topics, and the QoS 1 messages its
-        connection wrote and the client did not ack, until ``until`` for a resume."""
+             *, written: list[int] | None = None, read: list[int] | None = None) -> None:
+        """A session of ``user`` dropped; keep its topics, the QoS 1 messages its
+        connection wrote and the client did not ack, and the last ones the client read
+        there, until ``until`` for a resume."""
         self._expire_parked(now)
-        self.parked[session] = (user, topics, until, list(written or ()))
+        self.parked[session] = (user, until, Parked(topics, list(written or ()),
+                                                    list(read or ())))
         self._park_order.append((until, session))
 
-    def unpark(self, user: str, session: str, now: float
-               ) -> tuple[list[str], list[int]] | None:
-        """The topics and written messages of a parked session of ``user`` (and forget
-        it), or None."""
+    def unpark(self, user: str, session: str, now: float) -> Parked | None:
+        """What was kept of a parked session of ``user`` (and forget it), or None."""
         self._expire_parked(now)
         parked = self.parked.get(session)
         if parked is None or parked[0] != user:
@@ -155,13 +164,13 @@ class Router:
             return None
         del self.parked[session]
         self.counters["resumes"] += 1
-        return parked[1], parked[3]
+        return parked[2]
 
     def _expire_parked(self, now: float) -> None:
         while self._park_order and self._park_order[0][0] <= now:
             _until, session = self._park_order.popleft()
             parked = self.parked.get(session)
-            if parked is not None and parked[2] <= now:
+            if parked is not None and parked[1] <= now:
                 del self.parked[session]
 
     # ---- messages ---------------------------------------------------------------------

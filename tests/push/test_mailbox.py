@@ -107,7 +107,7 @@ def test_a_resumed_connection_does_not_write_what_its_hello_says_was_read() -> N
     """A hello's ``last_seq`` names a message read before: not written on the new
     connection (acked again instead), so a later resume naming it covers nothing here."""
     reread: list[list[int]] = []
-    session = ClientSession("s", "u", "d", "", set(), read_before=5,
+    session = ClientSession("s", "u", "d", "", set(), read_before=[5],
                             on_read=lambda _session, seqs: reread.append(seqs))
     out = session.wrote([{"t": "msg", "qos": 1, "seq": 8}, {"t": "msg", "qos": 1, "seq": 5}])
     assert [m["seq"] for m in out] == [8] and reread == [[5]]

@@ -437,6 +437,41 @@ async def test_a_copy_sent_again_after_its_ack_does_not_make_a_resume_cover_more
         assert [s.seq for s in owner.delivery.mailboxes.pending("una")] == [unread["seq"]]
 
 
+async def test_a_resumed_connection_does_not_bring_back_what_the_old_one_delivered() -> None:
+    """A session's last reads go with it to the owner and on to the resumed connection:
+    an old copy of a message read before the drop is acked again there, not written."""
+    async with cluster(["a", "b", "c"]) as nodes:
+        host, port = nodes[2].client_address  # type: ignore[misc]
+        owner = owner_of(nodes, "ola")
+        async with open_websocket(host, port, "/", use_ssl=False) as ws:
+            token = mint(SECRET.encode(), "ola", time.time())
+            await ws.send_message(json.dumps({"t": "hello", "token": token}))
+            session = (await next_object(ws))["session"]
+            read = []
+            for body in ("first", "second"):
+                await nodes[0].send("ola", body, qos=1)
+                read.append(await next_message(ws))
+                if body == "first":
+                    [old_copy] = owner.delivery.mailboxes.pending("ola")
+                await ws.send_message(json.dumps({"t": "ack", "seq": read[-1]["seq"]}))
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: not owner.delivery.mailboxes.pending("ola"))
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: parked(nodes, "ola", session))
+        async with hello_again(nodes[1], "ola", session, read[-1]["seq"]) as (ws, welcome):
+            assert welcome["resumed"] is True
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: len(nodes[1].clients.sessions_of("ola")) == 1)
+            assert old_copy.id == read[0]["id"]
+            owner.delivery.mailboxes.put(old_copy)  # as if restored from an old disk
+            owner.delivery.push("ola", reconnect=True)
+            with trio.fail_after(5):  # acked again by b, not written
+                await wait_until(nodes, lambda: not owner.delivery.mailboxes.pending("ola"))
+            assert nodes[1].clients.counters["client_reacks"] == 1
+            await nodes[0].send("ola", "third", qos=1)
+            assert (await next_message(ws))["body"] == "third"  # not "first" again
+
+
 async def test_an_unknown_or_expired_session_starts_afresh() -> None:
     async with cluster(["a"], keys=()) as nodes, \
             hello_again(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
