@@ -47,12 +47,25 @@ async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,),
 
 
 @asynccontextmanager
-async def device(node: Node, user: str, name: str = "") -> AsyncIterator[WebSocketConnection]:
+async def connected(node: Node, user: str, session: str | None = None,
+                    last_seq: int | None = None, *, device: str = ""
+                    ) -> AsyncIterator[tuple[WebSocketConnection, dict]]:
+    """A connection to ``node`` for ``user`` (resuming ``session`` if given) and the node's
+    first answer."""
     host, port = node.client_address  # type: ignore[misc]
     async with open_websocket(host, port, "/", use_ssl=False) as ws:
-        token = mint(SECRET.encode(), user, time.time())
-        await ws.send_message(json.dumps({"t": "hello", "token": token, "device": name}))
-        assert (await next_object(ws))["t"] == "welcome"
+        frame = {"t": "hello", "token": mint(SECRET.encode(), user, time.time()),
+                 "device": device}
+        if session is not None:
+            frame.update(session=session, last_seq=last_seq)
+        await ws.send_message(json.dumps(frame))
+        yield ws, await next_object(ws)
+
+
+@asynccontextmanager
+async def device(node: Node, user: str, name: str = "") -> AsyncIterator[WebSocketConnection]:
+    async with connected(node, user, device=name) as (ws, welcome):
+        assert welcome["t"] == "welcome"
         yield ws
 
 
@@ -358,17 +371,6 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
         nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def hello_again(node: Node, user: str, session: str, last_seq: int | None
-                      ) -> AsyncIterator[tuple[WebSocketConnection, dict]]:
-    host, port = node.client_address  # type: ignore[misc]
-    async with open_websocket(host, port, "/", use_ssl=False) as ws:
-        token = mint(SECRET.encode(), user, time.time())
-        await ws.send_message(json.dumps({"t": "hello", "token": token, "session": session,
-                                          "last_seq": last_seq}))
-        yield ws, await next_object(ws)
-
-
 def parked(nodes: list[Node], user: str, session: str) -> bool:
     return session in owner_of(nodes, user).router.parked
 
@@ -378,11 +380,8 @@ async def test_a_dropped_client_resumes_without_loss_duplicates_or_resubscribing
     same_node: bool,
 ) -> None:
     async with cluster(["a", "b", "c"]) as nodes:
-        host, port = nodes[2].client_address  # type: ignore[misc]
-        async with open_websocket(host, port, "/", use_ssl=False) as ws:
-            token = mint(SECRET.encode(), "ivy", time.time())
-            await ws.send_message(json.dumps({"t": "hello", "token": token}))
-            session = (await next_object(ws))["session"]
+        async with connected(nodes[2], "ivy") as (ws, welcome):
+            session = welcome["session"]
             await ws.send_message(json.dumps({"t": "sub", "topics": ["news"]}))
             assert (await next_object(ws))["t"] == "subbed"
             for i in range(2):
@@ -392,7 +391,7 @@ async def test_a_dropped_client_resumes_without_loss_duplicates_or_resubscribing
             await wait_until(nodes, lambda: parked(nodes, "ivy", session))
         await nodes[1].send("ivy", "while away", qos=1)
         back = nodes[2] if same_node else nodes[0]
-        async with hello_again(back, "ivy", session, seen[-1]["seq"]) as (ws, welcome):
+        async with connected(back, "ivy", session, seen[-1]["seq"]) as (ws, welcome):
             assert welcome["resumed"] is True and welcome["session"] == session
             assert welcome["topics"] == ["news"]
             assert (await next_message(ws))["body"] == "while away"  # and not "seen 0/1"
@@ -406,12 +405,9 @@ async def test_a_copy_sent_again_after_its_ack_does_not_make_a_resume_cover_more
     sent the first again on the same connection, which broke. The resume named the first,
     the last the client read, and the parked list made that cover the unread one too."""
     async with cluster(["a", "b", "c"]) as nodes:
-        host, port = nodes[2].client_address  # type: ignore[misc]
         owner = owner_of(nodes, "una")
-        async with open_websocket(host, port, "/", use_ssl=False) as ws:
-            token = mint(SECRET.encode(), "una", time.time())
-            await ws.send_message(json.dumps({"t": "hello", "token": token}))
-            session = (await next_object(ws))["session"]
+        async with connected(nodes[2], "una") as (ws, welcome):
+            session = welcome["session"]
             await nodes[0].send("una", "read", qos=1)
             read = await next_message(ws)
             [old_copy] = owner.delivery.mailboxes.pending("una")
@@ -429,7 +425,7 @@ async def test_a_copy_sent_again_after_its_ack_does_not_make_a_resume_cover_more
                                  or nodes[2].clients.counters["client_reacks"] == 1)
         with trio.fail_after(5):
             await wait_until(nodes, lambda: parked(nodes, "una", session))
-        async with hello_again(nodes[0], "una", session, read["seq"]) as (ws, welcome):
+        async with connected(nodes[0], "una", session, read["seq"]) as (ws, welcome):
             assert welcome["resumed"] is True
             again = await next_message(ws)
             assert (again["id"], again["body"]) == (unread["id"], "written, never read")
@@ -441,12 +437,9 @@ async def test_a_resumed_connection_does_not_bring_back_what_the_old_one_deliver
     """A session's last reads go with it to the owner and on to the resumed connection:
     an old copy of a message read before the drop is acked again there, not written."""
     async with cluster(["a", "b", "c"]) as nodes:
-        host, port = nodes[2].client_address  # type: ignore[misc]
         owner = owner_of(nodes, "ola")
-        async with open_websocket(host, port, "/", use_ssl=False) as ws:
-            token = mint(SECRET.encode(), "ola", time.time())
-            await ws.send_message(json.dumps({"t": "hello", "token": token}))
-            session = (await next_object(ws))["session"]
+        async with connected(nodes[2], "ola") as (ws, welcome):
+            session = welcome["session"]
             read = []
             for body in ("first", "second"):
                 await nodes[0].send("ola", body, qos=1)
@@ -458,7 +451,7 @@ async def test_a_resumed_connection_does_not_bring_back_what_the_old_one_deliver
                 await wait_until(nodes, lambda: not owner.delivery.mailboxes.pending("ola"))
         with trio.fail_after(5):
             await wait_until(nodes, lambda: parked(nodes, "ola", session))
-        async with hello_again(nodes[1], "ola", session, read[-1]["seq"]) as (ws, welcome):
+        async with connected(nodes[1], "ola", session, read[-1]["seq"]) as (ws, welcome):
             assert welcome["resumed"] is True
             with trio.fail_after(5):
                 await wait_until(nodes, lambda: len(nodes[1].clients.sessions_of("ola")) == 1)
@@ -474,7 +467,7 @@ async def test_a_resumed_connection_does_not_bring_back_what_the_old_one_deliver
 
 async def test_an_unknown_or_expired_session_starts_afresh() -> None:
     async with cluster(["a"], keys=()) as nodes, \
-            hello_again(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
+            connected(nodes[0], "joe", "a.1.nope", None) as (_ws, welcome):
         assert welcome["resumed"] is False and welcome["session"] != "a.1.nope"
 
 
