@@ -176,8 +176,7 @@ class Store:
         """The store thread: commit everything queued in one transaction, then wake its
         callers (one callback into trio per commit)."""
         jobs = self._jobs
-        while (job := jobs.get()) is not None:
-            batch = job
+        while (batch := jobs.get()) is not None:  # a caller's list: nobody else keeps it
             ending = False
             while not ending:
                 try:
@@ -187,7 +186,7 @@ class Store:
                 if more is None:
                     ending = True
                 else:
-                    batch = batch + more
+                    batch.extend(more)
             error = None
             try:
                 self._commit(batch)
@@ -240,4 +239,3 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-

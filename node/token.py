@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-
 #: Clock skew tolerated between the minting server and the node, seconds.
 LEEWAY = 30.0
 MAX_TOKEN_SIZE = 4096
