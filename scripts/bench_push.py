@@ -12,8 +12,14 @@ senders on node-1, 256-byte bodies (scripts/push_loadgen.py). Measured:
 
 socket.io: ``../shared/peers/socketio`` (copied under runs/, its own venv, a local
 redis-server): its ``cross`` scenario, nodes A and B through Redis, at the same client
-counts, at whichever of --peer-windows delivers most (its authors calibrated 16 with
-uvicorn; with aiohttp they measured 64 delivering 8-11 % more).
+counts. Its **throughput** is taken at whichever of --peer-windows delivers most (its
+authors calibrated 16 with uvicorn; with aiohttp they measured 64 delivering 8-11 %
+more). Its **latency** is always taken at --peer-latency-window (16: the window its
+authors chose, the smallest that reaches its full rate): a closed loop's latency grows
+with the window (at 64 its p99 is about three times that at 16), so a reference that
+followed the calibration's pick would move with a coin toss. grapevine's "at socket.io's
+rate" runs are open loop at the rate socket.io delivered in that latency run, so both
+p99s are taken at the same load. The script prints the ratios issue #3 sets targets for.
 
 Needs root for apt (redis-server) the first time; everything listens on 127.0.0.1 and
 every process is stopped by pid at the end. Prints a table and writes JSON.
@@ -131,7 +137,9 @@ def main() -> None:
     ap.add_argument("--windows", default="256,512,1024,2048,4096",
                     help="grapevine windows (messages in flight) to calibrate among")
     ap.add_argument("--peer-windows", default="16,64",
-                    help="socket.io windows to calibrate among")
+                    help="socket.io windows to calibrate its throughput among")
+    ap.add_argument("--peer-latency-window", type=int, default=16,
+                    help="socket.io window its latency (the p99 reference) is taken at")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=1000)
@@ -191,10 +199,15 @@ def main() -> None:
             peer = peer_run(python, work, args.clients, args, args.duration,
                             window=windows["socket.io"])
             keep("socket.io cross peak", peer)
+            reference = peer
+            if windows["socket.io"] != args.peer_latency_window:
+                reference = peer_run(python, work, args.clients, args, args.duration,
+                                     window=args.peer_latency_window)
+            keep("socket.io cross latency", reference)
             for qos in (0, 1):
                 with Cluster(work, f"gv-q{qos}-at-peer") as cluster:
                     same = loadgen(python, cluster, work / f"gv-q{qos}-at-peer-{rep}.json",
-                                   clients=args.clients, rate=peer["delivered_per_s"],
+                                   clients=args.clients, rate=reference["delivered_per_s"],
                                    qos=qos, warmup=args.warmup, duration=args.duration)
                     keep(f"grapevine qos{qos} at socket.io's rate", same)
     for count in (int(c) for c in args.idle_clients.split(",")):
@@ -212,8 +225,10 @@ def main() -> None:
     table = {name: {key: median(name, key) for key in (
         "delivered_per_s", "offered_per_s", "p50_ms", "p99_ms", "rss_per_conn_kib",
         "connections_per_s", "lost")} for name in rows}
+    targets = ratios(rows)
     Path(args.out).write_text(json.dumps({"machine": info, "windows": windows,
-                                          "medians": table, "runs": rows}, indent=1))
+                                          "medians": table, "ratios": targets,
+                                          "runs": rows}, indent=1))
     print()
     print("windows: " + ", ".join(f"{k}={v}" for k, v in windows.items()))
     print(f"{'run':<40} {'msgs/s':>8} {'offered':>8} {'p50 ms':>7} {'p99 ms':>7} "
@@ -223,6 +238,36 @@ def main() -> None:
             f"{'' if cells[k] is None else cells[k]:>{w}}" for k, w in (
                 ("delivered_per_s", 8), ("offered_per_s", 8), ("p50_ms", 7), ("p99_ms", 7),
                 ("rss_per_conn_kib", 8), ("connections_per_s", 7), ("lost", 5))))
+    if targets:
+        print()
+        print("issue #3's ratios, per rep (median):")
+        for name, values in targets.items():
+            print(f"  {name}: " + " / ".join(f"{v:.2f}" for v in values)
+                  + f" ({statistics.median(values):.2f})")
+
+
+#: issue #3's targets: (what, grapevine's row, socket.io's row, the figure compared)
+TARGETS = [
+    ("QoS 0 msgs/s, x socket.io (target >= 10)", "grapevine qos0 peak",
+     "socket.io cross peak", "delivered_per_s"),
+    ("QoS 1 msgs/s, x socket.io (target >= 3)", "grapevine qos1 peak",
+     "socket.io cross peak", "delivered_per_s"),
+    ("QoS 0 p99 at socket.io's rate, x its p99 (target <= 0.5)",
+     "grapevine qos0 at socket.io's rate", "socket.io cross latency", "p99_ms"),
+    ("QoS 1 p99 at socket.io's rate, x its p99 (target <= 0.5)",
+     "grapevine qos1 at socket.io's rate", "socket.io cross latency", "p99_ms"),
+]
+
+
+def ratios(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """Each target's ratio per rep: grapevine's figure over socket.io's in the same rep."""
+    found = {}
+    for name, ours, theirs, key in TARGETS:
+        pairs = zip(rows.get(ours, []), rows.get(theirs, []), strict=False)  # per rep
+        values = [a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)]
+        if values:
+            found[name] = [round(v, 2) for v in values]
+    return found
 
 
 if __name__ == "__main__":
