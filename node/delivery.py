@@ -383,6 +383,9 @@ class Delivery:
                 answer = {"error": str(exc)}
             except ValueError as exc:
                 answer = {"error": f"bad request: {exc}"}
+            except Exception as exc:  # the request's boundary: one never stops the node
+                logger.exception("replicate_failed_here peer=%s", node)
+                answer = {"error": f"{self.me} could not store the copies: {exc}"}
             self.links.reply(node, frame, answer)
 
     async def _answer(self, frame: Frame) -> Frame:

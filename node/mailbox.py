@@ -23,12 +23,16 @@ a lower one arrived; the order of one connection does.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
+
+#: the largest seq (and attempts count) a store can hold: SQLite's largest INTEGER
+MAX_SEQ = 2**63 - 1
 
 
 class Stored(NamedTuple):
@@ -71,6 +75,9 @@ class Stored(NamedTuple):
                 and isinstance(stored.id, str) and isinstance(stored.body, str)
                 and (stored.sender is None or isinstance(stored.sender, str))):
             raise ValueError("a stored message has a field of the wrong type")
+        if not (0 < stored.seq <= MAX_SEQ and 0 <= stored.attempts <= MAX_SEQ
+                and math.isfinite(stored.ts) and math.isfinite(stored.expires)):
+            raise ValueError("a stored message has a seq, attempts or time out of range")
         return stored
 
 
@@ -149,6 +156,8 @@ class Mailboxes:
                 f"{self.limits.max_pending_per_user}"
             )
         seq = max(box.last_seq + 1, int(now * 1_000_000))
+        if seq > MAX_SEQ:
+            raise OverflowError(f"{user} has used up its sequence numbers")
         box.last_seq = seq
         expires = now + (ttl if ttl is not None else self.limits.default_ttl)
         return Stored(user, seq, message_id, body, round(now, 3), expires, sender=sender)

@@ -187,26 +187,45 @@ class Store:
                     ending = True
                 else:
                     batch.extend(more)
-            error = None
+            commits, errors = self._commit_each(batch)
             try:
-                self._commit(batch)
-            except Exception as exc:  # not only sqlite3.Error (a value it cannot bind is a
-                error = exc  # ValueError): the batch fails, the thread lives on
-            try:
-                token.run_sync_soon(self._committed_batch, batch, error)
+                token.run_sync_soon(self._committed_batch, batch, commits, errors)
             except trio.RunFinishedError:
                 return
             if ending:
                 return
 
-    def _committed_batch(self, batch: list[_Write], error: Exception | None) -> None:
-        """In trio: a batch is on disk (or failed): wake its writers."""
-        if error is not None:
-            logger.error("store_write_failed error=%r writes=%d", str(error), len(batch))
-        else:
-            self.commits += 1
-            self.writes += len(batch)
-        for request in batch:
+    def _commit_each(self, batch: list[_Write]) -> tuple[int, list[Exception | None]]:
+        """Commit ``batch`` in one transaction; if that fails, each write in one of its
+        own, so that a write that cannot be stored fails alone, not the callers it was
+        batched with. Returns the transactions committed and each write's error."""
+        try:
+            self._commit(batch)
+            return 1, [None] * len(batch)
+        except Exception as exc:  # not only sqlite3.Error (a value it cannot bind is a
+            if len(batch) == 1:  # ValueError or an OverflowError): the thread lives on
+                return 0, [exc]
+        commits, errors = 0, []
+        for write in batch:
+            try:
+                self._commit([write])
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                commits += 1
+                errors.append(None)
+        return commits, errors
+
+    def _committed_batch(self, batch: list[_Write], commits: int,
+                         errors: list[Exception | None]) -> None:
+        """In trio: a batch is on disk (or some of its writes failed): wake its writers."""
+        failed = [error for error in errors if error is not None]
+        if failed:
+            logger.error("store_write_failed error=%r writes=%d of=%d", str(failed[0]),
+                         len(failed), len(batch))
+        self.commits += commits
+        self.writes += len(batch) - len(failed)
+        for request, error in zip(batch, errors, strict=True):
             request.error = error
             request.done.set()
         self._committed.set()

@@ -12,6 +12,7 @@ reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -91,8 +92,8 @@ def parse_item(item: object) -> tuple[str, str, float | None, str | None]:
     user, body, ttl, sender = item
     if not isinstance(user, str) or not isinstance(body, str):
         raise ValueError("store needs a user and a body")
-    if ttl is not None and not isinstance(ttl, int | float):
-        raise ValueError("ttl must be a number")
+    if ttl is not None and not (isinstance(ttl, int | float) and math.isfinite(ttl)):
+        raise ValueError("ttl must be a finite number")
     return user, body, ttl, sender if isinstance(sender, str) else None
 
 

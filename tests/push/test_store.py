@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+import math
+import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 from node.mailbox import Stored
@@ -59,3 +62,20 @@ async def test_held_writes_alone_commit_after_the_delay(tmp_path: Path) -> None:
         await store.flush()  # at once, without waiting for the delay
         assert store.commits == 3
     assert await reopened(path) == ([], [])
+
+
+
+async def test_a_write_that_cannot_be_stored_fails_alone_not_those_it_was_batched_with(
+        tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    async with running(path) as store:
+        await store.write([message(1)])
+        store.write_soon(devices=[("u", "phone", 5.0)])  # held: goes with the next write
+        with pytest.raises(OverflowError):  # not an SQLite integer
+            await store.write([Stored("u", 2**63, "big", "x", 1.0, 2e9)])
+        store.write_soon(deletes=[("u", 1)])
+        with pytest.raises(sqlite3.IntegrityError):  # NaN is stored as NULL
+            await store.write([Stored("u", 3, "nan", "x", 1.0, math.nan)])
+        await store.write([message(2)])  # and the store goes on
+    messages, devices = await reopened(path)
+    assert [m.seq for m in messages] == [2] and devices == [("u", "phone", 5.0)]
