@@ -12,6 +12,7 @@ a connection whose client has it is acked again here (``read_already``), not wri
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -109,7 +110,7 @@ class Resumes:
                              else {"topics": None})
             return True
         topics, until = frame.get("topics"), frame.get("until")
-        if isinstance(topics, list) and isinstance(until, int | float):
+        if isinstance(topics, list) and isinstance(until, int | float) and math.isfinite(until):
             limit = now + self.config.resume_window
             self.router.park(user, session, [t for t in topics if isinstance(t, str)],
                              min(float(until), limit), now, written=_seqs(frame, "written"),

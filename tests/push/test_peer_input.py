@@ -34,3 +34,12 @@ async def test_copies_no_node_would_send_are_refused_and_the_node_goes_on() -> N
         with trio.fail_after(5):
             sent = await a.delivery.send(user, "still storing", None, None)
         assert sent["seq"] > 0 and b.delivery.mailboxes.pending_count(user) == 1
+
+
+async def test_a_session_parked_until_no_time_at_all_is_not_kept() -> None:
+    async with cluster(["a", "b"]) as (a, _b):
+        a.links.send("b", {"t": "park", "user": "u2", "session": "s1", "topics": ["t"],
+                           "until": math.nan})  # NaN would never expire (nor sort in a heap)
+        with trio.fail_after(5):  # same link, so answered after the park was taken
+            reply = await a.links.request("b", {"t": "unpark", "user": "u2", "session": "s1"})
+        assert reply["topics"] is None
