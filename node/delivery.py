@@ -22,6 +22,7 @@ longer holds once the new holders have them on disk.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -411,7 +412,8 @@ class Delivery:
         records = []
         for item in raw:
             if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], str) and isinstance(item[2], int | float)):
+                    and isinstance(item[1], str) and isinstance(item[2], int | float)
+                    and math.isfinite(item[2])):
                 user, device, seen = item[0], item[1], float(item[2])
                 self.mailboxes.see_device(user, device, seen)
                 records.append((user, device, seen))

@@ -25,6 +25,7 @@ async def test_copies_no_node_would_send_are_refused_and_the_node_goes_on() -> N
                     "b", {"t": "replicate", "msgs": [{**GOOD, **bad}], "devices": []})
             assert "out of range" in reply.get("error", ""), bad
         assert b.delivery.mailboxes.pending_count("u1") == 0
+        a.links.send("b", {"t": "devices", "devices": [["u1", "phone", math.nan]]})
         stores = {"t": "stores", "items": [["u1", "x", math.nan, None],
                                            ["u1", "x", math.inf, None]]}
         with trio.fail_after(5):
@@ -34,6 +35,7 @@ async def test_copies_no_node_would_send_are_refused_and_the_node_goes_on() -> N
         with trio.fail_after(5):
             sent = await a.delivery.send(user, "still storing", None, None)
         assert sent["seq"] > 0 and b.delivery.mailboxes.pending_count(user) == 1
+        assert b.delivery.mailboxes.devices("u1") == {}  # the device seen at NaN: skipped
 
 
 async def test_a_session_parked_until_no_time_at_all_is_not_kept() -> None:
