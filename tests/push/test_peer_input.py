@@ -8,7 +8,10 @@ OverflowError that ended the request's worker task, and with it the node.)
 from __future__ import annotations
 
 import math
+import random
+from typing import Any
 
+import pytest
 import trio
 
 from tests.push.test_push_nodes import cluster
@@ -45,3 +48,57 @@ async def test_a_session_parked_until_no_time_at_all_is_not_kept() -> None:
         with trio.fail_after(5):  # same link, so answered after the park was taken
             reply = await a.links.request("b", {"t": "unpark", "user": "u2", "session": "s1"})
         assert reply["topics"] is None
+
+
+KINDS = ["route", "deliver", "register", "unregister", "store", "stores", "replicate",
+         "replicate", "replicate", "ack", "acked", "devices", "presence", "park", "unpark",
+         "resync", "publish", "broadcast", "nonsense"]
+FIELDS = ["user", "msg", "session", "device", "body", "ttl", "from", "items", "msgs",
+          "devices", "seqs", "topics", "until", "written", "read", "topic"]
+TEXTS = ["", "u1", "x" * 300, "é", "\x00", "$presence", "\U0001f600"]
+NUMBERS = [0, 1, -1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0.5, math.inf, -math.inf,
+           math.nan, 1e308, True, None]
+
+
+def value(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if roll < 0.3:
+        return rng.choice(TEXTS)
+    if roll < 0.6:
+        return rng.choice(NUMBERS)
+    if roll < 0.75 and depth < 3:
+        return [value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if roll < 0.95 and depth < 3:  # maps mostly keyed like the real ones
+        keys = [*FIELDS, "seq", "id", "ts", "expires", "attempts", "t", "qos"]
+        return {rng.choice(keys): value(rng, depth + 1) for _ in range(rng.randrange(6))}
+    return b"\x00\xff"
+
+
+def frame(rng: random.Random) -> dict[str, Any]:
+    obj: dict[str, Any] = {"t": rng.choice(KINDS)}
+    for name in rng.sample(FIELDS, rng.randrange(6)):
+        obj[name] = value(rng)
+    if obj["t"] == "replicate" and rng.random() < 0.8:  # copies right but for one number
+        obj["msgs"] = [{**GOOD, rng.choice(["seq", "ts", "expires", "attempts"]):
+                        rng.choice(NUMBERS)} for _ in range(2)]
+        obj["devices"] = [["u1", "phone", rng.choice(NUMBERS)]]
+    return obj
+
+
+@pytest.mark.parametrize("fuzz_seed", [1, 2, 3])
+async def test_random_frames_from_a_peer_never_stop_the_node(fuzz_seed: int) -> None:
+    """Whatever an authenticated peer sends, the node answers its requests (or not) and
+    goes on serving and storing — seeded, bounded."""
+    rng = random.Random(fuzz_seed)
+    async with cluster(["a", "b"]) as (a, b):
+        user = next(u for u in (f"u{i}" for i in range(1000)) if a.ring.owner(u) == "b")
+        for round_ in range(6):
+            for _ in range(40):
+                if rng.random() < 0.5:
+                    a.links.send("b", frame(rng))
+                else:  # a request: its answer (or none) is not what is tested
+                    a.links.request_soon("b", frame(rng), lambda _reply: None, 5.0)
+            with trio.fail_after(5):  # same link, after the frames: b is still serving
+                sent = await a.delivery.send(user, f"round {round_}", None, None)
+            assert sent["seq"] > 0
+        assert b.links.connected() == ["a"]
