@@ -69,7 +69,7 @@ class Stored(NamedTuple):
         try:
             stored = cls(raw["user"], raw["seq"], raw["id"], raw["body"], float(raw["ts"]),
                          float(raw["expires"]), raw.get("from"), int(raw.get("attempts", 0)))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # int(inf) overflows
             raise ValueError("a stored message lacks a field or has a wrong type") from None
         if not (isinstance(stored.user, str) and isinstance(stored.seq, int)
                 and isinstance(stored.id, str) and isinstance(stored.body, str)

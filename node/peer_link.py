@@ -153,7 +153,8 @@ class PeerLinks:
         self.send(node, {**answer, "t": "reply", "rid": request.get("rid")})
 
     def _replied(self, frame: Frame) -> None:
-        on_reply = self._waiting.pop(frame.get("rid"), None)  # type: ignore[arg-type]
+        rid = frame.get("rid")
+        on_reply = self._waiting.pop(rid, None) if isinstance(rid, int) else None
         if on_reply is None:
             self.counters["peer_late_replies"] += 1
             return

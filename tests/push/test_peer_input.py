@@ -7,6 +7,7 @@ OverflowError that ended the request's worker task, and with it the node.)
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any
@@ -52,9 +53,9 @@ async def test_a_session_parked_until_no_time_at_all_is_not_kept() -> None:
 
 KINDS = ["route", "deliver", "register", "unregister", "store", "stores", "replicate",
          "replicate", "replicate", "ack", "acked", "devices", "presence", "park", "unpark",
-         "resync", "publish", "broadcast", "nonsense"]
+         "resync", "publish", "broadcast", "reply", "nonsense"]
 FIELDS = ["user", "msg", "session", "device", "body", "ttl", "from", "items", "msgs",
-          "devices", "seqs", "topics", "until", "written", "read", "topic"]
+          "devices", "seqs", "topics", "until", "written", "read", "topic", "rid"]
 TEXTS = ["", "u1", "x" * 300, "é", "\x00", "$presence", "\U0001f600"]
 NUMBERS = [0, 1, -1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0.5, math.inf, -math.inf,
            math.nan, 1e308, True, None]
@@ -86,9 +87,10 @@ def frame(rng: random.Random) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("fuzz_seed", [1, 2, 3])
-async def test_random_frames_from_a_peer_never_stop_the_node(fuzz_seed: int) -> None:
+async def test_random_frames_from_a_peer_never_stop_the_node(
+        fuzz_seed: int, caplog: pytest.LogCaptureFixture) -> None:
     """Whatever an authenticated peer sends, the node answers its requests (or not) and
-    goes on serving and storing — seeded, bounded."""
+    goes on serving and storing, and no handler fails on the way — seeded, bounded."""
     rng = random.Random(fuzz_seed)
     async with cluster(["a", "b"]) as (a, b):
         user = next(u for u in (f"u{i}" for i in range(1000)) if a.ring.owner(u) == "b")
@@ -101,4 +103,7 @@ async def test_random_frames_from_a_peer_never_stop_the_node(fuzz_seed: int) -> 
             with trio.fail_after(5):  # same link, after the frames: b is still serving
                 sent = await a.delivery.send(user, f"round {round_}", None, None)
             assert sent["seq"] > 0
-        assert b.links.connected() == ["a"]
+        assert b.links.connected() == ["a"]  # and never broken on the way:
+        assert b.links.counters["peer_links_opened"] == 1
+        assert b.links.counters["peer_frames_failed"] == 0  # no handler raised
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
