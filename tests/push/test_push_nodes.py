@@ -215,7 +215,7 @@ async def test_sends_through_a_node_that_does_not_own_the_user_go_in_few_request
         assert "seq" in results[0] and [sorted(r) for r in results[1:]] == [["error"]] * 3
         assert "a user and a body" in results[1]["error"]
         assert "[user, body, ttl, sender]" in results[2]["error"]
-        assert "ttl must be a number" in results[3]["error"]
+        assert "ttl must be a finite number" in results[3]["error"]
 
 
 async def test_a_client_may_send_more_qos1_messages_than_it_may_have_in_flight(
