@@ -54,6 +54,11 @@ SOON_DELAY = 0.1
 SOON_LIMIT = 4096
 
 
+class StoreUnreadable(OSError):
+    """The data dir's mailbox database cannot be opened or read: the node cannot start
+    (an OSError, like a port in use: the command line prints it in one line)."""
+
+
 @dataclass(slots=True)
 class _Write:
     puts: list[Stored]
@@ -102,7 +107,13 @@ class Store:
             seqs = dict(db.execute("SELECT user, last_seq FROM sequences").fetchall())
             devices = db.execute("SELECT user, device, seen FROM devices").fetchall()
             return [Stored(*row) for row in rows], seqs, devices
-        return await trio.to_thread.run_sync(_open)
+        try:
+            return await trio.to_thread.run_sync(_open)
+        except sqlite3.Error as exc:
+            raise StoreUnreadable(
+                f"cannot open the mailboxes in {self.path}: {exc} (a damaged file can be "
+                "moved aside: the node then starts empty, and with --replicas 2 or more "
+                "the copies other nodes hold come back to it)") from None
 
     async def write(self, puts: Iterable[Stored] = (), deletes: Iterable[tuple[str, int]] = (),
                     devices: Iterable[Device] = ()) -> None:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,22 @@ def test_an_address_in_use_is_one_line_and_exit_2() -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("grapevine: cannot bind"), result.stderr
     assert "in use" in lines[-1]
+
+
+@pytest.mark.parametrize("damage", ["not a database", "not readable"])
+def test_a_data_dir_whose_mailboxes_cannot_be_opened_is_one_line_and_exit_1(
+        tmp_path: Path, damage: str) -> None:
+    database = tmp_path / "mailboxes.sqlite3"
+    if damage == "not a database":
+        database.write_bytes(b"garbage " * 1000)
+    else:
+        database.mkdir()  # a directory where the file should be
+    result = grapevine("node", "--name", "x", "--bind", "127.0.0.1:0", "--api", "off",
+                       "--data-dir", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("grapevine: node failed: cannot open the mailboxes"), result.stderr
+    assert str(database) in last and "Traceback" not in result.stderr
 
 
 def test_an_unreachable_api_is_exit_1_with_a_reason() -> None:
