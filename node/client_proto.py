@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .frames import FrameError, dump_json, load_json, pack, unpack
+from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack
 from .token import TokenError, check_user, verify
 
 logger = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ class ClientConnection:
             text = dump_json(value)
             text.encode()  # a lone surrogate has no UTF-8 form: the frame would not either
             return text
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int
             logger.error("client_frame_unencodable objects=%d error=%r", len(objects), str(exc))
             return None
 
@@ -315,8 +315,8 @@ def _optional_int(obj: dict[str, Any], name: str) -> int | None:
     value = obj.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Bad(f"{obj['t']}: {name} must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise _Bad(f"{obj['t']}: {name} must be a non-negative integer below 2**63")
     return value
 
 

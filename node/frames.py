@@ -14,6 +14,11 @@ from typing import Any
 import msgpack
 
 
+#: the largest integer a sequence number (or count) may be anywhere: SQLite's INTEGER and
+#: msgpack's signed int64; JSON has no limit, so input checks hold numbers to it
+MAX_SEQ = 2**63 - 1
+
+
 class FrameError(ValueError):
     """Bytes that are not a valid frame; ``code`` is the client-protocol error code."""
 

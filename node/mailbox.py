@@ -31,8 +31,7 @@ from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
 
-#: the largest seq (and attempts count) a store can hold: SQLite's largest INTEGER
-MAX_SEQ = 2**63 - 1
+from .frames import MAX_SEQ
 
 
 class Stored(NamedTuple):

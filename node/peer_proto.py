@@ -39,12 +39,13 @@ logger = logging.getLogger(__name__)
 def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
     """The frames, each behind its length. One that cannot be packed (a value msgpack
     cannot carry: input checks should have refused it) is logged and left out, never the
-    others written with it."""
+    others written with it (they were taken off the link's queue already: an error here
+    would lose them all)."""
     out = bytearray()
     for obj in objects:
         try:
             body = pack(obj)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # an int beyond 64 bits
             logger.error("peer_frame_unpackable kind=%s error=%r", obj.get("t"), str(exc))
             continue
         out += HEADER.pack(len(body))

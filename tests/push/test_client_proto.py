@@ -56,6 +56,9 @@ def test_requests_parse_in_either_encoding(text: bool) -> None:
     assert decoded == [{"t": "pong", "ref": "p"}, {"t": "msg", "body": "b"}]
     one = connection.encode([{"t": "pong"}])
     assert (json.loads(one) if text else msgpack.unpackb(one)) == {"t": "pong"}
+    # no form in the encoding: None (the server then ends the connection), never a raise
+    unencodable = {"t": "msg", "body": "\ud800"} if text else {"t": "msg", "seq": 2**64}
+    assert connection.encode([unencodable]) is None
 
 
 @pytest.mark.parametrize(("first", "reason"), [
@@ -63,6 +66,8 @@ def test_requests_parse_in_either_encoding(text: bool) -> None:
     ({"t": "hello", "token": "nope"}, "not a JWT"),
     ({"t": "hello", "token": mint(b"wrong", "alice", NOW)}, "signature"),
     ({"t": "hello", "token": mint(SECRET, "alice", NOW), "v": 9}, "version"),
+    ({"t": "hello", "token": mint(SECRET, "alice", NOW), "session": "s", "last_seq": 10**30},
+     "below 2**63"),
 ])
 def test_nothing_before_a_good_hello(first: dict, reason: str) -> None:
     connection = ClientConnection(SECRET, NOW)
@@ -78,6 +83,7 @@ def test_bad_requests_are_answered_and_the_connection_stays_open() -> None:
     cases = [
         ({"t": "ack"}, "seq"),
         ({"t": "ack", "seq": -1}, "non-negative"),
+        ({"t": "ack", "seq": 2**63}, "below 2**63"),  # JSON has no limit; no seq is this big
         ({"t": "send", "to": "bob", "body": "x", "qos": 2, "ref": "q"}, "qos"),
         ({"t": "send", "to": "bob", "body": "x", "ttl": 0}, "ttl"),
         ({"t": "send", "body": "x"}, "to"),
