@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="TCP address of the links between nodes (default: the --bind host, any port)",
     )
     parser.add_argument(
-        "--replicas", type=int, default=int(env("REPLICAS", "2") or 2), metavar="R",
+        "--replicas", type=int, default=env("REPLICAS") or "2", metavar="R",
         help="nodes that hold each QoS 1 message on disk before it is acknowledged (default 2)",
     )
     parser.add_argument(
@@ -65,19 +65,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where upstream frames and presence events are POSTed (JSON)",
     )
     parser.add_argument(
-        "--broadcast-rate", type=float, default=float(env("BROADCAST_RATE", "10000") or 1e4),
+        "--broadcast-rate", type=float, default=env("BROADCAST_RATE") or "10000",
         metavar="N", help="client deliveries per second of a broadcast, per node (10000)",
     )
     parser.add_argument(
-        "--resume-window", type=float, default=float(env("RESUME_WINDOW", "30") or 30),
+        "--resume-window", type=float, default=env("RESUME_WINDOW") or "30",
         metavar="SECONDS", help="how long a dropped client may resume its session (30)",
     )
     parser.add_argument(
-        "--default-ttl", type=float, default=float(env("DEFAULT_TTL", "259200") or 259200),
+        "--default-ttl", type=float, default=env("DEFAULT_TTL") or "259200",
         metavar="SECONDS", help="how long a QoS 1 message sent without a ttl is kept (3 days)",
     )
     parser.add_argument(
-        "--max-ttl", type=float, default=float(env("MAX_TTL", "2592000") or 2592000),
+        "--max-ttl", type=float, default=env("MAX_TTL") or "2592000",
         metavar="SECONDS", help="the longest ttl a send may ask for (30 days)",
     )
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "error" in result.stderr or "grapevine:" in result.stderr
+
+
+@pytest.mark.parametrize("variable", ["GRAPEVINE_MAX_TTL", "GRAPEVINE_REPLICAS"])
+def test_a_bad_number_in_the_environment_is_one_line_and_exit_2(variable: str) -> None:
+    def with_it(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
+                              text=True, check=False, timeout=20, cwd=ROOT,
+                              env={**os.environ, variable: "abc"})
+    result = with_it("node", "--name", "x", "--api", "off")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "invalid" in result.stderr and "'abc'" in result.stderr
+    # commands that do not read it still work
+    assert with_it("token", "--secret", "s", "--user", "u").returncode == 0
 
 
 def test_an_address_in_use_is_one_line_and_exit_2() -> None:
