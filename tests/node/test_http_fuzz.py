@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
 
 import pytest
 import trio
 
+from tests.fuzzing import Values
 from tests.node.helpers import http
 from tests.push.test_client_server import client_node
 
@@ -28,17 +28,8 @@ FIELDS = ["to", "body", "qos", "ttl", "topic", "user", "reason"]
 NUMBERS = [0, 1, -1, 2, 2**63, 2**64, -(2**63), 0.5, 1e308, True, False, None]
 
 
-def value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if roll < 0.35:
-        return rng.choice(["", "bob", "x" * 300, "\x00", "é", "\U0001f600", "$presence"])
-    if roll < 0.7:
-        return rng.choice(NUMBERS)
-    if roll < 0.85 and depth < 2:
-        return [value(rng, depth + 1) for _ in range(rng.randrange(3))]
-    if depth < 2:
-        return {rng.choice(FIELDS): value(rng, depth + 1) for _ in range(rng.randrange(3))}
-    return None
+value = Values(["", "bob", "x" * 300, "\x00", "é", "\U0001f600", "$presence"], NUMBERS,
+               keys=FIELDS, leaf=None)  # JSON carries no bytes
 
 
 def body(rng: random.Random) -> bytes:

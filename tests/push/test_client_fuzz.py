@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from tests.fuzzing import Values
 from tests.push.test_client_server import client_node, connect, token
 
 ROUNDS, REQUESTS = 8, 30
@@ -23,17 +24,7 @@ KINDS = ["send", "send", "send", "ack", "sub", "unsub", "up", "ping", "kick", "n
 FIELDS = ["to", "body", "qos", "ttl", "ref", "seq", "topics", "topic"]
 
 
-def value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if roll < 0.35:
-        return rng.choice(TEXTS)
-    if roll < 0.65:
-        return rng.choice(NUMBERS)
-    if roll < 0.8 and depth < 2:
-        return [value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    if roll < 0.95 and depth < 2:
-        return {rng.choice(TEXTS): value(rng, depth + 1) for _ in range(rng.randrange(3))}
-    return b"\x00\xff"
+value = Values(TEXTS, NUMBERS, keys=TEXTS)
 
 
 def request(rng: random.Random, me: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.fuzzing import Values
 from tests.push.test_push_nodes import cluster
 
 GOOD = {"user": "u1", "seq": 1, "id": "a.1", "body": "x", "ts": 1.0, "expires": 4e9}
@@ -61,18 +62,8 @@ NUMBERS = [0, 1, -1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0.5, math.inf, -math
            math.nan, 1e308, True, None]
 
 
-def value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if roll < 0.3:
-        return rng.choice(TEXTS)
-    if roll < 0.6:
-        return rng.choice(NUMBERS)
-    if roll < 0.75 and depth < 3:
-        return [value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    if roll < 0.95 and depth < 3:  # maps mostly keyed like the real ones
-        keys = [*FIELDS, "seq", "id", "ts", "expires", "attempts", "t", "qos"]
-        return {rng.choice(keys): value(rng, depth + 1) for _ in range(rng.randrange(6))}
-    return b"\x00\xff"
+value = Values(TEXTS, NUMBERS, keys=[*FIELDS, "seq", "id", "ts", "expires", "attempts", "t",
+                                     "qos"], depth=3)  # maps keyed like the real ones
 
 
 def frame(rng: random.Random) -> dict[str, Any]:
