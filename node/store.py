@@ -131,11 +131,8 @@ class Store:
 
     async def _wait(self, request: _Write) -> None:
         """Queue ``request``, with the held writes (they go along), and wait for its commit."""
-        if self._soon:
-            writes, self._soon, self._soon_at = [*self._soon, request], [], math.inf
-        else:
-            writes = [request]
-        self._jobs.put(writes)
+        self._soon.append(request)
+        self._release_soon()
         await request.done.wait()
 
     async def wait_commits(self, count: int) -> None:
