@@ -121,12 +121,11 @@ class Node:
     def send_message(self, user: str, body: str, *, ttl: float | None = None,
                      sender: str | None = None) -> dict[str, Any]:
         """A QoS 0 message: routed now, never stored."""
-        extra: dict[str, Any] = {}
+        message = qos0_message(self._ids(), body, time.time())
         if sender is not None:
-            extra["from"] = sender
+            message["from"] = sender
         if ttl is not None:
-            extra["ttl"] = ttl
-        message = qos0_message(self._ids(), body, time.time(), **extra)
+            message["ttl"] = ttl
         self._carry_out(self.router.send(user, message))
         return {"id": message["id"], "seq": 0}
 
@@ -170,8 +169,9 @@ class Node:
             elif isinstance(action, NoOwner):
                 raise Unavailable("no grapevine node is alive to own this user")
 
-    async def _client_request(self, session: ClientSession, request: Request
-                              ) -> dict[str, Any] | None:
+    def _client_request(self, session: ClientSession, request: Request
+                        ) -> dict[str, Any] | None:
+        """A client's request, answered at once (QoS 1 sends go to _client_send_durable)."""
         if isinstance(request, Ack):
             self.delivery.client_ack(session.user, session.acked_through(request.seq),
                                      session.device)
@@ -182,9 +182,10 @@ class Node:
             return None
         if not isinstance(request, SendTo):
             return None
+        assert request.qos == 0, "the client server hands QoS 1 sends to send_durable"
         try:
-            sent = await self.send(request.to, request.body, qos=request.qos,
-                                   ttl=request.ttl, sender=session.user)
+            sent = self.send_message(request.to, request.body, ttl=request.ttl,
+                                     sender=session.user)
         except Unavailable as exc:
             return _sent_frame(request, exc)
         return _sent_frame(request, sent)

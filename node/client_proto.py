@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack
 from .token import TokenError, check_user, verify
@@ -54,8 +54,7 @@ class Hello:
     service: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(NamedTuple):  # a tuple, like SendTo: made for every ack a client sends
     seq: int
 
 
@@ -75,8 +74,7 @@ class Upstream:
     ref: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class SendTo:
+class SendTo(NamedTuple):  # made for every send: a tuple is cheaper than a frozen dataclass
     to: str
     body: str
     qos: int
@@ -220,6 +218,12 @@ class ClientConnection:
         ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
         try:
             ref = _optional_str(obj, "ref", self.limits.max_ref)
+            if kind == "send":  # the busiest kinds first
+                to, qos, ttl = obj.get("to"), obj.get("qos", 0), obj.get("ttl")
+                problem = send_problem(to, qos, ttl, self.limits.max_ttl)
+                if problem:
+                    raise _Bad(f"send: {problem}")
+                return SendTo(to, _str(obj, "body", self.limits.max_frame), qos, ttl, ref)
             if kind == "ack":
                 seq = _optional_int(obj, "seq")
                 if seq is None:
@@ -234,12 +238,6 @@ class ClientConnection:
                 return Unsubscribe(topics)
             if kind == "up":
                 return Upstream(_str(obj, "body", self.limits.max_frame), ref)
-            if kind == "send":
-                to, qos, ttl = obj.get("to"), obj.get("qos", 0), obj.get("ttl")
-                problem = send_problem(to, qos, ttl, self.limits.max_ttl)
-                if problem:
-                    raise _Bad(f"send: {problem}")
-                return SendTo(to, _str(obj, "body", self.limits.max_frame), qos, ttl, ref)
             if kind == "ping":
                 return Ping(ref)
             if kind == "hello":

@@ -53,7 +53,7 @@ ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 #: What the node does with requests beyond the protocol's own (routing, upstream); the
 #: server answers the client with whatever object the handler returns (or nothing).
-RequestHandler = Callable[[ClientSession, Request], Awaitable["Object | None"]]
+RequestHandler = Callable[[ClientSession, Request], "Object | None"]
 #: Resume a session after a short disconnect: what was kept of it, or None if it cannot be.
 ResumeHandler = Callable[[Hello], Awaitable["Parked | None"]]
 #: Start a QoS 1 send; the node calls ``answer`` once with the frame for the client when
@@ -318,7 +318,7 @@ class ClientServer:
                     client.in_flight += 1
                     self.send_durable(session, event, partial(self._sent, client, session))
                 else:
-                    self._offer_answer(session, await self._answer(session, event))
+                    self._offer_answer(session, self._answer(session, event))
                 del pending[0]
             data = await self._message(client)
             client.heard = trio.current_time()
@@ -336,7 +336,7 @@ class ClientServer:
         if answer is not None and not session.offer(answer):
             self.clients.counters["answers_dropped"] += 1
 
-    async def _answer(self, session: ClientSession, event: Request) -> Object | None:
+    def _answer(self, session: ClientSession, event: Request) -> Object | None:
         if isinstance(event, Ping):
             return {"t": "pong", **({"ref": event.ref} if event.ref else {})}
         if isinstance(event, Subscribe):
@@ -345,7 +345,7 @@ class ClientServer:
         if isinstance(event, Unsubscribe):
             self.clients.unsubscribe(session, event.topics)
             return {"t": "unsubbed", "topics": list(event.topics)}
-        return await self.handle(session, event)
+        return self.handle(session, event)
 
     # ---- reading ------------------------------------------------------------------------
 

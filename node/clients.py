@@ -251,13 +251,14 @@ class LocalClients:
 
     def deliver(self, user: str, obj: Object) -> int:
         """Queue ``obj`` for every device of ``user`` here; how many took it."""
-        return self._offer(self.sessions_of(user), obj)
+        sessions = self._by_user.get(user)  # offering neither adds nor removes sessions
+        return self._offer(sessions.values(), obj) if sessions else 0
 
     def publish(self, topic: str, obj: Object) -> int:
         """Queue ``obj`` for every session here subscribed to ``topic``."""
         return self._offer(list(self._by_topic.get(topic, ())), obj)
 
-    def _offer(self, sessions: list[ClientSession], obj: Object) -> int:
+    def _offer(self, sessions: Iterable[ClientSession], obj: Object) -> int:
         taken = 0
         for session in sessions:
             if session.offer(obj):

@@ -59,6 +59,8 @@ def check_user(user: str) -> str:
     every send, so cheap for the usual ids."""
     if not isinstance(user, str):
         raise ValueError(f"user id must be a non-empty string of at most {MAX_USER_SIZE} bytes")
+    if user.isascii() and user.isprintable() and 0 < len(user) <= MAX_USER_SIZE:
+        return user  # the usual id: one byte a character, none of them a control character
     try:
         size = len(user.encode())
     except UnicodeEncodeError:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.token import TokenError, mint, verify
+from node.token import TokenError, check_user, mint, verify
 
 SECRET = b"s3cret"
 NOW = 1_800_000_000.0
@@ -91,3 +91,26 @@ def test_minting_refuses_nonsense() -> None:
 def test_random_input_only_ever_raises_token_error(token: object) -> None:
     with pytest.raises(TokenError):
         verify(SECRET, token, NOW)
+
+
+def _user_id_allowed(text: str) -> bool:
+    """What a user id may be, said without check_user's shortcuts: 1-256 bytes of UTF-8,
+    no control character below U+0020."""
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # half a surrogate pair
+        return False
+    return 0 < size <= 256 and all(ord(c) >= 0x20 for c in text)
+
+
+@given(st.one_of(
+    st.text(st.characters(blacklist_categories=()), max_size=300),  # surrogates included
+    st.text(st.characters(max_codepoint=0x7F), min_size=250, max_size=260),  # ASCII at the limit
+    st.text(st.sampled_from("ab\x00\x1f\x7f é"), max_size=8),
+))
+def test_check_user_accepts_exactly_the_ids_a_token_could_name(text: str) -> None:
+    if _user_id_allowed(text):
+        assert check_user(text) == text
+    else:
+        with pytest.raises(ValueError):
+            check_user(text)
