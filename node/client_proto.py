@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -264,19 +265,40 @@ class ClientConnection:
 
     # ---- sending ------------------------------------------------------------------------
 
-    def encode(self, objects: list[dict[str, Any]]) -> bytes | str | None:
+    def encode(self, objects: list[dict[str, Any] | bytes]) -> bytes | str | None:
         """One frame: a single object as itself, several as a batch (an array); None (and
-        logged) if a value in them has no form in the client's encoding."""
-        value: Any = objects[0] if len(objects) == 1 else objects
+        logged) if a value in them has no form in the client's encoding. An object may
+        come packed already (bytes: a QoS 0 message as the node that took it packed it):
+        a binary frame takes those bytes as they are, a JSON client gets them unpacked."""
         try:
             if not self.text:
-                return pack(value)
-            text = dump_json(value)
+                if len(objects) == 1:
+                    only = objects[0]
+                    return only if type(only) is bytes else pack(only)
+                if not any(type(obj) is bytes for obj in objects):
+                    return pack(objects)
+                return _array_header(len(objects)) + b"".join(
+                    obj if type(obj) is bytes else pack(obj) for obj in objects)
+            plain = [unpack(obj, len(obj)) if type(obj) is bytes else obj for obj in objects]
+            text = dump_json(plain[0] if len(plain) == 1 else plain)
             text.encode()  # a lone surrogate has no UTF-8 form: the frame would not either
             return text
-        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int;
+            # ValueError: FrameError too (packed bytes that are not msgpack)
             logger.error("client_frame_unencodable objects=%d error=%r", len(objects), str(exc))
             return None
+
+
+def _array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` items (packed one after the other)."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 65536:
+        return _ARRAY16.pack(0xDC, count)
+    return _ARRAY32.pack(0xDD, count)
+
+
+_ARRAY16, _ARRAY32 = struct.Struct(">BH"), struct.Struct(">BI")
 
 
 def send_problem(to: Any, qos: Any, ttl: Any, max_ttl: float) -> str | None:

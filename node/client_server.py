@@ -416,7 +416,8 @@ class ClientServer:
                 batch = [{"t": "kick", "reason": "a message could not be encoded"}]
                 data = machine.encode(batch) or ""
             self._send(client, ws.message(data))
-            kick = next((obj for obj in batch if obj.get("t") == "kick"), None)
+            kick = next((obj for obj in batch if type(obj) is dict and obj.get("t") == "kick"),
+                        None)
             if kick is not None:
                 session.closed_reason = "kicked"
                 self._send_close(client, CLOSE_NORMAL, str(kick.get("reason", "kicked")))

@@ -16,6 +16,9 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 Object = dict[str, Any]
+#: what a session's queue holds: objects, or QoS 0 messages still packed (bytes) as the
+#: node that took them packed them (routing.py)
+Queued = Object | bytes
 CLIENT_QUEUE = 1024
 WRITTEN_KEPT = 10_000  # unacked on one connection: more wait for their owner to send again
 READ_KEPT = 64  # read messages a connection remembers (Written says why few are enough)
@@ -118,7 +121,7 @@ class ClientSession:
     closed_reason: str = ""
     closed: bool = False
     #: what waits to be written to the client, oldest first
-    queue: deque[Object] = field(default_factory=deque)
+    queue: deque[Queued] = field(default_factory=deque)
     #: QoS 1 messages written on this connection and not yet acked, and those its client
     #: has read (made on the first: most connections of a push service only ever idle)
     written: Written | None = None
@@ -137,12 +140,15 @@ class ClientSession:
             self.written = Written()
             self.written.read(read)
 
-    def wrote(self, batch: list[Object]) -> list[Object]:
+    def wrote(self, batch: list[Queued]) -> list[Queued]:
         """Note the QoS 1 messages of ``batch`` as written (call it just before the
         write); returns what to write: ``batch`` without those already on the way."""
         out = []
         read = []
         for obj in batch:
+            if type(obj) is bytes:  # a QoS 0 message, packed (nothing to note)
+                out.append(obj)
+                continue
             seq = obj.get("seq")
             if obj.get("qos") == 1 and isinstance(seq, int):
                 if self.written is None:
@@ -167,7 +173,7 @@ class ClientSession:
         order, so the client has all of it), taken off the list."""
         return self.written.take_through(seq) if self.written is not None else []
 
-    def offer(self, obj: Object) -> bool:
+    def offer(self, obj: Queued) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full."""
         if self.closed or len(self.queue) >= self.limit:
             self.dropped += 1
@@ -177,7 +183,7 @@ class ClientSession:
             self.notify(self)
         return True
 
-    def take(self, most: int) -> list[Object]:
+    def take(self, most: int) -> list[Queued]:
         """Up to ``most`` queued objects, oldest first, off the queue."""
         queue = self.queue
         if len(queue) <= most:
@@ -249,7 +255,7 @@ class LocalClients:
         if self._on_close is not None:
             self._on_close(session)
 
-    def deliver(self, user: str, obj: Object) -> int:
+    def deliver(self, user: str, obj: Queued) -> int:
         """Queue ``obj`` for every device of ``user`` here; how many took it."""
         sessions = self._by_user.get(user)  # offering neither adds nor removes sessions
         return self._offer(sessions.values(), obj) if sessions else 0
@@ -258,7 +264,7 @@ class LocalClients:
         """Queue ``obj`` for every session here subscribed to ``topic``."""
         return self._offer(list(self._by_topic.get(topic, ())), obj)
 
-    def _offer(self, sessions: Iterable[ClientSession], obj: Object) -> int:
+    def _offer(self, sessions: Iterable[ClientSession], obj: Queued) -> int:
         taken = 0
         for session in sessions:
             if session.offer(obj):

@@ -32,6 +32,13 @@ class FrameError(ValueError):
 _packer = msgpack.Packer(use_bin_type=True)
 
 
+def is_packed_map(value: Any) -> bool:
+    """Whether ``value`` is bytes that start like one msgpack map: a message as the node
+    that took it packed it, carried unread from there to the client (routing.py)."""
+    return type(value) is bytes and len(value) > 0 and (
+        0x80 <= value[0] <= 0x8F or value[0] in (0xDE, 0xDF))
+
+
 def pack(value: Any) -> bytes:
     try:
         return _packer.pack(value)

@@ -41,7 +41,8 @@ import trio
 
 from .frames import FrameError
 from .peer_proto import (
-    NONCE_SIZE, FrameReader, check_proof, encode_frames, hello, parse_hello, proof,
+    FEATURES, NONCE_SIZE, FrameReader, check_proof, encode_frames, hello, parse_hello, proof,
+    unpacked,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class _Peer:
         self.out = bytearray()  # packed frames the socket did not take yet (the writer's)
         self.unsent: list[Frame] = []  # the frames ``out`` holds, sent again on a new link
         self.dirty = False  # in the links' list of queues to write at the end of the pass
+        self.packed = False  # its hello listed the "packed" feature (peer_proto)
         self.wanted = False  # alive in the member table
         self.dialing = False  # a dial loop runs for it (never two: they would take turns
         #                       replacing each other's link)
@@ -79,8 +81,10 @@ class PeerLinks:
     def __init__(
         self, me: str, keys: Callable[[], Sequence[bytes]],
         on_frame: Callable[[str, Frame], None], on_connected: Callable[[str], None],
+        features: Sequence[str] = FEATURES,
     ) -> None:
         self.me = me
+        self.features = tuple(features)  # what our hello lists (tests play older nodes)
         self._keys = keys
         self._on_frame = on_frame
         self._on_connected = on_connected
@@ -244,9 +248,10 @@ class PeerLinks:
         async with stream:
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    name, theirs = parse_hello(await _next(stream, reader))
+                    name, theirs, features = parse_hello(await _next(stream, reader))
                     mine = os.urandom(NONCE_SIZE)
-                    await stream.send_all(encode_frames([hello(self.me, mine, keys, theirs)]))
+                    await stream.send_all(encode_frames([
+                        hello(self.me, mine, keys, theirs, self.features)]))
                     auth = await _next(stream, reader)
                     if auth.get("t") != "auth" or not check_proof(
                         keys, name, mine, theirs, auth.get("proof")
@@ -256,7 +261,9 @@ class PeerLinks:
                 self.counters["peer_handshakes_refused"] += 1
                 logger.warning("peer_refused reason=%r", str(exc) or type(exc).__name__)
                 return
-            await self._run(self._peer(name), stream, reader)
+            peer = self._peer(name)
+            peer.packed = "packed" in features
+            await self._run(peer, stream, reader)
 
     async def _dial_loop(self, peer: _Peer) -> None:
         delay = BACKOFF_MIN
@@ -289,11 +296,13 @@ class PeerLinks:
             stream = await trio.open_tcp_stream(*peer.address)
             try:
                 mine = os.urandom(NONCE_SIZE)
-                await stream.send_all(encode_frames([hello(self.me, mine, keys)]))
+                await stream.send_all(encode_frames([
+                    hello(self.me, mine, keys, features=self.features)]))
                 reply = await _next(stream, reader)
-                name, theirs = parse_hello(reply)
+                name, theirs, features = parse_hello(reply)
                 if name != peer.name:
                     raise FrameError(f"dialled {peer.name} but {name} answered")
+                peer.packed = "packed" in features
                 if not check_proof(keys, name, mine, theirs, reply.get("proof")):
                     raise FrameError("peer did not prove it holds a cluster key")
                 auth = proof(keys[0], self.me, theirs, mine) if keys else b""
@@ -377,7 +386,7 @@ class PeerLinks:
 
     def _take(self, peer: _Peer) -> tuple[list[Frame], bytes]:
         """Everything queued for ``peer``, packed for one write (closes its tickets)."""
-        batch = list(peer.queue)
+        batch = list(peer.queue) if peer.packed else unpacked(list(peer.queue))
         peer.queue.clear()
         peer.taken += 1
         self.counters["peer_frames_out"] += len(batch)

@@ -15,6 +15,11 @@ cluster without keys authenticates nothing, like its gossip)::
 where ``mac`` is HMAC-SHA256 and ``k`` the primary key of the side that computes it; the
 checking side accepts a proof made with any installed key (rotation). Each side proves it
 holds a key over the other's fresh nonce, so a recorded opening cannot be replayed.
+
+Each hello also lists the ``features`` its node takes beyond protocol 1 (a node that
+lists none, an older one, gets frames as protocol 1 has them): ``packed`` — a ``route``
+or ``deliver`` frame's ``msg`` may be the message packed (msgpack bytes of the map)
+instead of the map itself.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 from .frames import FrameError, pack, unpack
 
 PEER_PROTOCOL = 1
+#: what this node takes beyond protocol 1 (see above)
+FEATURES = ("packed",)
 HEADER = struct.Struct(">I")
 MAX_PEER_FRAME = 4 * 1024 * 1024
 NONCE_SIZE = 16
@@ -99,16 +106,17 @@ def check_proof(keys: Sequence[bytes], name: str, theirs: bytes, mine: bytes,
     return any(hmac.compare_digest(proof(key, name, theirs, mine), given) for key in keys)
 
 
-def hello(name: str, nonce: bytes, keys: Sequence[bytes], answer_to: bytes | None = None
-          ) -> dict[str, Any]:
-    frame: dict[str, Any] = {"t": "hello", "v": PEER_PROTOCOL, "node": name, "nonce": nonce}
+def hello(name: str, nonce: bytes, keys: Sequence[bytes], answer_to: bytes | None = None,
+          features: Sequence[str] = FEATURES) -> dict[str, Any]:
+    frame: dict[str, Any] = {"t": "hello", "v": PEER_PROTOCOL, "node": name, "nonce": nonce,
+                             "features": list(features)}
     if answer_to is not None:
         frame["proof"] = proof(keys[0], name, answer_to, nonce) if keys else b""
     return frame
 
 
-def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes]:
-    """The (node, nonce) of a hello, or FrameError."""
+def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes, frozenset[str]]:
+    """The (node, nonce, features) of a hello, or FrameError."""
     if frame.get("t") != "hello" or frame.get("v") != PEER_PROTOCOL:
         raise FrameError("expected a peer hello of protocol 1")
     node, nonce = frame.get("node"), frame.get("nonce")
@@ -116,4 +124,23 @@ def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes]:
         raise FrameError("peer hello without a node name")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
         raise FrameError("peer hello without a 16-byte nonce")
-    return node, nonce
+    features = frame.get("features")
+    if not isinstance(features, list):
+        return node, nonce, frozenset()
+    return node, nonce, frozenset(f for f in features if isinstance(f, str))
+
+
+def unpacked(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``frames`` as a peer without the ``packed`` feature takes them: a packed ``msg``
+    unpacked again (one that does not unpack is logged and left out)."""
+    out = []
+    for frame in frames:
+        message = frame.get("msg")
+        if type(message) is not bytes:
+            out.append(frame)
+            continue
+        try:
+            out.append({**frame, "msg": unpack(message, len(message))})
+        except FrameError as exc:
+            logger.error("peer_frame_unpackable kind=%s error=%r", frame.get("t"), str(exc))
+    return out

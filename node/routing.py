@@ -11,6 +11,11 @@ ring changed, a node died) and executes the actions that come back.
   holders register with the new owner).
 * A message handed to any node goes to the owner (one hop, or none), and from the owner
   to every node holding a session of the user (one more hop, or none).
+* A QoS 0 message travels **packed**: the node that takes it packs it once (msgpack
+  bytes) and every hop after passes those bytes on unread, to the owner, to the holders
+  and into the client's binary frame (unpacked only for a JSON client, or for a peer of
+  an older version that did not say it takes them: ``peer_proto.FEATURES``). The owner
+  needs the user, which travels beside the message.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-Message = dict[str, Any]
+from .frames import is_packed_map
+
+Message = dict[str, Any] | bytes  # bytes: packed (a QoS 0 message, see above)
 
 
 class Unavailable(Exception):
@@ -40,7 +47,7 @@ class MessageIds:
         return f"{self._prefix}{next(self._counter)}"
 
 
-def qos0_message(message_id: str, body: Any, now: float, **extra: Any) -> Message:
+def qos0_message(message_id: str, body: Any, now: float, **extra: Any) -> dict[str, Any]:
     """A message that is routed now and never stored (QoS 0: ``seq`` 0)."""
     return {"t": "msg", "id": message_id, "seq": 0, "qos": 0, "body": body,
             "ts": round(now, 3), **extra}
@@ -213,7 +220,7 @@ class Router:
             self._unregister(user, node, frame["session"])
             return []
         message = frame.get("msg")
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) and not is_packed_map(message):
             self.counters["bad_peer_frames"] += 1
             return []
         if kind == "route":

@@ -61,6 +61,25 @@ def test_requests_parse_in_either_encoding(text: bool) -> None:
     assert connection.encode([unencodable]) is None
 
 
+@pytest.mark.parametrize("text", [True, False])
+@pytest.mark.parametrize("size", [1, 2, 15, 16, 256])  # arrays of 1-15 have a one-byte head
+def test_packed_messages_go_out_as_they_came_beside_other_objects(text: bool, size: int
+                                                                 ) -> None:
+    """A QoS 0 message reaches the client server packed (bytes): a binary frame carries
+    its bytes as they are, in a batch beside objects packed here; a JSON client gets the
+    same objects."""
+    connection = opened(text)
+    objects = [{"t": "msg", "id": f"a.{i}", "seq": 0, "body": "x" * i} for i in range(size)]
+    queued = [msgpack.packb(o) if i % 2 == 0 else o for i, o in enumerate(objects)]
+    frame = connection.encode(queued)
+    decoded = json.loads(frame) if text else msgpack.unpackb(frame)
+    assert decoded == (objects[0] if size == 1 else objects)
+    if not text and size == 1:
+        assert frame == queued[0]  # not unpacked and packed again
+    if text:  # bytes that are not msgpack: logged, None (never a raise)
+        assert connection.encode([b"\x81\xc1"]) is None
+
+
 @pytest.mark.parametrize(("first", "reason"), [
     ({"t": "ping"}, "first frame must be a hello"),
     ({"t": "hello", "token": "nope"}, "not a JWT"),

@@ -15,16 +15,18 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from node.frames import pack
 from node.peer_link import Frame, PeerLinks
+from node.peer_proto import FEATURES
 
 KEY = b"k" * 32
 
 
 class Side:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, features: tuple[str, ...] = FEATURES) -> None:
         self.frames: list[Frame] = []
         self.arrived = trio.Event()
-        self.links = PeerLinks(name, lambda: [KEY], self._on_frame, lambda _: None)
+        self.links = PeerLinks(name, lambda: [KEY], self._on_frame, lambda _: None, features)
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
     def _on_frame(self, node: str, frame: Frame) -> None:
@@ -40,8 +42,10 @@ class Side:
 
 
 @asynccontextmanager
-async def pair() -> AsyncIterator[tuple[Side, Side]]:
-    a, b = Side("node-a"), Side("node-b")  # node-a has the smaller name: it dials
+async def pair(older: str = "") -> AsyncIterator[tuple[Side, Side]]:
+    """Two linked nodes; the one named ``older`` lists no features in its hello."""
+    a, b = (Side(name, () if name == older else FEATURES)  # node-a has the smaller name:
+            for name in ("node-a", "node-b"))              # it dials
     async with trio.open_nursery() as nursery:
         for side in (a, b):
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -146,3 +150,19 @@ async def test_what_the_socket_does_not_take_at_once_follows_in_order() -> None:
         assert [(await b.next_frame())["n"] for _ in range(310)] == list(range(310))
         assert not a.links._peers["node-b"].out
         assert a.links.counters["peer_frames_out"] == 311
+
+
+async def test_a_packed_message_reaches_an_older_peer_unpacked_and_a_newer_one_as_is() -> None:
+    """``packed`` is a feature a node's hello lists; a peer that lists none (a node of an
+    older version, in a rolling upgrade) gets every ``msg`` as the map protocol 1 has."""
+    message = {"t": "msg", "id": "n.1", "seq": 0, "qos": 0, "body": "hi", "ts": 1.5}
+    packed = pack(message)
+    for old in ("node-a", "node-b"):  # the older one dials, then accepts
+        async with pair(older=old) as (a, b):
+            for sender, receiver in ((a, b), (b, a)):
+                sender.links.send(receiver.links.me, {"t": "route", "user": "u", "msg": packed})
+                got = (await receiver.next_frame())["msg"]
+                if receiver.links.me == old:
+                    assert got == message
+                else:
+                    assert got == packed

@@ -6,7 +6,7 @@ import pytest
 
 from node.frames import FrameError, pack
 from node.peer_proto import (
-    HEADER, FrameReader, check_proof, encode_frames, hello, parse_hello, proof,
+    HEADER, FrameReader, check_proof, encode_frames, hello, parse_hello, proof, unpacked,
 )
 
 KEYS = [b"k" * 32, b"old" * 8]
@@ -40,7 +40,7 @@ def test_bad_frames_raise_frame_error(data: bytes, code: str) -> None:
 def test_both_sides_prove_they_hold_a_cluster_key() -> None:
     dialer_nonce, acceptor_nonce = b"d" * 16, b"a" * 16
     opening = hello("b", acceptor_nonce, KEYS, answer_to=dialer_nonce)
-    assert parse_hello(opening) == ("b", acceptor_nonce)
+    assert parse_hello(opening) == ("b", acceptor_nonce, frozenset({"packed"}))
     # the dialer checks the acceptor's proof over its own nonce ...
     assert check_proof(KEYS, "b", dialer_nonce, acceptor_nonce, opening["proof"])
     # ... with any installed key (rotation), and nothing else passes
@@ -63,3 +63,19 @@ def test_both_sides_prove_they_hold_a_cluster_key() -> None:
 def test_bad_hellos_are_refused(frame: dict) -> None:
     with pytest.raises(FrameError):
         parse_hello(frame)
+
+
+def test_features_are_what_a_hello_lists_and_none_from_an_older_node() -> None:
+    older = {"t": "hello", "v": 1, "node": "a", "nonce": b"n" * 16}
+    assert parse_hello(older)[2] == frozenset()
+    assert parse_hello({**older, "features": "packed"})[2] == frozenset()
+    assert parse_hello({**older, "features": ["packed", 5, "later"]})[2] == {"packed", "later"}
+    assert parse_hello(hello("a", b"n" * 16, KEYS, features=()))[2] == frozenset()
+
+
+def test_packed_messages_are_unpacked_for_an_older_peer() -> None:
+    message = {"t": "msg", "id": "a.1", "body": "hi"}
+    frames = [{"t": "route", "user": "u", "msg": pack(message)},
+              {"t": "deliver", "user": "u", "msg": b"\xc1"},  # not msgpack: left out
+              {"t": "deliver", "user": "v", "msg": message}, {"t": "register", "user": "u"}]
+    assert unpacked(frames) == [{"t": "route", "user": "u", "msg": message}, *frames[2:]]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -48,23 +49,24 @@ async def cluster(names: list[str], keys: tuple[bytes, ...] = (KEY,),
 
 @asynccontextmanager
 async def connected(node: Node, user: str, session: str | None = None,
-                    last_seq: int | None = None, *, device: str = ""
+                    last_seq: int | None = None, *, device: str = "", binary: bool = False
                     ) -> AsyncIterator[tuple[WebSocketConnection, dict]]:
     """A connection to ``node`` for ``user`` (resuming ``session`` if given) and the node's
-    first answer."""
+    first answer; ``binary``: it speaks msgpack (binary frames), else JSON."""
     host, port = node.client_address  # type: ignore[misc]
     async with open_websocket(host, port, "/", use_ssl=False) as ws:
         frame = {"t": "hello", "token": mint(SECRET.encode(), user, time.time()),
                  "device": device}
         if session is not None:
             frame.update(session=session, last_seq=last_seq)
-        await ws.send_message(json.dumps(frame))
+        await ws.send_message(msgpack.packb(frame) if binary else json.dumps(frame))
         yield ws, await next_object(ws)
 
 
 @asynccontextmanager
-async def device(node: Node, user: str, name: str = "") -> AsyncIterator[WebSocketConnection]:
-    async with connected(node, user, device=name) as (ws, welcome):
+async def device(node: Node, user: str, name: str = "", *, binary: bool = False
+                 ) -> AsyncIterator[WebSocketConnection]:
+    async with connected(node, user, device=name, binary=binary) as (ws, welcome):
         assert welcome["t"] == "welcome"
         yield ws
 
@@ -78,7 +80,8 @@ async def next_object(ws: WebSocketConnection) -> dict:
     queue = _unread.setdefault(ws, deque())
     while not queue:
         with trio.fail_after(5):
-            frame = json.loads(await ws.get_message())
+            data = await ws.get_message()
+        frame = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
         queue.extend(frame if isinstance(frame, list) else [frame])
     return queue.popleft()
 
@@ -117,6 +120,22 @@ async def test_every_device_on_every_node_gets_a_client_sent_message() -> None:
         for ws in (phone, laptop):
             message = await next_object(ws)
             assert (message["id"], message["body"], message["from"]) == (sent["id"], "hi", "carol")
+
+
+async def test_msgpack_and_json_devices_get_the_same_message_through_three_nodes() -> None:
+    """A QoS 0 message travels packed from the node that took it (routing.py): a msgpack
+    device gets those bytes in its frame, a JSON device the same object."""
+    async with cluster(["a", "b", "c"]) as nodes, \
+            device(nodes[1], "bob", binary=True) as phone, device(nodes[2], "bob") as laptop:
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: registered(nodes, "bob", 2))
+        for node in nodes:  # the owner, or not, takes it
+            status, sent = await http(node.api_address, "POST", "/v1/send",
+                                      {"to": "bob", "body": f"via {node.config.name}"})
+            assert status == 202
+            got = [await next_object(ws) for ws in (phone, laptop)]
+            assert got[0] == got[1] and got[0]["id"] == sent["id"]
+            assert got[0]["body"] == f"via {node.config.name}" and got[0]["seq"] == 0
 
 
 async def test_links_open_only_with_the_cluster_key() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import msgpack
+
 from node.ring import HashRing
 from node.routing import DeliverLocal, NoOwner, Router, SendPeer
 
@@ -128,9 +130,28 @@ def test_stale_rings_are_corrected_by_one_reroute_and_no_more() -> None:
 def test_junk_from_peers_is_counted_and_dropped() -> None:
     router = Router("a", HashRing(8, {"a": 1.0}).owner)
     for frame in ({"t": "route"}, {"t": "route", "user": "u", "msg": "x"},
-                  {"t": "what", "user": "u", "msg": {}}, {"t": "register", "user": 5}):
+                  {"t": "what", "user": "u", "msg": {}}, {"t": "register", "user": 5},
+                  {"t": "deliver", "user": "u", "msg": msgpack.packb([1, 2])},  # not a map
+                  {"t": "deliver", "user": "u", "msg": b""}):
         assert router.from_peer("b", frame) == []
-    assert router.counters["bad_peer_frames"] == 4
+    assert router.counters["bad_peer_frames"] == 6
+
+
+def test_a_packed_message_is_passed_on_as_it_came() -> None:
+    """A QoS 0 message travels as the bytes its first node packed: the owner and the
+    holders pass them on without unpacking them."""
+    packed = msgpack.packb({"t": "msg", "id": "a.1", "seq": 0, "body": "hi"})
+    ring = HashRing(8, {"a": 1.0, "b": 1.0})
+    user = next(f"u{i}" for i in range(100) if ring.owner(f"u{i}") == "a")
+    owner = Router("a", ring.owner)
+    owner.from_peer("b", {"t": "register", "user": user, "session": "s1"})
+    assert Router("b", ring.owner).send(user, packed) == [
+        SendPeer("a", {"t": "route", "user": user, "msg": packed})]
+    assert owner.from_peer("b", {"t": "route", "user": user, "msg": packed}) == [
+        SendPeer("b", {"t": "deliver", "user": user, "msg": packed})]
+    holder = Router("b", ring.owner)
+    assert holder.from_peer("a", {"t": "deliver", "user": user, "msg": packed}) == [
+        DeliverLocal(user, packed)]
 
 
 def test_no_owner_on_an_empty_ring() -> None:
