@@ -1,7 +1,9 @@
 """Messages for many: topics, broadcast, and the application's events (upstream, presence).
 
 * **Publish** to a topic: the entry node sends the message to every other grapevine node
-  over the peer links; each node queues it for its own subscribers. QoS 0.
+  over the peer links; each node queues it for its own subscribers. QoS 0. Like a QoS 0
+  message to a user (routing.py), it is packed once, by the entry node: every node and
+  every subscriber's connection takes those bytes as they are.
 * **Broadcast**: the same trip, then each node paces delivery to all of its clients at
   ``--broadcast-rate`` deliveries per second, so that one burst cannot flood the node or
   the application behind it. Broadcasts wait in a bounded queue (full: refused).
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .frames import is_packed_map, pack
 from .routing import MessageIds, Unavailable, qos0_message
 from .webhook import Webhook
 
 if TYPE_CHECKING:
-    from .clients import ClientSession, LocalClients
+    from .clients import ClientSession, LocalClients, Queued
     from .config import Config
     from .peer_link import PeerLinks
     from .ring import HashRing
@@ -45,7 +48,7 @@ class Fanout:
         self.links = links
         self.rate = config.broadcast_rate
         self.webhook = Webhook(config.webhook, config.name) if config.webhook else None
-        self._broadcasts_in, self._broadcasts = trio.open_memory_channel[dict[str, Any]](
+        self._broadcasts_in, self._broadcasts = trio.open_memory_channel[dict[str, Any] | bytes](
             BROADCAST_QUEUE)
         self._ids = ids
         self.counters: Counter[str] = Counter()
@@ -58,8 +61,14 @@ class Fanout:
                 nursery.start_soon(self.webhook.run)
             task_status.started()
 
-    def _message(self, body: Any, **extra: Any) -> dict[str, Any]:
-        return qos0_message(self._ids(), body, time.time(), **extra)
+    def _message(self, body: Any, **extra: Any) -> tuple[str, Queued]:
+        """A new message's id, and the message packed once for every node and session
+        (routing.py; as a map if it cannot be packed: the links then log it)."""
+        message = qos0_message(self._ids(), body, time.time(), **extra)
+        try:
+            return message["id"], pack(message)
+        except (TypeError, ValueError, OverflowError):
+            return message["id"], message
 
     def _to_every_node(self, frame: dict[str, Any]) -> None:
         for node in self.ring.nodes:
@@ -70,21 +79,21 @@ class Fanout:
 
     def publish(self, topic: str, body: Any, *, sender: str | None = None) -> dict[str, Any]:
         extra = {"topic": topic, **({"from": sender} if sender else {})}
-        message = self._message(body, **extra)
+        message_id, message = self._message(body, **extra)
         self._to_every_node({"t": "publish", "topic": topic, "msg": message})
         self.counters["published"] += 1
         self.counters["publish_deliveries"] += self.clients.publish(topic, message)
-        return {"id": message["id"]}
+        return {"id": message_id}
 
     # ---- broadcast ------------------------------------------------------------------------
 
     def broadcast(self, body: Any) -> dict[str, Any]:
-        message = self._message(body, broadcast=True)
+        message_id, message = self._message(body, broadcast=True)
         self._queue_broadcast(message)  # refused here first: then nobody gets it
         self._to_every_node({"t": "broadcast", "msg": message})
-        return {"id": message["id"]}
+        return {"id": message_id}
 
-    def _queue_broadcast(self, message: dict[str, Any]) -> None:
+    def _queue_broadcast(self, message: Queued) -> None:
         try:
             self._broadcasts_in.send_nowait(message)
         except trio.WouldBlock:
@@ -109,7 +118,7 @@ class Fanout:
         kind, message = frame.get("t"), frame.get("msg")
         if kind not in ("publish", "broadcast"):
             return False
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) and not is_packed_map(message):
             self.counters["bad_peer_frames"] += 1
             return True
         if kind == "publish" and isinstance(frame.get("topic"), str):
@@ -118,7 +127,7 @@ class Fanout:
             try:
                 self._queue_broadcast(message)
             except Unavailable:
-                logger.warning("broadcast_dropped id=%s reason=queue_full", message.get("id"))
+                logger.warning("broadcast_dropped reason=queue_full")
         return True
 
     # ---- the application's events -----------------------------------------------------

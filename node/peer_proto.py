@@ -17,9 +17,9 @@ checking side accepts a proof made with any installed key (rotation). Each side 
 holds a key over the other's fresh nonce, so a recorded opening cannot be replayed.
 
 Each hello also lists the ``features`` its node takes beyond protocol 1 (a node that
-lists none, an older one, gets frames as protocol 1 has them): ``packed`` — a ``route``
-or ``deliver`` frame's ``msg`` may be the message packed (msgpack bytes of the map)
-instead of the map itself.
+lists none, an older one, gets frames as protocol 1 has them): ``packed`` — the ``msg`` of a
+``route``, ``deliver``, ``publish`` or ``broadcast`` frame may be the message packed
+(msgpack bytes of the map) instead of the map itself.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import h11
+import msgpack
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket
@@ -170,5 +171,25 @@ async def test_broadcasts_are_paced_at_the_configured_rate(autojump_clock: Any) 
             await arrived.wait()  # the last session is served last
         took = trio.current_time() - start  # virtual seconds
         assert 1.9 <= took <= 2.5  # 100 deliveries at 50/s
-        assert all([m["body"] for m in s.queue] == ["slowly"] for s in sessions)
+        assert all([msgpack.unpackb(m)["body"] for m in s.queue] == ["slowly"]
+                   for s in sessions)
+        packed = sessions[0].queue[0]  # packed once for every session
+        assert all(s.queue[0] is packed for s in sessions)
         nursery.cancel_scope.cancel()
+
+
+def test_a_packed_publish_from_a_peer_reaches_subscribers_and_junk_is_counted() -> None:
+    clients = LocalClients()
+    session = ClientSession("s", "u", "", "", set(), limit=10)
+    clients.attach(session)
+    clients.subscribe(session, ("news",))
+    links = PeerLinks("here", list, lambda *_: None, lambda _: None)
+    fanout = Fanout(local_config("here"), ring=HashRing(), clients=clients, links=links,
+                    ids=MessageIds("here"))
+    packed = msgpack.packb({"t": "msg", "id": "there.1", "seq": 0, "topic": "news", "body": "b"})
+    for frame in ({"t": "publish", "topic": "news", "msg": packed},
+                  {"t": "publish", "topic": "news", "msg": b"\x93\x01\x02\x03"},  # an array
+                  {"t": "broadcast", "msg": "text"}):
+        assert fanout.from_peer(frame)
+    assert list(session.queue) == [packed]
+    assert fanout.counters["bad_peer_frames"] == 2
