@@ -35,15 +35,15 @@ from .clients import ClientSession, LocalClients
 from .config import Config
 from .delivery import Delivery
 from .fanout import Fanout
-from .frames import pack
+from .frames import pack_message
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
 from .resume import Resumes
 from .ring import HashRing, live_nodes, ring_members
 from .routing import (
-    Action, DeliverLocal, Message, MessageIds, NoOwner, Registered, Router, SendPeer,
-    Unavailable, qos0_message,
+    Action, DeliverLocal, MessageIds, NoOwner, Registered, Router, SendPeer, Unavailable,
+    qos0_message,
 )
 from .store import Store
 from .views import format_address
@@ -127,11 +127,7 @@ class Node:
             message["from"] = sender
         if ttl is not None:
             message["ttl"] = ttl
-        try:  # packed once here, passed on unread to the client (routing.py)
-            packed: Message = pack(message)
-        except (TypeError, ValueError, OverflowError):
-            packed = message  # (input checks let nothing unpackable in) the links log it
-        self._carry_out(self.router.send(user, packed))
+        self._carry_out(self.router.send(user, pack_message(message)))
         return {"id": message["id"], "seq": 0}
 
     def push_counters(self) -> dict[str, int]:

@@ -260,7 +260,7 @@ class LocalClients:
         sessions = self._by_user.get(user)  # offering neither adds nor removes sessions
         return self._offer(sessions.values(), obj) if sessions else 0
 
-    def publish(self, topic: str, obj: Object) -> int:
+    def publish(self, topic: str, obj: Queued) -> int:
         """Queue ``obj`` for every session here subscribed to ``topic``."""
         return self._offer(list(self._by_topic.get(topic, ())), obj)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .frames import is_packed_map, pack
+from .frames import is_packed_map, pack_message
 from .routing import MessageIds, Unavailable, qos0_message
 from .webhook import Webhook
 
@@ -62,13 +62,9 @@ class Fanout:
             task_status.started()
 
     def _message(self, body: Any, **extra: Any) -> tuple[str, Queued]:
-        """A new message's id, and the message packed once for every node and session
-        (routing.py; as a map if it cannot be packed: the links then log it)."""
+        """A new message's id, and the message packed once for every node and session."""
         message = qos0_message(self._ids(), body, time.time(), **extra)
-        try:
-            return message["id"], pack(message)
-        except (TypeError, ValueError, OverflowError):
-            return message["id"], message
+        return message["id"], pack_message(message)
 
     def _to_every_node(self, frame: dict[str, Any]) -> None:
         for node in self.ring.nodes:

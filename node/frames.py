@@ -39,6 +39,16 @@ def is_packed_map(value: Any) -> bool:
         0x80 <= value[0] <= 0x8F or value[0] in (0xDE, 0xDF))
 
 
+def pack_message(message: dict[str, Any]) -> dict[str, Any] | bytes:
+    """A new QoS 0 message packed once, to travel as those bytes (routing.py); the map
+    itself if it cannot be packed (input checks let nothing such in: the links would log
+    it and leave it out)."""
+    try:
+        return pack(message)
+    except (TypeError, ValueError, OverflowError):
+        return message
+
+
 def pack(value: Any) -> bytes:
     try:
         return _packer.pack(value)
