@@ -320,7 +320,9 @@ class PeerLinks:
         generation = peer.generation
         peer.stream = stream
         self.counters["peer_links_opened"] += 1
-        logger.info("peer_connected peer=%s", peer.name)
+        # an older peer (a rolling upgrade) says no features: it gets protocol 1's frames
+        logger.info("peer_connected peer=%s features=%s", peer.name,
+                    "packed" if peer.packed else "none")
         self._on_connected(peer.name)
         try:
             async with trio.open_nursery() as nursery:

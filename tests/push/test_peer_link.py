@@ -8,11 +8,13 @@ node (the error came out of the link's nursery as an exception group).
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from node.frames import pack
@@ -152,12 +154,15 @@ async def test_what_the_socket_does_not_take_at_once_follows_in_order() -> None:
         assert a.links.counters["peer_frames_out"] == 311
 
 
-async def test_a_packed_message_reaches_an_older_peer_unpacked_and_a_newer_one_as_is() -> None:
+async def test_a_packed_message_reaches_an_older_peer_unpacked_and_a_newer_one_as_is(
+        caplog: pytest.LogCaptureFixture) -> None:
     """``packed`` is a feature a node's hello lists; a peer that lists none (a node of an
     older version, in a rolling upgrade) gets every ``msg`` as the map protocol 1 has."""
     message = {"t": "msg", "id": "n.1", "seq": 0, "qos": 0, "body": "hi", "ts": 1.5}
     packed = pack(message)
+    caplog.set_level(logging.INFO, logger="node.peer_link")
     for old in ("node-a", "node-b"):  # the older one dials, then accepts
+        caplog.clear()
         async with pair(older=old) as (a, b):
             for sender, receiver in ((a, b), (b, a)):
                 sender.links.send(receiver.links.me, {"t": "route", "user": "u", "msg": packed})
@@ -166,3 +171,5 @@ async def test_a_packed_message_reaches_an_older_peer_unpacked_and_a_newer_one_a
                     assert got == message
                 else:
                     assert got == packed
+        # the newer node's log says which peer is older (an operator's rolling upgrade)
+        assert f"peer_connected peer={old} features=none" in caplog.messages
