@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack
+from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack, unpack_message
 from .token import TokenError, check_user, verify
 
 logger = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class ClientConnection:
                     return pack(objects)
                 return _array_header(len(objects)) + b"".join(
                     obj if type(obj) is bytes else pack(obj) for obj in objects)
-            plain = [unpack(obj, len(obj)) if type(obj) is bytes else obj for obj in objects]
+            plain = [unpack_message(obj) if type(obj) is bytes else obj for obj in objects]
             text = dump_json(plain[0] if len(plain) == 1 else plain)
             text.encode()  # a lone surrogate has no UTF-8 form: the frame would not either
             return text

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .frames import is_packed_map, pack_message
+from .frames import is_message, pack_message
 from .routing import MessageIds, Unavailable, qos0_message
 from .webhook import Webhook
 
@@ -114,7 +114,7 @@ class Fanout:
         kind, message = frame.get("t"), frame.get("msg")
         if kind not in ("publish", "broadcast"):
             return False
-        if not isinstance(message, dict) and not is_packed_map(message):
+        if not is_message(message):
             self.counters["bad_peer_frames"] += 1
             return True
         if kind == "publish" and isinstance(frame.get("topic"), str):

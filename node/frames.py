@@ -32,11 +32,13 @@ class FrameError(ValueError):
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def is_packed_map(value: Any) -> bool:
-    """Whether ``value`` is bytes that start like one msgpack map: a message as the node
-    that took it packed it, carried unread from there to the client (routing.py)."""
-    return type(value) is bytes and len(value) > 0 and (
-        0x80 <= value[0] <= 0x8F or value[0] in (0xDE, 0xDF))
+def is_message(value: Any) -> bool:
+    """Whether ``value`` can be a message in a peer's frame: a map, or bytes that start
+    like one packed (a QoS 0 message as the node that took it packed it, carried unread
+    from there to the client: routing.py)."""
+    if type(value) is bytes:
+        return len(value) > 0 and (0x80 <= value[0] <= 0x8F or value[0] in (0xDE, 0xDF))
+    return isinstance(value, dict)
 
 
 def pack_message(message: dict[str, Any]) -> dict[str, Any] | bytes:
@@ -47,6 +49,12 @@ def pack_message(message: dict[str, Any]) -> dict[str, Any] | bytes:
         return pack(message)
     except (TypeError, ValueError, OverflowError):
         return message
+
+
+def unpack_message(packed: bytes) -> Any:
+    """A packed message as its map again (for a JSON client or an older peer), bounded by
+    its own size; :class:`FrameError` if it is not msgpack."""
+    return unpack(packed, len(packed))
 
 
 def pack(value: Any) -> bytes:

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .frames import FrameError, pack, unpack
+from .frames import FrameError, pack, unpack, unpack_message
 
 PEER_PROTOCOL = 1
 #: what this node takes beyond protocol 1 (see above)
@@ -140,7 +140,7 @@ def unpacked(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(frame)
             continue
         try:
-            out.append({**frame, "msg": unpack(message, len(message))})
+            out.append({**frame, "msg": unpack_message(message)})
         except FrameError as exc:
             logger.error("peer_frame_unpackable kind=%s error=%r", frame.get("t"), str(exc))
     return out

@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .frames import is_packed_map
+from .frames import is_message
 
 Message = dict[str, Any] | bytes  # bytes: packed (a QoS 0 message, see above)
 
@@ -220,7 +220,7 @@ class Router:
             self._unregister(user, node, frame["session"])
             return []
         message = frame.get("msg")
-        if not isinstance(message, dict) and not is_packed_map(message):
+        if not is_message(message):
             self.counters["bad_peer_frames"] += 1
             return []
         if kind == "route":
