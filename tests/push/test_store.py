@@ -79,3 +79,67 @@ async def test_a_write_that_cannot_be_stored_fails_alone_not_those_it_was_batche
         await store.write([message(2)])  # and the store goes on
     messages, devices = await reopened(path)
     assert [m.seq for m in messages] == [2] and devices == [("u", "phone", 5.0)]
+
+
+async def test_a_users_last_seq_outlives_its_messages(tmp_path: Path) -> None:
+    """The sequences table is written when messages go, not when they come: a reopened
+    store still knows the last number of a user whose messages were all acked."""
+    path = tmp_path / "m.sqlite3"
+    async with running(path) as store:
+        await store.write([message(4), message(5), Stored("v", 9, "v9", "b", 1.0, 2e9)])
+        await store.write(deletes=[("u", 4), ("u", 5)])
+    store = Store(str(path))
+    messages, seqs, _devices = await store.open()
+    assert [(m.user, m.seq) for m in messages] == [("v", 9)]
+    assert seqs == {"u": 5}  # v's number is its message's
+
+
+OLD_SCHEMA = """
+CREATE TABLE messages (
+    user TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    ts REAL NOT NULL, expires REAL NOT NULL, sender TEXT, attempts INTEGER NOT NULL,
+    PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE TABLE sequences (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE devices (
+    user TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL, PRIMARY KEY (user, device)
+) WITHOUT ROWID;
+"""
+
+
+def key_columns(path: Path) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("PRAGMA table_info(messages)").fetchall()
+    finally:
+        db.close()
+    return [name for _, name, _, _, _, pk in sorted(rows, key=lambda r: r[5]) if pk]
+
+
+async def test_a_data_dir_keyed_by_user_is_rekeyed_by_seq_and_loses_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "m.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    rows = [("u", 2, "a", "x", 1.0, 2e9, None, 0), ("t", 7, "b", "y", 1.0, 2e9, "s", 3),
+            ("u", 1, "c", "z", 1.0, 2e9, None, 1)]
+    db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("INSERT INTO sequences VALUES ('w', 40)")
+    db.execute("INSERT INTO devices VALUES ('u', 'phone', 5.0)")
+    db.commit()
+    db.close()
+    assert key_columns(path) == ["user", "seq"]
+    with caplog.at_level("INFO", logger="node.store"):
+        messages, devices = await reopened(path)
+    assert sorted(messages) == sorted(Stored(*row) for row in rows)
+    assert devices == [("u", "phone", 5.0)]
+    assert key_columns(path) == ["seq", "user"]
+    assert "store_relaid messages=3" in caplog.text
+    caplog.clear()
+    async with running(path) as store:  # and it is written to as any other
+        await store.write([message(3)], deletes=[("u", 1)])
+    store = Store(str(path))
+    messages, seqs, _ = await store.open()
+    assert sorted((m.user, m.seq) for m in messages) == [("t", 7), ("u", 2), ("u", 3)]
+    assert seqs == {"w": 40, "u": 1}
+    assert "store_relaid" not in caplog.text  # once
