@@ -330,7 +330,8 @@ class Delivery:
         if owner == self.me:
             self._acked_at_owner(user, seqs, device)
         elif owner is not None:
-            self.links.send(owner, {"t": "ack", "user": user, "seqs": seqs, "device": device})
+            self.links.send_later(owner, {"t": "ack", "user": user, "seqs": seqs,
+                                          "device": device})
 
     def _acked_at_owner(self, user: str, seqs: list[int], device: str) -> None:
         removed = self.mailboxes.ack(user, seqs, device, time.time())
@@ -341,7 +342,7 @@ class Delivery:
         self.store.write_soon(deletes=[(user, s) for s in done])
         for node in self.ring.replicas(user, self.config.replicas):
             if node != self.me:
-                self.links.send(node, {"t": "acked", "user": user, "seqs": done})
+                self.links.send_later(node, {"t": "acked", "user": user, "seqs": done})
 
     # ---- frames from peers --------------------------------------------------------------
 

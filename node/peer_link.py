@@ -54,6 +54,8 @@ QUEUE_LIMIT = 100_000
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
 STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without backoff
 TIMER_SLACK = 0.1  # request_soon's timeouts fire up to this late
+#: how long a frame sent with ``send_later`` may wait for other frames to the same peer
+LATER = 0.02
 
 
 class _Peer:
@@ -68,6 +70,7 @@ class _Peer:
         self.out = bytearray()  # packed frames the socket did not take yet (the writer's)
         self.unsent: list[Frame] = []  # the frames ``out`` holds, sent again on a new link
         self.dirty = False  # in the links' list of queues to write at the end of the pass
+        self.later = False  # in the links' list of queues to write when LATER is up
         self.packed = False  # its hello listed the "packed" feature (peer_proto)
         self.wanted = False  # alive in the member table
         self.dialing = False  # a dial loop runs for it (never two: they would take turns
@@ -95,6 +98,8 @@ class PeerLinks:
         self._deadlines: list[tuple[float, int]] = []  # (when, rid) of request_soon
         self._timer: trio.CancelScope | None = None  # the timer's sleep, until the first
         self._dirty: list[_Peer] = []  # peers with frames queued during this pass
+        self._later: list[_Peer] = []  # peers with frames that may wait up to LATER
+        self._later_timer: trio.CancelScope | None = None
         self.counters: Counter[str] = Counter()
 
     def _peer(self, name: str) -> _Peer:
@@ -110,15 +115,31 @@ class PeerLinks:
 
     def send(self, node: str, frame: Frame) -> int:
         """Queue ``frame`` for ``node``; returns its ticket (see ``queued``)."""
+        peer = self._queue(node, frame)
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
+        return peer.taken
+
+    def send_later(self, node: str, frame: Frame) -> None:
+        """Queue ``frame`` for ``node`` to go with the next frame sent there, or within
+        ``LATER``: for what nobody waits for (acks). At a moderate rate each would be a
+        write of its own and wake the peer for it; so they share the writes that
+        messages make anyway, or a few go together."""
+        peer = self._queue(node, frame)
+        if not peer.later:
+            peer.later = True
+            self._later.append(peer)
+            if self._later_timer is not None and self._later_timer.deadline == math.inf:
+                self._later_timer.deadline = trio.current_time() + LATER
+
+    def _queue(self, node: str, frame: Frame) -> _Peer:
         peer = self._peer(node)
         if len(peer.queue) >= QUEUE_LIMIT:
             peer.queue.popleft()
             self.counters["peer_queue_drops"] += 1
         peer.queue.append(frame)
-        if not peer.dirty:
-            peer.dirty = True
-            self._dirty.append(peer)
-        return peer.taken
+        return peer
 
     def queued(self, node: str, ticket: int) -> bool:
         """Whether frames queued with ``ticket`` still wait, unpacked, for the writer."""
@@ -182,6 +203,21 @@ class PeerLinks:
                     self.counters["peer_requests_timed_out"] += 1
                     on_reply(None)
 
+    async def _send_later(self) -> None:
+        """The timer of ``send_later``: frames that waited ``LATER`` go at the end of
+        this pass (those that went along with others meanwhile are gone already)."""
+        while True:
+            first = trio.current_time() + LATER if self._later else math.inf
+            with trio.CancelScope(deadline=first) as self._later_timer:
+                await trio.sleep_forever()
+            self._later_timer = None
+            later, self._later = self._later, []
+            for peer in later:
+                peer.later = False
+                if not peer.dirty:
+                    peer.dirty = True
+                    self._dirty.append(peer)
+
     def set_peers(self, peers: dict[str, Address]) -> None:
         """The live grapevine nodes and their link addresses (from their tags)."""
         for name, peer in self._peers.items():
@@ -210,6 +246,7 @@ class PeerLinks:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._expire)
+                nursery.start_soon(self._send_later)
                 nursery.start_soon(trio.serve_listeners, self._accept, listeners)
                 task_status.started()
                 await trio.sleep_forever()

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from node.frames import pack
-from node.peer_link import Frame, PeerLinks
+from node.peer_link import LATER, Frame, PeerLinks
 from node.peer_proto import FEATURES
 
 KEY = b"k" * 32
@@ -119,6 +119,27 @@ async def test_request_soon_calls_back_with_the_reply_or_none_when_its_time_is_u
         b.links.send("node-a", {"t": "x", "n": 5})
         assert (await a.next_frame())["n"] == 5  # the late reply came before this frame
         assert a.links.counters["peer_late_replies"] == 1 and len(answers) == 2
+
+
+async def test_a_frame_sent_later_goes_with_the_next_frame_or_alone_after_a_while() -> None:
+    """Acks are sent with ``send_later``: they ride along with the next frame to that
+    peer (one write for both), and only when none comes do they go alone, LATER on."""
+    async with pair() as (a, b):
+        a.links.send("node-b", {"t": "x", "n": 0})
+        assert (await b.next_frame())["n"] == 0
+        writes = a.links.counters["peer_writes"]
+        a.links.send_later("node-b", {"t": "ack", "n": 1})
+        a.links.send_later("node-b", {"t": "ack", "n": 2})
+        await trio.lowlevel.checkpoint()  # a pass ends: nothing is written for them yet
+        assert a.links.counters["peer_writes"] == writes
+        a.links.send("node-b", {"t": "x", "n": 3})
+        assert [(await b.next_frame())["n"] for _ in range(3)] == [1, 2, 3]  # in order
+        assert a.links.counters["peer_writes"] == writes + 1
+        started = trio.current_time()
+        a.links.send_later("node-b", {"t": "ack", "n": 4})
+        assert (await b.next_frame())["n"] == 4
+        assert trio.current_time() - started >= LATER
+        assert a.links.counters["peer_writes"] == writes + 2
 
 
 async def test_a_frame_may_grow_until_the_writer_takes_it() -> None:
