@@ -293,7 +293,8 @@ class Delivery:
     # ---- delivering ---------------------------------------------------------------------
 
     def registered(self, user: str, device: str) -> None:
-        """A session of ``user`` registered here (the owner): note its device, deliver."""
+        """A session of ``user`` registered here (the owner): note its device (stored and
+        told to the replicas when it is new, and once in a while), deliver."""
         now = time.time()
         if self.mailboxes.see_device(user, device, now):
             record = [(user, device, now)]
@@ -409,15 +410,16 @@ class Delivery:
         return {"ok": True}
 
     def _see_devices(self, raw: list[Any]) -> list[tuple[str, str, float]]:
-        """Device records from a peer, noted in the mailboxes; malformed ones are skipped."""
+        """Device records from a peer, noted in the mailboxes; returns those to store
+        (new here, or stored long ago). Malformed ones are skipped."""
         records = []
         for item in raw:
             if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
                     and isinstance(item[1], str) and isinstance(item[2], int | float)
                     and math.isfinite(item[2])):
                 user, device, seen = item[0], item[1], float(item[2])
-                self.mailboxes.see_device(user, device, seen)
-                records.append((user, device, seen))
+                if self.mailboxes.see_device(user, device, seen):
+                    records.append((user, device, seen))
         return records
 
     # ---- time and ring changes ----------------------------------------------------------

@@ -78,6 +78,11 @@ class Stored(NamedTuple):
         return stored
 
 
+#: a device's record is stored again when it was last stored this long before: the time
+#: it was last seen only decides when it is forgotten (``default_ttl``, days)
+DEVICE_REWRITE = 3600.0
+
+
 @dataclass(slots=True)
 class _Box:
     last_seq: int = 0
@@ -95,6 +100,8 @@ class _Box:
     retry_at: dict[int, float] = field(default_factory=dict)
     #: devices of the user -> when last seen
     devices: dict[str, float] = field(default_factory=dict)
+    #: devices of the user -> when last seen as the store last got it
+    written: dict[str, float] = field(default_factory=dict)
 
     def add(self, stored: Stored) -> None:
         if stored.seq < self.last_seq:  # not after every one before
@@ -192,11 +199,16 @@ class Mailboxes:
         box.last_seq = max(box.last_seq, seq)
 
     def see_device(self, user: str, device: str, now: float) -> bool:
-        """``device`` of ``user`` is connected; True if it is new here."""
+        """``device`` of ``user`` is connected (or was at ``now``). True if its record is
+        to be stored: new here, or stored ``DEVICE_REWRITE`` before ``now`` (every
+        replicate request brings its users' devices: writing them each time was a row
+        per user in every commit of a replica)."""
         box = self._box(user)
-        new = device not in box.devices
-        box.devices[device] = now
-        return new
+        box.devices[device] = max(now, box.devices.get(device, now))
+        if now - box.written.get(device, -math.inf) < DEVICE_REWRITE:
+            return False
+        box.written[device] = now
+        return True
 
     def devices(self, user: str) -> dict[str, float]:
         box = self._boxes.get(user)
@@ -267,6 +279,7 @@ class Mailboxes:
             for device, seen in list(box.devices.items()):
                 if seen + self.limits.default_ttl <= now:
                     del box.devices[device]
+                    box.written.pop(device, None)
             for seq, stored in list(box.ordered().items()):
                 tried_out = stored.attempts >= self.limits.max_attempts and (
                     box.retry_at.get(seq, 0.0) <= now

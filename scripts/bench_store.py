@@ -4,11 +4,14 @@ messages one after the other — the shape of a node's commits at a moderate rat
 each group of a few messages is written alone (docs/benchmarks.md, "Where the time goes").
 The messages go to random users of ``--users``, numbered as the mailboxes number them
 (by the clock), and each commit also deletes those written ``--ack-lag`` commits before
-(the acks that ride along). ``--standing`` messages wait in the table throughout, as for
+(the acks that ride along). ``--devices`` makes each commit also store the device
+record of each of its messages' users, as a replica did with every copy until
+2026-11-30 (every known user has one). ``--standing`` messages wait in the table
+throughout, as for
 users who are offline (other users than those written to, among them by name).
 
     python scripts/bench_store.py [--commits 2000] [--per 5] [--users 1000] [--ack-lag 3]
-                                  [--standing 20000] [--dir DIR] [--json]
+                                  [--standing 20000] [--devices] [--dir DIR] [--json]
 
 Runs on the disk of ``--dir`` (default: a temporary directory under /tmp), SQLite in WAL
 mode with ``synchronous=FULL`` as the node runs it: every commit waits for an fsync.
@@ -49,7 +52,8 @@ async def measure(directory: str, args: argparse.Namespace) -> dict[str, float]:
             seq += 1
             waiting.append(Stored(f"user{users + chosen.randrange(10 * users)}", seq,
                                   f"id{seq}", "x" * 256, 1.0, 2e9))
-        await store.write(waiting)
+        await store.write(waiting, devices=[(f"user{u}", "phone", 1.0)
+                                            for u in range(11 * users)])
         start = store.commits
         written: list[list[Stored]] = []
         wall, loop_cpu = time.perf_counter(), time.thread_time()
@@ -62,13 +66,14 @@ async def measure(directory: str, args: argparse.Namespace) -> dict[str, float]:
                                     "x" * 256, 1.0, 2e9))
             written.append(batch)
             acked = written.pop(0) if len(written) > ack_lag else []
-            await store.write(batch, deletes=[(s.user, s.seq) for s in acked])
+            devices = [(s.user, "phone", time.time()) for s in batch] if args.devices else []
+            await store.write(batch, deletes=[(s.user, s.seq) for s in acked], devices=devices)
         after = resource.getrusage(resource.RUSAGE_SELF)
         wall, loop_cpu = time.perf_counter() - wall, time.thread_time() - loop_cpu
         nursery.cancel_scope.cancel()
     assert store.commits - start == commits
     return {"commits": commits, "messages_per_commit": per, "users": users,
-            "ack_lag": ack_lag, "standing": standing,
+            "ack_lag": ack_lag, "standing": standing, "devices": args.devices,
             "wall_us": round(wall / commits * 1e6, 1),
             "event_loop_cpu_us": round(loop_cpu / commits * 1e6, 1),
             "process_user_us": round((after.ru_utime - before.ru_utime) / commits * 1e6, 1),
@@ -85,6 +90,8 @@ def main() -> None:
                         help="a commit deletes the messages of the commit this many before")
     parser.add_argument("--standing", type=int, default=20000,
                         help="messages waiting in the table throughout (offline users)")
+    parser.add_argument("--devices", action="store_true",
+                        help="each commit also stores its users' device records")
     parser.add_argument("--dir", help="where the database goes (default: a temporary dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -100,7 +107,8 @@ def main() -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"{figures['commits']} commits of {figures['messages_per_commit']} messages to "
           f"{figures['users']} users (deleting those of {figures['ack_lag']} commits before; "
-          f"{figures['standing']} waiting throughout), per "
+          f"{figures['standing']} waiting throughout"
+          f"{'; with their device records' if figures['devices'] else ''}), per "
           f"commit: wall {figures['wall_us']} µs, event loop CPU "
           f"{figures['event_loop_cpu_us']} µs, process CPU user {figures['process_user_us']}"
           f" + system {figures['process_sys_us']} µs")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from node.clients import READ_KEPT, WRITTEN_KEPT, ClientSession, Written, take_through
-from node.mailbox import Limits, Mailboxes, Stored
+from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored
 
 NOW = 1_800_000_000.0
 
@@ -142,6 +142,21 @@ def test_devices_not_seen_for_the_ttl_are_forgotten() -> None:
     boxes.expire(NOW + 150)
     assert set(boxes.devices("u")) == {"new"}
     assert [s.id for s in boxes.ack("u", [stored.seq], "new", NOW + 150)] == [stored.id]
+
+
+def test_a_device_record_is_to_be_stored_when_new_and_then_once_in_a_while() -> None:
+    """Every replicate request brings its users' devices: a replica stores a record when
+    it is new or was stored DEVICE_REWRITE before, not with every message."""
+    boxes = Mailboxes(Limits(default_ttl=10 * DEVICE_REWRITE))
+    assert boxes.see_device("u", "phone", NOW)
+    assert not boxes.see_device("u", "phone", NOW + 5)  # known, stored just now
+    assert not boxes.see_device("u", "phone", NOW + 1)  # older news moves nothing back
+    assert boxes.devices("u") == {"phone": NOW + 5}
+    assert boxes.see_device("u", "laptop", NOW + 5)
+    assert boxes.see_device("u", "phone", NOW + DEVICE_REWRITE)
+    assert not boxes.see_device("u", "phone", NOW + DEVICE_REWRITE + 60)
+    boxes.expire(NOW + 12 * DEVICE_REWRITE)  # both forgotten: new again when seen again
+    assert boxes.devices("u") == {} and boxes.see_device("u", "phone", NOW + 12 * DEVICE_REWRITE)
 
 
 def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
