@@ -8,6 +8,7 @@ import msgpack. Unpacking never raises anything but :class:`FrameError`.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -65,18 +66,29 @@ def pack(value: Any) -> bytes:
         raise
 
 
+@functools.lru_cache(maxsize=16)
+def _limits(max_size: int) -> dict[str, Any]:
+    """What unpacking a value of at most ``max_size`` bytes may build."""
+    return {"raw": False, "strict_map_key": True, "use_list": True,
+            "max_str_len": max_size, "max_bin_len": max_size,
+            "max_array_len": max_size // 2 + 1, "max_map_len": max_size // 4 + 1,
+            "max_ext_len": 0}
+
+
 def unpack(data: bytes, max_size: int) -> Any:
     """One msgpack value; containers and strings bounded by ``max_size``."""
     if len(data) > max_size:
         raise FrameError(f"frame of {len(data)} bytes is over the {max_size} limit", "too_large")
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=max_size, max_bin_len=max_size,
-            max_array_len=max_size // 2 + 1, max_map_len=max_size // 4 + 1, max_ext_len=0,
-        )
+        return msgpack.unpackb(data, **_limits(max_size))
     except Exception as exc:  # msgpack raises many unrelated types for bad input
         raise FrameError(f"not msgpack: {type(exc).__name__}") from None
+
+
+def unpacker(max_size: int) -> msgpack.Unpacker:
+    """A streaming unpacker with ``unpack``'s bounds, for values of at most ``max_size``
+    bytes each (its ``unpack()`` raises msgpack's own errors: the caller maps them)."""
+    return msgpack.Unpacker(max_buffer_size=max_size, **_limits(max_size))
 
 
 def dump_json(value: Any) -> str:

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .frames import FrameError, pack, unpack, unpack_message
+from .frames import FrameError, pack, unpack_message, unpacker
 
 PEER_PROTOCOL = 1
 #: what this node takes beyond protocol 1 (see above)
@@ -61,31 +61,47 @@ def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
 
 
 class FrameReader:
-    """Feed bytes as they arrive; take whole frames out. Raises only :class:`FrameError`."""
+    """Feed bytes as they arrive; take whole frames out. Raises only :class:`FrameError`
+    (after which the link, and its reader, are done with).
+
+    Each frame's body goes through one ``msgpack.Unpacker`` kept for the link: a call
+    of ``unpackb`` per frame, with its limits as keywords each time, cost about twice
+    as much (1.2-2.1 against 0.8 µs a frame of a batch of 64 deliveries)."""
 
     def __init__(self, max_frame: int = MAX_PEER_FRAME) -> None:
         self._buffer = bytearray()
         self._max = max_frame
+        self._unpacker = unpacker(max_frame)
+        self._taken = 0  # bytes the unpacker has been fed: each frame's must all be used
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
         buffer = self._buffer
         frames: list[dict[str, Any]] = []
-        start = 0
+        start, size_of_header, filled = 0, HEADER.size, len(buffer)
+        unpacker = self._unpacker
         try:
-            while len(buffer) - start >= HEADER.size:
-                (size,) = HEADER.unpack_from(buffer, start)
-                if size > self._max:
-                    raise FrameError(f"peer frame of {size} bytes is over {self._max}",
-                                     "too_large")
-                end = start + HEADER.size + size
-                if len(buffer) < end:
-                    break
-                value = unpack(bytes(buffer[start + HEADER.size:end]), self._max)
-                start = end
-                if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-                    raise FrameError("a peer frame is a map with a string 't'")
-                frames.append(value)
+            with memoryview(buffer) as view:
+                while filled - start >= size_of_header:
+                    (size,) = HEADER.unpack_from(buffer, start)
+                    if size > self._max:
+                        raise FrameError(f"peer frame of {size} bytes is over {self._max}",
+                                         "too_large")
+                    end = start + size_of_header + size
+                    if filled < end:
+                        break
+                    unpacker.feed(view[start + size_of_header:end])
+                    self._taken += size
+                    try:
+                        value = unpacker.unpack()
+                    except Exception as exc:  # msgpack raises many unrelated types
+                        raise FrameError(f"not msgpack: {type(exc).__name__}") from None
+                    if unpacker.tell() != self._taken:
+                        raise FrameError("a peer frame holds more than one value")
+                    start = end
+                    if not isinstance(value, dict) or not isinstance(value.get("t"), str):
+                        raise FrameError("a peer frame is a map with a string 't'")
+                    frames.append(value)
         finally:
             del buffer[:start]  # once per read, not once per frame
         return frames

@@ -30,6 +30,10 @@ def test_frames_split_however_the_bytes_arrive(chunk: int) -> None:
     (HEADER.pack(3) + b"\xc1\xc1\xc1", "bad_frame"),
     (HEADER.pack(2) + pack([1]), "bad_frame"),
     (HEADER.pack(len(pack({"x": 1}))) + pack({"x": 1}), "bad_frame"),
+    # a whole map and a second value in one frame's bytes; the first half of a map
+    (HEADER.pack(len(pack({"t": "a"})) + 1) + pack({"t": "a"}) + pack(1), "bad_frame"),
+    (HEADER.pack(4) + pack({"t": "abcdef"})[:4] + HEADER.pack(2) + pack({}), "bad_frame"),
+    (HEADER.pack(5) + b"\xdd\xff\xff\xff\xff", "bad_frame"),  # claims 4 G items
 ])
 def test_bad_frames_raise_frame_error(data: bytes, code: str) -> None:
     with pytest.raises(FrameError) as error:
