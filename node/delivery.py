@@ -428,7 +428,10 @@ class Delivery:
         while True:
             await trio.sleep(TICK)
             now = time.time()
-            removed = self.mailboxes.expire(now)
+            # the users with sessions (whose owner this is): looked at every tick; the
+            # rest a slice at a time, so a tick costs the same with a million waiting
+            online = list(self.router.register)
+            removed = self.mailboxes.expire(now, online) + self.mailboxes.sweep(now)
             if removed:
                 # not expired: sent too often without an ack
                 dead = [stored for stored in removed if stored.expires > now]
@@ -438,7 +441,7 @@ class Delivery:
                 if len(removed) > len(dead):
                     logger.info("messages_expired count=%d", len(removed) - len(dead))
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in removed])
-            for user in self.mailboxes.retry_users(now):
+            for user in self.mailboxes.retry_users(now, online):
                 self.push(user)
 
     def ring_changed(self) -> None:

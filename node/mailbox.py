@@ -78,6 +78,10 @@ class Stored(NamedTuple):
         return stored
 
 
+#: messages (and devices) a sweep looks at per tick, in the mailboxes of users without
+#: sessions: ~5 ms of the event loop; everything is looked at every (messages / SWEEP)
+#: ticks, and nothing is ever sent after its TTL meanwhile (``to_send``)
+SWEEP = 10_000
 #: a device's record is stored again when it was last stored this long before: the time
 #: it was last seen only decides when it is forgotten (``default_ttl``, days)
 DEVICE_REWRITE = 3600.0
@@ -135,6 +139,7 @@ class Mailboxes:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self._boxes: dict[str, _Box] = {}
+        self._unswept: list[str] = []  # users the sweep has yet to look at this round
         self.counters: Counter[str] = Counter()
 
     # ---- reading --------------------------------------------------------------------------
@@ -246,12 +251,15 @@ class Mailboxes:
     # ---- delivering (the owner) -----------------------------------------------------------
 
     def to_send(self, user: str, now: float, *, reconnect: bool = False) -> list[Stored]:
-        """What to send ``user`` now: due retries, or (on a new session) all pending."""
+        """What to send ``user`` now: due retries, or (on a new session) all pending;
+        never a message whose TTL is up."""
         box = self._boxes.get(user)
         if box is None:
             return []
         out = []
         for seq, stored in box.ordered().items():
+            if stored.expires <= now:  # gone at the next sweep: never sent late
+                continue
             due = box.retry_at.get(seq, 0.0)
             if reconnect or seq not in box.sent or due <= now:
                 out.append(stored)
@@ -271,30 +279,62 @@ class Mailboxes:
             self.counters["redelivered"] += 1
         return updated
 
-    def expire(self, now: float) -> list[Stored]:
+    def expire(self, now: float, users: Iterable[str] | None = None) -> list[Stored]:
         """Remove expired and dead-lettered (too many attempts) messages, and forget
-        devices not seen for ``default_ttl``."""
-        removed = []
-        for box in self._boxes.values():
-            for device, seen in list(box.devices.items()):
-                if seen + self.limits.default_ttl <= now:
-                    del box.devices[device]
-                    box.written.pop(device, None)
-            for seq, stored in list(box.ordered().items()):
-                tried_out = stored.attempts >= self.limits.max_attempts and (
-                    box.retry_at.get(seq, 0.0) <= now
-                )
-                if stored.expires <= now or tried_out:
-                    removed.append(box.forget(seq))
-                    self.counters["dead_lettered" if tried_out else "expired"] += 1
+        devices not seen for ``default_ttl``: in the mailboxes of ``users``, or all."""
+        if users is None:
+            boxes: Iterable[_Box] = list(self._boxes.values())
+        else:  # only those with messages: the sweep looks at every device in turn
+            boxes = [box for user in users if (box := self._boxes.get(user)) and box.pending]
+        removed: list[Stored] = []
+        for box in boxes:
+            self._expire_box(box, now, removed)
         return removed
 
-    def retry_users(self, now: float) -> list[str]:
-        """Users with a message whose ack is overdue, or that was never sent from here
-        (a handover or a replica's copy, for a node that owns the user now)."""
-        return [user for user, box in self._boxes.items()
-                if len(box.retry_at) < len(box.pending)
-                or any(when <= now for when in box.retry_at.values())]
+    def sweep(self, now: float, budget: int = SWEEP) -> list[Stored]:
+        """``expire`` the next mailboxes, about ``budget`` messages and devices' worth,
+        from where the last sweep stopped: a tick costs the same however many users
+        wait offline with messages, and every mailbox is looked at every
+        (messages / budget) ticks. Those of users with sessions are looked at every
+        tick anyway (``expire(now, users)``)."""
+        removed: list[Stored] = []
+        looked = visited = 0
+        while looked < budget and visited < len(self._boxes):
+            if not self._unswept:
+                self._unswept = list(self._boxes)
+            box = self._boxes.get(self._unswept.pop())
+            visited += 1
+            if box is not None:
+                looked += 1 + len(box.pending) + len(box.devices)
+                self._expire_box(box, now, removed)
+        return removed
+
+    def _expire_box(self, box: _Box, now: float, removed: list[Stored]) -> None:
+        forgotten = now - self.limits.default_ttl
+        if box.devices and min(box.devices.values()) <= forgotten:
+            for device in [d for d, seen in box.devices.items() if seen <= forgotten]:
+                del box.devices[device]
+                box.written.pop(device, None)
+        most, retry_at = self.limits.max_attempts, box.retry_at
+        for seq, tried_out in [
+                (seq, tried_out) for seq, stored in box.pending.items()
+                if (tried_out := stored.attempts >= most and retry_at.get(seq, 0.0) <= now)
+                or stored.expires <= now]:
+            removed.append(box.forget(seq))
+            self.counters["dead_lettered" if tried_out else "expired"] += 1
+
+    def retry_users(self, now: float, users: Iterable[str]) -> list[str]:
+        """Of ``users`` (those with sessions), those with a message whose ack is overdue,
+        or that was never sent from here (a handover or a replica's copy, for a node
+        that owns the user now)."""
+        due = []
+        for user in users:
+            box = self._boxes.get(user)
+            if box is not None and box.pending and (
+                    len(box.retry_at) < len(box.pending)
+                    or any(when <= now for when in box.retry_at.values())):
+                due.append(user)
+        return due
 
     def drop_user(self, user: str) -> list[Stored]:
         """Forget ``user``'s mailbox here (it was handed over); returns what was in it."""

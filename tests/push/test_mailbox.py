@@ -167,8 +167,9 @@ def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
     assert boxes.to_send("u", NOW + 1) == [b]
     assert [s.seq for s in boxes.to_send("u", NOW + 1, reconnect=True)] == [a.seq, b.seq]
     boxes.sent(b, NOW + 1)
-    assert boxes.retry_users(NOW + 5) == []
-    assert boxes.retry_users(NOW + 10) == ["u"]
+    assert boxes.retry_users(NOW + 5, ["u"]) == []
+    assert boxes.retry_users(NOW + 10, ["u", "nobody"]) == ["u"]
+    assert boxes.retry_users(NOW + 10, []) == []  # without sessions, nothing to send
     assert [s.seq for s in boxes.to_send("u", NOW + 10)] == [a.seq]
     again = boxes.sent(a, NOW + 10)
     assert again.attempts == 2 and boxes.counters["redelivered"] == 1
@@ -187,6 +188,33 @@ def test_expiry_and_the_cap_on_attempts() -> None:
     assert {s.id for s in removed} == {"short", "v-0"}
     assert boxes.counters["expired"] == 1 and boxes.counters["dead_lettered"] == 1
     assert boxes.pending_count() == 0
+
+
+def test_a_message_whose_ttl_is_up_is_never_sent_even_before_it_is_swept() -> None:
+    boxes = Mailboxes()
+    short = boxes.new("u", "short", "b", NOW, ttl=5)
+    boxes.put(short)
+    [long] = fill(boxes, "u", 1)
+    assert boxes.to_send("u", NOW + 5, reconnect=True) == [long]
+    assert boxes.pending_count("u") == 2  # still held: the sweep removes it
+
+
+def test_a_sweep_looks_at_a_bounded_slice_and_at_every_mailbox_in_turn() -> None:
+    """A tick must not cost more with more users waiting offline: each sweep looks at
+    about ``budget`` messages, taking up where the last one stopped."""
+    boxes = Mailboxes()
+    for user in range(100):
+        for i in range(3):
+            boxes.put(boxes.new(f"u{user}", f"{user}-{i}", "b", NOW, ttl=10 + user % 2 * 100))
+    removed_per_sweep = []
+    for _ in range(10):
+        removed_per_sweep.append(len(boxes.sweep(NOW + 50, budget=40)))
+    assert max(removed_per_sweep) <= 3 * 10  # ten mailboxes of four (three + one) at most
+    assert sum(removed_per_sweep) == 150  # the fifty users whose messages had 10 s
+    assert boxes.pending_count() == 150 and boxes.counters["expired"] == 150
+    # a new round: what expired since is found, and a sweep never looks twice at one box
+    assert len(boxes.sweep(NOW + 500, budget=10_000)) == 150
+    assert boxes.sweep(NOW + 500, budget=10_000) == [] and boxes.pending_count() == 0
 
 
 def test_replicas_and_handovers_are_idempotent_and_move_the_numbering() -> None:
