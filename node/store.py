@@ -38,13 +38,15 @@ logger = logging.getLogger(__name__)
 #: A message's key is (seq, user), not (user, seq): seqs follow the clock
 #: (``mailbox.py``), so a commit's new rows land together on the last page of the table,
 #: and the acks a moment later delete from that page too; keyed by user first, every row
-#: went to its own user's page (three times the WAL pages, and the CPU, per commit).
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+#: went to its own user's page among those of offline users (with 200,000 messages
+#: waiting, a commit took 20-30 % more CPU: ``scripts/bench_store.py``).
+MESSAGES = """(
     user TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
     ts REAL NOT NULL, expires REAL NOT NULL, sender TEXT, attempts INTEGER NOT NULL,
     PRIMARY KEY (seq, user)
-) WITHOUT ROWID;
+) WITHOUT ROWID"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS messages {MESSAGES};
 CREATE TABLE IF NOT EXISTS sequences (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
@@ -52,12 +54,8 @@ CREATE TABLE IF NOT EXISTS devices (
 ) WITHOUT ROWID;
 """
 #: a data dir from before 2026-11-30 keys messages by (user, seq): moved over on open
-RELAYOUT = """
-CREATE TABLE messages_by_seq (
-    user TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
-    ts REAL NOT NULL, expires REAL NOT NULL, sender TEXT, attempts INTEGER NOT NULL,
-    PRIMARY KEY (seq, user)
-) WITHOUT ROWID;
+RELAYOUT = f"""
+CREATE TABLE messages_by_seq {MESSAGES};
 INSERT INTO messages_by_seq SELECT user, seq, id, body, ts, expires, sender, attempts
     FROM messages;
 DROP TABLE messages;

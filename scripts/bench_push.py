@@ -61,6 +61,17 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
+def report(figures: dict[str, Any], line: str, *, as_json: bool) -> None:
+    """A benchmark's figures with the machine they ran on: as one JSON object, or as
+    the machine's line and ``line``."""
+    info = machine()
+    if as_json:
+        print(json.dumps({"machine": info, **figures}))
+        return
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(line)
+
+
 def prepare(work: Path) -> Path:
     """The peer's folder copied under ``work`` with a venv holding both load generators'
     needs; redis-server from Debian. Returns the venv's python."""

@@ -20,7 +20,6 @@ mode with ``synchronous=FULL`` as the node runs it: every commit waits for an fs
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import resource
 import sys
@@ -32,7 +31,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_push import machine
+from bench_push import report
 
 from node.mailbox import Stored
 from node.store import Store
@@ -100,18 +99,14 @@ def main() -> None:
                      "--standing at least 0")
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         figures = trio.run(measure, directory, args)
-    info = machine()
-    if args.json:
-        print(json.dumps({"machine": info, **figures}))
-        return
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"{figures['commits']} commits of {figures['messages_per_commit']} messages to "
-          f"{figures['users']} users (deleting those of {figures['ack_lag']} commits before; "
-          f"{figures['standing']} waiting throughout"
-          f"{'; with their device records' if figures['devices'] else ''}), per "
-          f"commit: wall {figures['wall_us']} µs, event loop CPU "
-          f"{figures['event_loop_cpu_us']} µs, process CPU user {figures['process_user_us']}"
-          f" + system {figures['process_sys_us']} µs")
+    report(figures, (
+        f"{figures['commits']} commits of {figures['messages_per_commit']} messages to "
+        f"{figures['users']} users (deleting those of {figures['ack_lag']} commits before; "
+        f"{figures['standing']} waiting throughout"
+        f"{'; with their device records' if figures['devices'] else ''}), per "
+        f"commit: wall {figures['wall_us']} µs, event loop CPU "
+        f"{figures['event_loop_cpu_us']} µs, process CPU user {figures['process_user_us']}"
+        f" + system {figures['process_sys_us']} µs"), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ every mailbox and every message, each second.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_push import machine
+from bench_push import report
 
 from node.mailbox import Mailboxes, Stored
 
@@ -75,15 +74,11 @@ def main() -> None:
         everyone = [f"user{user}" for user in range(args.offline + args.online)]
         figures["whole_tick_ms"] = timed(args.ticks, lambda now: (
             boxes.expire(now), boxes.retry_users(now, everyone)))
-    info = machine()
-    if args.json:
-        print(json.dumps({"machine": info, **figures}))
-        return
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"{args.offline:,} offline and {args.online:,} online users, {args.messages} "
-          f"messages each: a tick takes {figures['tick_ms']} ms of the event loop"
-          + (f" (looking at every mailbox: {figures['whole_tick_ms']} ms)"
-             if args.whole else ""))
+    report(figures, (
+        f"{args.offline:,} offline and {args.online:,} online users, {args.messages} "
+        f"messages each: a tick takes {figures['tick_ms']} ms of the event loop"
+        + (f" (looking at every mailbox: {figures['whole_tick_ms']} ms)"
+           if args.whole else "")), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from node.mailbox import Stored
-from node.store import SOON_DELAY, Store
+from node.store import SCHEMA, SOON_DELAY, Store
 
 
 def message(seq: int) -> Stored:
@@ -94,17 +94,8 @@ async def test_a_users_last_seq_outlives_its_messages(tmp_path: Path) -> None:
     assert seqs == {"u": 5}  # v's number is its message's
 
 
-OLD_SCHEMA = """
-CREATE TABLE messages (
-    user TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
-    ts REAL NOT NULL, expires REAL NOT NULL, sender TEXT, attempts INTEGER NOT NULL,
-    PRIMARY KEY (user, seq)
-) WITHOUT ROWID;
-CREATE TABLE sequences (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE devices (
-    user TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL, PRIMARY KEY (user, device)
-) WITHOUT ROWID;
-"""
+#: the tables as a data dir written before 2026-11-30 has them: messages keyed by user first
+OLD_SCHEMA = SCHEMA.replace("PRIMARY KEY (seq, user)", "PRIMARY KEY (user, seq)")
 
 
 def key_columns(path: Path) -> list[str]:
