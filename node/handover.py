@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
 HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
 RETRY = 1.0  # seconds before a round that a holder did not confirm is tried again
+#: users looked at between two chances for the node's other tasks (~5 ms): with a million
+#: users a round is seconds of work, and a node that does not answer its gossip probes
+#: for that long is suspected, which changes the ring again on every node
+SLICE = 1000
 
 
 class Handover:
@@ -63,7 +67,11 @@ class Handover:
         # what is copied: messages that arrive while the copies are under way are not in
         # it, so they are not dropped with it (the next round takes them)
         snapshot: dict[str, list[Stored]] = {}
-        for user in boxes.known_users():
+        for index, user in enumerate(boxes.known_users()):
+            if index % SLICE == SLICE - 1:
+                await trio.lowlevel.checkpoint()
+            if not boxes.known(user):  # handed over meanwhile
+                continue
             holders = frozenset(self._holders(user))
             if not holders or self._copied.get(user) == holders:
                 continue
@@ -77,7 +85,10 @@ class Handover:
             for node, users in batches.items():
                 nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
         complete = True
-        for user, (holders, targets) in moving.items():
+        handed_over = [0, 0]  # users, messages: one line for the round, not one each
+        for index, (user, (holders, targets)) in enumerate(moving.items()):
+            if index % SLICE == SLICE - 1:
+                await trio.lowlevel.checkpoint()
             if any(user not in confirmed.get(node, ()) for node in targets):
                 complete = False
                 continue
@@ -93,14 +104,17 @@ class Handover:
                 self._copied.pop(user, None)  # if it comes back here, copy it again
                 delivery.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
                 if dropped:
-                    logger.info("mailbox_handed_over user=%s messages=%d to=%s", user,
-                                len(dropped), ",".join(sorted(holders)))
-                    logger.debug("mailbox_dropped user=%s seqs=%s", user,
-                                 [s.seq for s in dropped])
+                    handed_over[0] += 1
+                    handed_over[1] += len(dropped)
+                    logger.debug("mailbox_handed_over user=%s seqs=%s to=%s", user,
+                                 [s.seq for s in dropped], ",".join(sorted(holders)))
                 continue
             self._copied[user] = holders
             if delivery.ring.owner(user) == me:
                 delivery.push(user, reconnect=True)
+        if handed_over[0]:
+            logger.info("mailboxes_handed_over users=%d messages=%d complete=%s",
+                        handed_over[0], handed_over[1], str(complete).lower())
         return complete
 
     async def _hand_over(self, node: str, users: list[str],

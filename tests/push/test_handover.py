@@ -7,13 +7,16 @@ to the new holders was under way was dropped with the mailbox, so no node delive
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import pytest
 import trio
 
 from node.clients import LocalClients
 from node.delivery import Delivery
+from node.handover import SLICE
 from node.mailbox import Stored
 from node.ring import HashRing
 from node.routing import MessageIds, Router
@@ -66,4 +69,43 @@ async def test_a_message_that_arrives_during_the_handover_is_not_dropped_with_it
         assert delivery.mailboxes.pending(user) == []
         copied = {seq for _node, seqs in links.copied for seq in seqs}
         assert copied == {first.seq, late.seq}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_round_over_many_users_lets_the_nodes_other_tasks_run(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A handover round looks at every mailbox: with many users that is seconds, and a
+    node whose gossip goes unanswered that long is suspected (the ring changes again).
+    The round gives the other tasks a turn every SLICE users, and logs one line for all
+    the mailboxes it handed over, not one each."""
+    ring = HashRing(nodes={"old": 1.0})
+    links = SlowLinks()
+    delivery = Delivery(
+        local_config("old"), ring=ring, router=Router("old", ring.owner),
+        clients=LocalClients(), links=links, store=Store(None),  # type: ignore[arg-type]
+        ids=MessageIds("old"), carry_out=lambda actions: None,
+    )
+    turns: list[int] = []
+    at_first_copy: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            turns.append(1)
+            await trio.lowlevel.checkpoint()
+    async with trio.open_nursery() as nursery:
+        await delivery.store.open()
+        await nursery.start(delivery.store.run)
+        now = time.time()
+        for n in range(5 * SLICE):
+            delivery.mailboxes.put(delivery.mailboxes.new(f"user{n}", f"m{n}", "b", now, None))
+        links.during = lambda: at_first_copy.append(len(turns))
+        nursery.start_soon(other_task)
+        ring.update({"new-a": 1.0, "new-b": 1.0})
+        with caplog.at_level(logging.INFO, logger="node.handover"):
+            assert await delivery.handover.once()
+        assert at_first_copy and at_first_copy[0] >= 4  # a turn in every slice of users
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert lines == [f"mailboxes_handed_over users={5 * SLICE} messages={5 * SLICE} "
+                         "complete=true"]
+        assert delivery.mailboxes.pending_count() == 0  # and every mailbox went over
         nursery.cancel_scope.cancel()
