@@ -96,11 +96,10 @@ class _Box:
     #: marks the box for sorting before it is next read in order
     pending: dict[int, Stored] = field(default_factory=dict)
     shuffled: bool = False
-    #: seqs sent at least once from this process
-    sent: set[int] = field(default_factory=set)
     #: seq -> devices that acked it
     acked: dict[int, set[str]] = field(default_factory=dict)
-    #: seq -> when to send again
+    #: seq -> when to send again, for those sent at least once from this process (a
+    #: dict of numbers, which the garbage collector need not walk, unlike a set)
     retry_at: dict[int, float] = field(default_factory=dict)
     #: devices of the user -> when last seen
     devices: dict[str, float] = field(default_factory=dict)
@@ -121,7 +120,6 @@ class _Box:
         return self.pending
 
     def forget(self, seq: int) -> Stored:
-        self.sent.discard(seq)
         self.acked.pop(seq, None)
         self.retry_at.pop(seq, None)
         return self.pending.pop(seq)
@@ -265,8 +263,7 @@ class Mailboxes:
         for seq, stored in box.ordered().items():
             if stored.expires <= now:  # gone at the next sweep: never sent late
                 continue
-            due = box.retry_at.get(seq, 0.0)
-            if reconnect or seq not in box.sent or due <= now:
+            if reconnect or box.retry_at.get(seq, 0.0) <= now:  # never sent: 0.0
                 out.append(stored)
         return out
 
@@ -277,7 +274,6 @@ class Mailboxes:
         updated = current._replace(attempts=current.attempts + 1)
         if stored.seq in box.pending:
             box.pending[stored.seq] = updated
-        box.sent.add(stored.seq)
         box.retry_at[stored.seq] = now + self.limits.ack_timeout
         self.counters["sent"] += 1
         if updated.attempts > 1:
