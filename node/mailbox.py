@@ -138,6 +138,7 @@ class Mailboxes:
         self.limits = limits or Limits()
         self._boxes: dict[str, _Box] = {}
         self._unswept: list[str] = []  # users the sweep has yet to look at this round
+        self._pending = 0  # messages in all mailboxes
         self.counters: Counter[str] = Counter()
 
     # ---- reading --------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class Mailboxes:
         if user is not None:
             box = self._boxes.get(user)
             return len(box.pending) if box else 0
-        return sum(len(box.pending) for box in self._boxes.values())
+        return self._pending  # kept as they come and go: status and metrics ask often
 
     def last_seq(self, user: str) -> int:
         box = self._boxes.get(user)
@@ -199,6 +200,7 @@ class Mailboxes:
             box.last_seq = max(box.last_seq, stored.seq)
             return False
         box.add(stored)
+        self._pending += 1
         return True
 
     def note_seq(self, user: str, seq: int) -> None:
@@ -242,6 +244,7 @@ class Mailboxes:
             if acked.issuperset(box.devices):
                 removed.append(box.forget(number))
         self.counters["acked"] += len(removed)
+        self._pending -= len(removed)
         return removed
 
     def remove(self, user: str, seqs: list[int]) -> list[Stored]:
@@ -249,7 +252,9 @@ class Mailboxes:
         box = self._boxes.get(user)
         if box is None:
             return []
-        return [box.forget(s) for s in seqs if s in box.pending]
+        removed = [box.forget(s) for s in seqs if s in box.pending]
+        self._pending -= len(removed)
+        return removed
 
     # ---- delivering (the owner) -----------------------------------------------------------
 
@@ -322,6 +327,7 @@ class Mailboxes:
                 if (tried_out := stored.attempts >= most and retry_at.get(seq, 0.0) <= now)
                 or stored.expires <= now]:
             removed.append(box.forget(seq))
+            self._pending -= 1
             self.counters["dead_lettered" if tried_out else "expired"] += 1
 
     def retry_users(self, now: float, users: Iterable[str]) -> list[str]:
@@ -340,4 +346,7 @@ class Mailboxes:
     def drop_user(self, user: str) -> list[Stored]:
         """Forget ``user``'s mailbox here (it was handed over); returns what was in it."""
         box = self._boxes.pop(user, None)
-        return list(box.ordered().values()) if box else []
+        if box is None:
+            return []
+        self._pending -= len(box.pending)
+        return list(box.ordered().values())

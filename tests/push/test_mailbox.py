@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 
 import pytest
 
@@ -259,3 +260,33 @@ def test_messages_that_come_out_of_order_are_sent_in_order() -> None:
     assert [s.seq for s in boxes.pending("u")] == [10, 30, 50, 70, 80]
     assert boxes.new("u", "n", "b", 0.0, None).seq == 81
     assert [s.seq for s in boxes.drop_user("u")] == [10, 30, 50, 70, 80]
+
+
+def test_the_count_of_all_pending_messages_follows_every_way_in_and_out() -> None:
+    """``pending_count()`` is kept as messages come and go (status and metrics ask for it
+    often; summing a million mailboxes each time was not free): it always equals the
+    sum of the mailboxes, whatever the order of puts, acks, removals, expiry and
+    handovers."""
+    rnd = random.Random(7)
+    boxes = Mailboxes(Limits(ack_timeout=1, max_attempts=2))
+    users = [f"u{n}" for n in range(6)]
+    now = NOW
+    for _ in range(3000):
+        now += rnd.random()
+        user = rnd.choice(users)
+        move = rnd.randrange(8)
+        if move < 3:
+            stored = Stored(user, rnd.randrange(1, 60), "m", "b", now, now + rnd.uniform(1, 30))
+            boxes.put(stored)
+        elif move == 3 and (pending := boxes.pending(user)):
+            boxes.sent(rnd.choice(pending), now)
+        elif move == 4:
+            boxes.ack(user, rnd.sample(range(1, 60), 5), "", now)
+        elif move == 5:
+            boxes.remove(user, rnd.sample(range(1, 60), 5))
+        elif move == 6:
+            boxes.sweep(now, budget=rnd.randrange(1, 20))
+        elif rnd.random() < 0.1:
+            boxes.drop_user(user)
+        assert boxes.pending_count() == sum(boxes.pending_count(u) for u in users)
+    assert boxes.pending_count() > 0  # the walk did not just empty everything
