@@ -79,7 +79,7 @@ class Stored(NamedTuple):
 
 
 #: messages (and devices) a sweep looks at per tick, in the mailboxes of users without
-#: sessions: ~5 ms of the event loop; everything is looked at every (messages / SWEEP)
+#: sessions: 5-10 ms of the event loop; everything is looked at every (messages / SWEEP)
 #: ticks, and nothing is ever sent after its TTL meanwhile (``to_send``)
 SWEEP = 10_000
 #: a device's record is stored again when it was last stored this long before: the time
