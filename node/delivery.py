@@ -33,6 +33,7 @@ import trio
 from .handover import Handover
 from .mailbox import Limits, Mailboxes, Stored
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
+from .slices import in_slices
 from .store import Store
 from .store_requests import Answer, Reply, StoreRequests, parse_item
 
@@ -103,11 +104,11 @@ class Delivery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         messages, seqs, devices = await self.store.open()
-        for stored in messages:
+        async for stored in in_slices(messages):  # gossip already runs: a turn for it
             self.mailboxes.put(stored)
-        for user, seq in seqs.items():
+        async for user, seq in in_slices(seqs.items()):
             self.mailboxes.note_seq(user, seq)
-        for user, device, seen in devices:
+        async for user, device, seen in in_slices(devices):
             self.mailboxes.see_device(user, device, seen)
         if messages:
             logger.info("mailboxes_loaded messages=%d users=%d", len(messages),

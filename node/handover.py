@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .mailbox import Stored
+from .slices import in_slices
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -23,10 +24,6 @@ logger = logging.getLogger(__name__)
 HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
 HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
 RETRY = 1.0  # seconds before a round that a holder did not confirm is tried again
-#: users looked at between two chances for the node's other tasks (~5 ms): with a million
-#: users a round is seconds of work, and a node that does not answer its gossip probes
-#: for that long is suspected, which changes the ring again on every node
-SLICE = 1000
 
 
 class Handover:
@@ -34,6 +31,9 @@ class Handover:
         self.delivery = delivery
         self._wanted = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}  # user -> holders that have its box
+        #: one object for each set of holders: a million users share a few (a set each
+        #: was a million objects for the garbage collector to walk)
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
 
     def ring_changed(self) -> None:
         """Hand over what moved (soon, in the handover's own task)."""
@@ -49,7 +49,8 @@ class Handover:
                 self._wanted.set()
 
     def _holders(self, user: str) -> frozenset[str]:
-        return frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas))
+        holders = frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas))
+        return self._sets.setdefault(holders, holders)
 
     async def once(self) -> bool:
         """Copy each mailbox, and the devices each user has, to the user's replica set;
@@ -61,18 +62,17 @@ class Handover:
         confirm its copy."""
         delivery = self.delivery
         boxes, me = delivery.mailboxes, delivery.me
+        self._sets = {}  # those of nodes long gone need not be kept
         moving: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # user -> (holders,
         #                                                                  those to copy to)
         batches: dict[str, list[str]] = {}  # node -> users to copy there
         # what is copied: messages that arrive while the copies are under way are not in
         # it, so they are not dropped with it (the next round takes them)
         snapshot: dict[str, list[Stored]] = {}
-        for index, user in enumerate(boxes.known_users()):
-            if index % SLICE == SLICE - 1:
-                await trio.lowlevel.checkpoint()
+        async for user in in_slices(boxes.known_users()):  # a million is seconds of work
             if not boxes.known(user):  # handed over meanwhile
                 continue
-            holders = frozenset(self._holders(user))
+            holders = self._holders(user)
             if not holders or self._copied.get(user) == holders:
                 continue
             targets = holders - {me} - self._copied.get(user, frozenset())
@@ -86,13 +86,11 @@ class Handover:
                 nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
         complete = True
         handed_over = [0, 0]  # users, messages: one line for the round, not one each
-        for index, (user, (holders, targets)) in enumerate(moving.items()):
-            if index % SLICE == SLICE - 1:
-                await trio.lowlevel.checkpoint()
+        async for user, (holders, targets) in in_slices(moving.items()):
             if any(user not in confirmed.get(node, ()) for node in targets):
                 complete = False
                 continue
-            if frozenset(self._holders(user)) != holders:
+            if self._holders(user) != holders:
                 complete = False  # the ring moved while copying: the next round decides
                 continue
             if me not in holders:

@@ -16,10 +16,10 @@ import trio
 
 from node.clients import LocalClients
 from node.delivery import Delivery
-from node.handover import SLICE
 from node.mailbox import Stored
 from node.ring import HashRing
 from node.routing import MessageIds, Router
+from node.slices import SLICE
 from node.store import Store
 from tests.node.helpers import local_config
 
@@ -45,15 +45,30 @@ class SlowLinks:
         pass
 
 
+def delivery_of(me: str, ring: HashRing, links: object, store: Store) -> Delivery:
+    """A node's QoS 1 shell alone: no router traffic, no client sessions."""
+    return Delivery(local_config(me), ring=ring, router=Router(me, ring.owner),
+                    clients=LocalClients(), links=links, store=store,  # type: ignore[arg-type]
+                    ids=MessageIds(me), carry_out=lambda actions: None)
+
+
+class Turns:
+    """Counts the turns another task of the node gets."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def take(self) -> None:
+        while True:
+            self.count += 1
+            await trio.lowlevel.checkpoint()
+
+
 async def test_a_message_that_arrives_during_the_handover_is_not_dropped_with_it() -> None:
     ring = HashRing(nodes={"old": 1.0})
     user = "user1"
     links = SlowLinks()
-    delivery = Delivery(
-        local_config("old"), ring=ring, router=Router("old", ring.owner),
-        clients=LocalClients(), links=links, store=Store(None),  # type: ignore[arg-type]
-        ids=MessageIds("old"), carry_out=lambda actions: None,
-    )
+    delivery = delivery_of("old", ring, links, Store(None))
     async with trio.open_nursery() as nursery:
         await delivery.store.open()
         await nursery.start(delivery.store.run)
@@ -80,32 +95,41 @@ async def test_a_round_over_many_users_lets_the_nodes_other_tasks_run(
     the mailboxes it handed over, not one each."""
     ring = HashRing(nodes={"old": 1.0})
     links = SlowLinks()
-    delivery = Delivery(
-        local_config("old"), ring=ring, router=Router("old", ring.owner),
-        clients=LocalClients(), links=links, store=Store(None),  # type: ignore[arg-type]
-        ids=MessageIds("old"), carry_out=lambda actions: None,
-    )
-    turns: list[int] = []
+    delivery = delivery_of("old", ring, links, Store(None))
+    turns = Turns()
     at_first_copy: list[int] = []
-
-    async def other_task() -> None:
-        while True:
-            turns.append(1)
-            await trio.lowlevel.checkpoint()
     async with trio.open_nursery() as nursery:
         await delivery.store.open()
         await nursery.start(delivery.store.run)
         now = time.time()
         for n in range(5 * SLICE):
             delivery.mailboxes.put(delivery.mailboxes.new(f"user{n}", f"m{n}", "b", now, None))
-        links.during = lambda: at_first_copy.append(len(turns))
-        nursery.start_soon(other_task)
+        links.during = lambda: at_first_copy.append(turns.count)
+        nursery.start_soon(turns.take)
         ring.update({"new-a": 1.0, "new-b": 1.0})
         with caplog.at_level(logging.INFO, logger="node.handover"):
             assert await delivery.handover.once()
-        assert at_first_copy and at_first_copy[0] >= 4  # a turn in every slice of users
+        assert at_first_copy and at_first_copy[0] >= 3  # turns between slices of users
         lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
         assert lines == [f"mailboxes_handed_over users={5 * SLICE} messages={5 * SLICE} "
                          "complete=true"]
         assert delivery.mailboxes.pending_count() == 0  # and every mailbox went over
+        nursery.cancel_scope.cancel()
+
+
+async def test_users_with_the_same_holders_share_one_set_of_them() -> None:
+    """The handover remembers, for every user, which nodes have its mailbox: a million
+    users share a few sets of holders, not a million objects for the collector."""
+    ring = HashRing(nodes={"a": 1.0, "b": 1.0, "c": 1.0})
+    delivery = delivery_of("a", ring, SlowLinks(), Store(None))
+    async with trio.open_nursery() as nursery:
+        await delivery.store.open()
+        await nursery.start(delivery.store.run)
+        now = time.time()
+        for n in range(3000):
+            delivery.mailboxes.put(delivery.mailboxes.new(f"user{n}", f"m{n}", "b", now, None))
+        assert await delivery.handover.once()
+        kept = delivery.handover._copied
+        assert len(kept) > 1000  # the users whose replica sets hold "a"
+        assert len({id(holders) for holders in kept.values()}) == len(set(kept.values()))
         nursery.cancel_scope.cancel()
