@@ -70,8 +70,6 @@ class Handover:
         # it, so they are not dropped with it (the next round takes them)
         snapshot: dict[str, list[Stored]] = {}
         async for user in in_slices(boxes.known_users()):  # a million is seconds of work
-            if not boxes.known(user):  # handed over meanwhile
-                continue
             holders = self._holders(user)
             if not holders or self._copied.get(user) == holders:
                 continue

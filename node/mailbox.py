@@ -150,11 +150,6 @@ class Mailboxes:
         """Users with a message waiting or a device known here."""
         return [user for user, box in self._boxes.items() if box.pending or box.devices]
 
-    def known(self, user: str) -> bool:
-        """Whether ``user`` has a message waiting or a device known here."""
-        box = self._boxes.get(user)
-        return box is not None and bool(box.pending or box.devices)
-
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
         return list(box.ordered().values()) if box else []
