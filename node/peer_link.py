@@ -41,8 +41,8 @@ import trio
 
 from .frames import FrameError
 from .peer_proto import (
-    FEATURES, NONCE_SIZE, FrameReader, check_proof, encode_frames, hello, parse_hello, proof,
-    unpacked,
+    FEATURES, NONCE_SIZE, PACKED, FrameReader, check_proof, encode_frames, hello, parse_hello,
+    proof, unpacked,
 )
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class PeerLinks:
                 logger.warning("peer_refused reason=%r", str(exc) or type(exc).__name__)
                 return
             peer = self._peer(name)
-            peer.packed = "packed" in features
+            peer.packed = PACKED in features
             await self._run(peer, stream, reader)
 
     async def _dial_loop(self, peer: _Peer) -> None:
@@ -339,7 +339,7 @@ class PeerLinks:
                 name, theirs, features = parse_hello(reply)
                 if name != peer.name:
                     raise FrameError(f"dialled {peer.name} but {name} answered")
-                peer.packed = "packed" in features
+                peer.packed = PACKED in features
                 if not check_proof(keys, name, mine, theirs, reply.get("proof")):
                     raise FrameError("peer did not prove it holds a cluster key")
                 auth = proof(keys[0], self.me, theirs, mine) if keys else b""
@@ -359,7 +359,7 @@ class PeerLinks:
         self.counters["peer_links_opened"] += 1
         # an older peer (a rolling upgrade) says no features: it gets protocol 1's frames
         logger.info("peer_connected peer=%s features=%s", peer.name,
-                    "packed" if peer.packed else "none")
+                    PACKED if peer.packed else "none")
         self._on_connected(peer.name)
         try:
             async with trio.open_nursery() as nursery:

@@ -34,8 +34,10 @@ from typing import Any
 from .frames import FrameError, pack, unpack_message, unpacker
 
 PEER_PROTOCOL = 1
+#: the feature of messages carried packed (see above)
+PACKED = "packed"
 #: what this node takes beyond protocol 1 (see above)
-FEATURES = ("packed",)
+FEATURES = (PACKED,)
 HEADER = struct.Struct(">I")
 MAX_PEER_FRAME = 4 * 1024 * 1024
 NONCE_SIZE = 16
