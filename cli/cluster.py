@@ -40,6 +40,12 @@ DEFAULT_DIR = ".grapevine/cluster"
 SIGNALS = ("KILL", "TERM", "INT", "STOP", "CONT")
 
 
+def new_secret() -> str:
+    """A random secret (192 bits) that is safe to paste after a flag: hex, so it never
+    starts with "-", which argparse would take for an option (``--secret -x…`` fails)."""
+    return secrets.token_hex(24)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("cluster", help="run a local cluster of node processes")
     commands = parser.add_subparsers(title="cluster commands", metavar="COMMAND")
@@ -246,11 +252,11 @@ def run_up(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {
         "dir": str(Path(args.dir).resolve()), "profile": args.profile,
         "base_port": args.base_port, "encrypt": args.encrypt,
-        "token_secret": args.token_secret or secrets.token_urlsafe(24), "nodes": [],
+        "token_secret": args.token_secret or new_secret(), "nodes": [],
     }
     if args.netns:
         lab = netns.plan(args.n)
-        state.update(netns=lab.to_json(), api_key=secrets.token_urlsafe(24))
+        state.update(netns=lab.to_json(), api_key=new_secret())
         _save(args.dir, state)  # before building: `down` can clean up whatever happens
         netns.build(lab)
         print(f"netns: bridge {lab.bridge} {lab.gateway}/24, {args.n} namespaces "

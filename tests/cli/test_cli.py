@@ -178,3 +178,17 @@ def test_partition_of_a_cluster_without_namespaces_is_refused(tmp_path, capsys) 
         '{"nodes": [{"name": "node-1", "index": 0}], "base_port": 0}')
     assert main(["cluster", "partition", "node-1", "--dir", str(tmp_path)]) == 2
     assert "not started with --netns" in capsys.readouterr().err
+
+
+def test_made_secrets_can_follow_a_flag() -> None:
+    # a token secret or API key from `cluster up` is pasted into `listen --secret S`;
+    # one starting with "-" is taken for an option (a url-safe one did, 1 time in 64)
+    from cli.cluster import new_secret
+
+    made = {new_secret() for _ in range(2000)}
+    assert len(made) == 2000
+    parser = build_parser()
+    for secret in made:
+        args = parser.parse_args(
+            ["listen", "--client", "127.0.0.1:1", "--user", "u", "--secret", secret])
+        assert args.secret == secret
