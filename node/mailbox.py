@@ -87,14 +87,32 @@ SWEEP = 10_000
 DEVICE_REWRITE = 3600.0
 
 
+#: a mailbox keeps its messages as plain tuples of ``Stored``'s fields, and gives them
+#: out as ``Stored``: the garbage collector stops tracking a plain tuple of strings and
+#: numbers once it has looked at it (and, at a full collection, a dict of nothing but
+#: those), whereas it walks every named tuple at every full collection — one object per
+#: waiting message, about a second's pause with a million of them
+_Plain = tuple[str, int, str, str, float, float, "str | None", int]
+_EXPIRES = Stored._fields.index("expires")
+_ATTEMPTS = Stored._fields.index("attempts")
+
+
+def _plain(stored: Stored) -> _Plain:
+    return tuple(stored)  # type: ignore[return-value]
+
+
+def _stored(plain: _Plain) -> Stored:
+    return tuple.__new__(Stored, plain)
+
+
 @dataclass(slots=True)
 class _Box:
     last_seq: int = 0
-    #: seq -> Stored, in seq order once ``ordered()`` is called: messages almost always
-    #: come in order (an owner numbers them so), and a dict takes and gives them back five
-    #: times cheaper than a sorted one; one that comes early (a handover, a reload) only
-    #: marks the box for sorting before it is next read in order
-    pending: dict[int, Stored] = field(default_factory=dict)
+    #: seq -> message (``_Plain``), in seq order once ``ordered()`` is called: messages
+    #: almost always come in order (an owner numbers them so), and a dict takes and gives
+    #: them back five times cheaper than a sorted one; one that comes early (a handover,
+    #: a reload) only marks the box for sorting before it is next read in order
+    pending: dict[int, _Plain] = field(default_factory=dict)
     shuffled: bool = False
     #: seq -> devices that acked it
     acked: dict[int, set[str]] = field(default_factory=dict)
@@ -111,9 +129,9 @@ class _Box:
             self.shuffled = True
         else:
             self.last_seq = stored.seq
-        self.pending[stored.seq] = stored
+        self.pending[stored.seq] = _plain(stored)
 
-    def ordered(self) -> dict[int, Stored]:
+    def ordered(self) -> dict[int, _Plain]:
         if self.shuffled:
             self.pending = dict(sorted(self.pending.items()))
             self.shuffled = False
@@ -122,7 +140,7 @@ class _Box:
     def forget(self, seq: int) -> Stored:
         self.acked.pop(seq, None)
         self.retry_at.pop(seq, None)
-        return self.pending.pop(seq)
+        return _stored(self.pending.pop(seq))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +170,7 @@ class Mailboxes:
 
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
-        return list(box.ordered().values()) if box else []
+        return [_stored(plain) for plain in box.ordered().values()] if box else []
 
     def pending_count(self, user: str | None = None) -> int:
         if user is not None:
@@ -260,20 +278,21 @@ class Mailboxes:
         if box is None:
             return []
         out = []
-        for seq, stored in box.ordered().items():
-            if stored.expires <= now:  # gone at the next sweep: never sent late
+        for seq, plain in box.ordered().items():
+            if plain[_EXPIRES] <= now:  # gone at the next sweep: never sent late
                 continue
             if reconnect or box.retry_at.get(seq, 0.0) <= now:  # never sent: 0.0
-                out.append(stored)
+                out.append(_stored(plain))
         return out
 
     def sent(self, stored: Stored, now: float) -> Stored:
         """Record one more attempt; returns the message with its new attempt count."""
         box = self._box(stored.user)
-        current = box.pending.get(stored.seq, stored)
+        kept = box.pending.get(stored.seq)
+        current = stored if kept is None else _stored(kept)
         updated = current._replace(attempts=current.attempts + 1)
-        if stored.seq in box.pending:
-            box.pending[stored.seq] = updated
+        if kept is not None:
+            box.pending[stored.seq] = _plain(updated)
         box.retry_at[stored.seq] = now + self.limits.ack_timeout
         self.counters["sent"] += 1
         if updated.attempts > 1:
@@ -318,9 +337,9 @@ class Mailboxes:
                 box.written.pop(device, None)
         most, retry_at = self.limits.max_attempts, box.retry_at
         for seq, tried_out in [
-                (seq, tried_out) for seq, stored in box.pending.items()
-                if (tried_out := stored.attempts >= most and retry_at.get(seq, 0.0) <= now)
-                or stored.expires <= now]:
+                (seq, tried_out) for seq, plain in box.pending.items()
+                if (tried_out := plain[_ATTEMPTS] >= most and retry_at.get(seq, 0.0) <= now)
+                or plain[_EXPIRES] <= now]:
             removed.append(box.forget(seq))
             self._pending -= 1
             self.counters["dead_lettered" if tried_out else "expired"] += 1
@@ -344,4 +363,4 @@ class Mailboxes:
         if box is None:
             return []
         self._pending -= len(box.pending)
-        return list(box.ordered().values())
+        return [_stored(plain) for plain in box.ordered().values()]
