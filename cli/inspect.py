@@ -65,6 +65,12 @@ def run_status(args: argparse.Namespace) -> int:
     )
     print(f"joined:       {str(data['joined']).lower()}  leaving={str(data['leaving']).lower()}")
     print(f"uptime:       {data['uptime_seconds']:.0f} s")
+    stalls = data.get("stalls")
+    if stalls:  # a node older than the watch has none
+        print(f"stalls:       loop lag up to {stalls['loop_lag_max_ms']} ms lately, "
+              f"{stalls['loop_stalls']} stalls; gc {sum(stalls['gc_ms']):.0f} ms in "
+              f"{sum(stalls['gc_collections'])} collections (longest "
+              f"{stalls['gc_longest_ms']} ms)")
     return EXIT_OK
 
 

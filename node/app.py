@@ -45,6 +45,7 @@ from .routing import (
     Action, DeliverLocal, MessageIds, NoOwner, Registered, Router, SendPeer, Unavailable,
     qos0_message,
 )
+from .stalls import GcWatch, LoopWatch
 from .store import Store
 from .views import format_address
 
@@ -86,6 +87,7 @@ class Node:
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
         self._routing_waiters = 0
+        self.stalls = LoopWatch(GcWatch())
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
@@ -406,6 +408,7 @@ async def run_node(
         await nursery.start(node.links.serve, listeners)
         logger.info("peer_listening address=%s:%d", *peer_address)
         nursery.start_soon(node.follow_members)
+        nursery.start_soon(node.stalls.run)
         if config.client_port is not None:
             server = ClientServer(config, node.clients, node._client_request, node.resumes.resume,
                                   node._client_send_durable)

@@ -12,6 +12,7 @@ from membership.member import MemberState
 
 if TYPE_CHECKING:
     from .app import Node
+    from .stalls import LoopWatch
 
 
 class NodeCollector(Collector):
@@ -59,6 +60,30 @@ class NodeCollector(Collector):
         for name, value in sorted(self._node.push_gauges().items()):
             gauges.add_metric([name], value)
         yield gauges
+        yield from _stalls(self._node.stalls)
+
+
+def _stalls(watch: LoopWatch) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "grapevine_loop_lag_max_seconds",
+        "The longest the event loop was late for a timer, over the last 1-2 minutes",
+        value=watch.recent_max(),
+    )
+    yield CounterMetricFamily(
+        "grapevine_loop_stalls", f"Times the event loop was {watch.stall} s or more late",
+        value=watch.stalls,
+    )
+    collections = CounterMetricFamily(
+        "grapevine_gc_collections", "Garbage collections, by generation", labels=["generation"])
+    seconds = CounterMetricFamily(
+        "grapevine_gc_seconds", "Time spent in garbage collections, by generation",
+        labels=["generation"])
+    for generation, (count, spent) in enumerate(
+            zip(watch.collector.collections, watch.collector.seconds, strict=True)):
+        collections.add_metric([str(generation)], count)
+        seconds.add_metric([str(generation)], spent)
+    yield collections
+    yield seconds
 
 
 def node_registry(node: Node) -> CollectorRegistry:

@@ -51,6 +51,7 @@ def status_json(node: Node) -> dict[str, Any]:
         "api": format_address(node.api_address),
         "client": format_address(node.client_address),
         "push": node.push_gauges(),
+        "stalls": node.stalls.view(),
         "incarnation": stats.incarnation,
         "health_score": stats.health_score,
         "joined": stats.joined,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
 import trio
 
+from cli.main import main as cli_main
 from gossip.codec import Envelope
 from gossip.keyring import Keyring, format_key
 from gossip.stream import StreamReader
@@ -113,13 +115,30 @@ async def test_keyring_rotation_through_the_api() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_metrics_expose_members_and_counters() -> None:
+async def test_metrics_and_status_expose_members_counters_and_stalls(
+        capsys: pytest.CaptureFixture[str]) -> None:
     async with trio.open_nursery() as nursery:
         node = await start_node(nursery, local_config("m"))
         status, text = await http(node.api_address, "GET", "/metrics")
         assert status == 200
         assert 'grapevine_members{state="alive"} 1.0' in text
         assert "grapevine_health_score 0.0" in text
+        assert "grapevine_loop_lag_max_seconds " in text
+        gc.collect()  # the node's watch times every collection of the process
+        status, text = await http(node.api_address, "GET", "/metrics")
+        collected = [line for line in text.splitlines()
+                     if line.startswith('grapevine_gc_collections_total{generation="2"}')]
+        assert collected and float(collected[0].split()[-1]) >= 1
+        status, body = await http(node.api_address, "GET", "/v1/status")
+        assert body["stalls"]["gc_collections"][2] >= 1
+        assert body["stalls"]["loop_stalls"] == 0
+        api = "{}:{}".format(*node.api_address)
+        code = await trio.to_thread.run_sync(cli_main, ["status", "--api", api])
+        assert code == 0
+        shown = capsys.readouterr().out.splitlines()
+        assert shown[0].startswith("name:         m ")
+        [stalls] = [line for line in shown if line.startswith("stalls:")]
+        assert " 0 stalls; gc " in stalls
         nursery.cancel_scope.cancel()
 
 
