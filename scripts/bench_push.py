@@ -15,12 +15,13 @@ socket.io: ``../shared/peers/socketio`` (copied under runs/, its own venv, a loc
 redis-server): its ``cross`` scenario, nodes A and B through Redis, at the same client
 counts. Its **throughput** is taken at whichever of --peer-windows (16, 64, 256)
 delivers most (its authors calibrated 16 with uvicorn; with aiohttp they measured 64
-delivering 8-11 % more). Its **latency** is always taken at --peer-latency-window (16: the window its
-authors chose, the smallest that reaches its full rate): a closed loop's latency grows
-with the window (at 64 its p99 is about three times that at 16), so a reference that
-followed the calibration's pick would move with a coin toss. grapevine's "at socket.io's
-rate" runs are open loop at the rate socket.io delivered in that latency run, so both
-p99s are taken at the same load. The script prints the ratios issue #3 sets targets for.
+delivering 8-11 % more). Its **latency** is always taken at --peer-latency-window (16:
+the window its authors chose, the smallest that reaches its full rate): a closed loop's
+latency grows with the window (at 64 its p99 is about three times that at 16), so a
+reference that followed the calibration's pick would move with a coin toss. grapevine's
+"at socket.io's rate" runs are open loop at the rate socket.io delivered in that latency
+run, so both p99s are taken at the same load. The script prints the ratios issue #3
+sets targets for.
 
 Needs root for apt (redis-server) the first time; everything listens on 127.0.0.1 and
 every process is stopped by pid at the end. Prints a table and writes JSON.
