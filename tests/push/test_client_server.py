@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import socket
 import struct
 import time
@@ -16,8 +17,10 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from node.app import Node
+from node.client_server import TEARDOWNS
 from node.token import mint
 from tests.node.helpers import local_config, start_node
+from tests.push.test_handover import Turns
 from tests.push.test_websocket import client_frame
 
 SECRET = "client-secret"
@@ -272,3 +275,39 @@ async def test_a_client_silent_for_two_heartbeats_is_closed_however_long_it_talk
                     await ws.get_message()
         assert trio.current_time() - last_word >= 0.5 * 0.9
         assert closed.value.reason.code == 1000 and "silent" in closed.value.reason.reason
+
+
+async def test_a_mass_disconnect_is_torn_down_a_slice_at_a_time() -> None:
+    """Connections that all end in one pass of the event loop (a load balancer
+    restarting, a network blip) were all torn down in that pass: 10,000 held the loop
+    for up to a second, long enough for peers to suspect the node. Now at most
+    ``TEARDOWNS`` at a time, with the node's other tasks between."""
+    count = 4 * TEARDOWNS
+    async with client_node() as node:
+        streams = []
+        for i in range(count):
+            frame = json.dumps({"t": "hello", "token": token(f"u{i}"), "device": "d"})
+            stream = await raw_upgrade(node, client_frame(0x1, frame.encode()))
+            await read_until(stream, lambda d: b"welcome" in d)
+            streams.append(stream)
+        assert len(node.clients) == count
+        turns, seen, all_gone = Turns(), [], trio.Event()
+        detach = node.clients.detach
+
+        def counted(session: Any) -> None:
+            seen.append(turns.count)  # which turn of the other task it happened in
+            detach(session)
+            if len(seen) == count:
+                all_gone.set()
+        node.clients.detach = counted  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(turns.take)
+            for stream in streams:  # every client gone at once, no turn between
+                stream.socket.close()
+            with trio.fail_after(10):
+                await all_gone.wait()
+            nursery.cancel_scope.cancel()
+        assert len(node.clients) == 0
+        per_turn = Counter(seen)
+        assert max(per_turn.values()) <= 2 * TEARDOWNS  # a slice, or the ends of two
+        assert len(per_turn) >= 3
