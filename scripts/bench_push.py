@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,21 @@ def loadgen(python: Path, cluster: Cluster, out: Path, **options: Any) -> dict[s
     return json.loads(out.read_text())
 
 
+def longest_lag(cluster: Cluster, index: int) -> float | None:
+    """The longest its event loop was late (``/v1/status`` "stalls") on a node, once
+    every client has left it: with the idle runs, what connecting and then losing every
+    client at once cost it (the load generator's exit closes them all together)."""
+    api = cluster.nodes[index]["api"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{api}/v1/status", timeout=5) as answer:
+            status = json.load(answer)
+        if status["push"]["sessions"] == 0:
+            return status.get("stalls", {}).get("loop_lag_longest_ms")
+        time.sleep(0.2)  # a benchmark polling a process, not a test
+    return None
+
+
 def peer_run(python: Path, work: Path, clients: int, args: argparse.Namespace,
              duration: float, *, window: int = 16, warmup: float | None = None
              ) -> dict[str, Any]:
@@ -184,7 +200,8 @@ def main() -> None:
         rows.setdefault(name, []).append(result)
         cells = {k: result.get(k) for k in ("delivered_per_s", "offered_per_s", "p50_ms",
                                             "p99_ms", "rss_per_conn_kib",
-                                            "connections_per_s", "lost", "cpu_pct")}
+                                            "connections_per_s", "lost", "cpu_pct",
+                                            "loop_lag_longest_ms")}
         print(f"[{name}] " + " ".join(f"{k}={v}" for k, v in cells.items() if v is not None),
               flush=True)
 
@@ -238,6 +255,7 @@ def main() -> None:
         with Cluster(work, f"gv-idle-{count}") as cluster:
             idle = loadgen(python, cluster, work / f"gv-idle-{count}.json", clients=count,
                            duration=0)
+            idle["loop_lag_longest_ms"] = longest_lag(cluster, 2)
             keep(f"grapevine idle {count}", idle)
         if not args.skip_peer:
             keep(f"socket.io idle {count}", peer_run(python, work, count, args, 2.0))
