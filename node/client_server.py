@@ -17,7 +17,6 @@ The sessions themselves, by user and by topic, live in ``clients.py``.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import secrets
@@ -29,6 +28,7 @@ from functools import partial
 import trio
 
 from . import websocket as ws
+from .client_accept import accept_loop, listen
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
     Unsubscribe, Violation,
@@ -48,8 +48,6 @@ RECEIVE_BYTES = 65536
 OUT_LIMIT = 256 * 1024
 #: sessions the flusher serves between checkpoints
 FLUSH_SLICE = 256
-#: errors of accept() that mean "out of resources now", not "the listener is broken"
-ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: sessions torn down at once. A mass disconnect (a load balancer restarting, a network
 #: blip, a load generator exiting) ends thousands of connections in one pass of the event
 #: loop, and each teardown (detach, presence, resume parking, its log line: ~70 µs) ran
@@ -143,37 +141,20 @@ class ClientServer:
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listener = _listen(self.config.client_addr, self.config.client_port or 0)
+        listener = listen(self.config.client_addr, self.config.client_port or 0)
         with listener:
             address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._flusher)
-                nursery.start_soon(self._accept_loop, listener, nursery)
+                nursery.start_soon(accept_loop, listener, self.clients.counters, partial(
+                    self._start, nursery))
                 logger.info("client_listening address=%s:%d", *address)
                 task_status.started((str(address[0]), int(address[1])))
                 await trio.sleep_forever()
 
-    # ---- accepting ----------------------------------------------------------------------
-
-    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
-                continue
-            except OSError as exc:
-                if exc.errno not in ACCEPT_EXHAUSTED:
-                    raise
-                self.clients.counters["client_accepts_exhausted"] += 1
-                logger.warning("client_accept_failed reason=%r", exc.strerror)
-                await trio.sleep(0.1)
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(self._connection, _Client(sock, f"{address[0]}:{address[1]}"))
-            await trio.lowlevel.cancel_shielded_checkpoint()
+    def _start(self, nursery: trio.Nursery, sock: socket.socket, remote: str) -> None:
+        nursery.start_soon(self._connection, _Client(sock, remote))
 
     async def _connection(self, client: _Client) -> None:
         reason = "closed"
@@ -517,16 +498,3 @@ class ClientServer:
             except (_Gone, ws.ProtocolError):
                 pass
 
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(4096)
-        listener.setblocking(False)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
