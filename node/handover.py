@@ -9,11 +9,11 @@ once the new holders have them on disk (``docs/push.md``). Part of the QoS 1 she
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .mailbox import Stored
+from .mailbox import Stored, as_stored
 from .slices import in_slices
 
 if TYPE_CHECKING:
@@ -49,8 +49,11 @@ class Handover:
                 self._wanted.set()
 
     def _holders(self, user: str) -> frozenset[str]:
-        holders = frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas))
-        return self._sets.setdefault(holders, holders)
+        return self._shared(
+            frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas)))
+
+    def _shared(self, nodes: frozenset[str]) -> frozenset[str]:
+        return self._sets.setdefault(nodes, nodes)
 
     async def once(self) -> bool:
         """Copy each mailbox, and the devices each user has, to the user's replica set;
@@ -63,19 +66,22 @@ class Handover:
         delivery = self.delivery
         boxes, me = delivery.mailboxes, delivery.me
         self._sets = {}  # those of nodes long gone need not be kept
-        moving: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # user -> (holders,
-        #                                                                  those to copy to)
+        # user -> its holders, and those of them to copy to: shared sets, not a tuple
+        # per user (what a round keeps is no work for the garbage collector)
+        moving: dict[str, frozenset[str]] = {}
+        targets_of: dict[str, frozenset[str]] = {}
         batches: dict[str, list[str]] = {}  # node -> users to copy there
         # what is copied: messages that arrive while the copies are under way are not in
-        # it, so they are not dropped with it (the next round takes them)
-        snapshot: dict[str, list[Stored]] = {}
+        # it, so they are not dropped with it (the next round takes them). Plain tuples
+        # in a tuple: untracked by the collector once it has seen them
+        snapshot: dict[str, tuple[Any, ...]] = {}
         async for user in in_slices(boxes.known_users()):  # a million is seconds of work
             holders = self._holders(user)
             if not holders or self._copied.get(user) == holders:
                 continue
-            targets = holders - {me} - self._copied.get(user, frozenset())
-            moving[user] = (holders, targets)
-            snapshot[user] = boxes.pending(user)
+            targets = self._shared(holders - {me} - self._copied.get(user, frozenset()))
+            moving[user], targets_of[user] = holders, targets
+            snapshot[user] = boxes.kept(user)
             for node in targets:
                 batches.setdefault(node, []).append(user)
         confirmed: dict[str, set[str]] = {}  # node -> users it confirmed
@@ -84,15 +90,15 @@ class Handover:
                 nursery.start_soon(self._hand_over, node, users, snapshot, confirmed)
         complete = True
         handed_over = [0, 0]  # users, messages: one line for the round, not one each
-        async for user, (holders, targets) in in_slices(moving.items()):
-            if any(user not in confirmed.get(node, ()) for node in targets):
+        async for user, holders in in_slices(moving.items()):
+            if any(user not in confirmed.get(node, ()) for node in targets_of[user]):
                 complete = False
                 continue
             if self._holders(user) != holders:
                 complete = False  # the ring moved while copying: the next round decides
                 continue
             if me not in holders:
-                dropped = boxes.remove(user, [s.seq for s in snapshot[user]])
+                dropped = boxes.remove(user, [as_stored(p).seq for p in snapshot[user]])
                 if boxes.pending_count(user):
                     complete = False  # more came meanwhile: copy those in the next round
                 else:
@@ -114,7 +120,7 @@ class Handover:
         return complete
 
     async def _hand_over(self, node: str, users: list[str],
-                         snapshot: dict[str, list[Stored]],
+                         snapshot: dict[str, tuple[Any, ...]],
                          confirmed: dict[str, set[str]]) -> None:
         """Copy ``users``' mailboxes and devices to ``node`` in requests of a bounded size
         (a user's messages may span several); a user is confirmed once all of its are."""
@@ -124,7 +130,8 @@ class Handover:
         size = 0
         for index, user in enumerate(users):
             batch.add(user)
-            for stored in snapshot[user]:
+            for plain in snapshot[user]:
+                stored = as_stored(plain)
                 messages.append(stored)
                 size += len(stored.body) + 200
                 if size >= HANDOVER_BYTES:

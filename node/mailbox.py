@@ -101,8 +101,12 @@ def _plain(stored: Stored) -> _Plain:
     return tuple(stored)  # type: ignore[return-value]
 
 
-def _stored(plain: _Plain) -> Stored:
+def as_stored(plain: _Plain) -> Stored:
+    """A message kept as a plain tuple (``Mailboxes.kept``) as a ``Stored``."""
     return tuple.__new__(Stored, plain)
+
+
+_stored = as_stored
 
 
 @dataclass(slots=True)
@@ -171,6 +175,12 @@ class Mailboxes:
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
         return [_stored(plain) for plain in box.ordered().values()] if box else []
+
+    def kept(self, user: str) -> tuple[_Plain, ...]:
+        """``pending(user)`` as a tuple of plain tuples (``as_stored`` makes each a
+        ``Stored``): for a copy kept a while, which the collector then need not walk."""
+        box = self._boxes.get(user)
+        return tuple(box.ordered().values()) if box else ()
 
     def pending_count(self, user: str | None = None) -> int:
         if user is not None:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from node.clients import READ_KEPT, WRITTEN_KEPT, ClientSession, Written, take_through
-from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored
+from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored, as_stored
 
 NOW = 1_800_000_000.0
 
@@ -312,3 +312,18 @@ def test_waiting_messages_leave_the_garbage_collector_alone() -> None:
     # and they are the same messages
     assert [s.attempts for s in boxes.pending("u1")[2:5]] == [0, 1, 0]
     assert [s.body for s in boxes.to_send("u2", NOW)[:2]] == ["body 0", "body 1"]
+
+
+def test_a_kept_copy_is_the_pending_messages_and_no_work_for_the_collector() -> None:
+    """What a handover round keeps while its copies are under way (``kept``): with a
+    ``Stored`` each in a list per user, a collection during a round over 100,000 users
+    walked them all (~180 ms; ~100 ms now)."""
+    boxes = Mailboxes()
+    fill(boxes, "u", 3)
+    kept = boxes.kept("u")
+    gc.collect()
+    assert not any(gc.is_tracked(p) for p in kept)
+    gc.collect()  # the tuple holding them, once it holds only untracked ones
+    assert not gc.is_tracked(kept)
+    assert [as_stored(p) for p in kept] == boxes.pending("u")
+    assert boxes.kept("nobody") == ()
