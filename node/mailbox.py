@@ -106,9 +106,6 @@ def as_stored(plain: _Plain) -> Stored:
     return tuple.__new__(Stored, plain)
 
 
-_stored = as_stored
-
-
 @dataclass(slots=True)
 class _Box:
     last_seq: int = 0
@@ -144,7 +141,7 @@ class _Box:
     def forget(self, seq: int) -> Stored:
         self.acked.pop(seq, None)
         self.retry_at.pop(seq, None)
-        return _stored(self.pending.pop(seq))
+        return as_stored(self.pending.pop(seq))
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +171,7 @@ class Mailboxes:
 
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
-        return [_stored(plain) for plain in box.ordered().values()] if box else []
+        return [as_stored(plain) for plain in box.ordered().values()] if box else []
 
     def kept(self, user: str) -> tuple[_Plain, ...]:
         """``pending(user)`` as a tuple of plain tuples (``as_stored`` makes each a
@@ -292,14 +289,14 @@ class Mailboxes:
             if plain[_EXPIRES] <= now:  # gone at the next sweep: never sent late
                 continue
             if reconnect or box.retry_at.get(seq, 0.0) <= now:  # never sent: 0.0
-                out.append(_stored(plain))
+                out.append(as_stored(plain))
         return out
 
     def sent(self, stored: Stored, now: float) -> Stored:
         """Record one more attempt; returns the message with its new attempt count."""
         box = self._box(stored.user)
         kept = box.pending.get(stored.seq)
-        current = stored if kept is None else _stored(kept)
+        current = stored if kept is None else as_stored(kept)
         updated = current._replace(attempts=current.attempts + 1)
         if kept is not None:
             box.pending[stored.seq] = _plain(updated)
@@ -373,4 +370,4 @@ class Mailboxes:
         if box is None:
             return []
         self._pending -= len(box.pending)
-        return [_stored(plain) for plain in box.ordered().values()]
+        return [as_stored(plain) for plain in box.ordered().values()]
