@@ -14,7 +14,6 @@ once.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from node.delivery import Delivery
 from node.mailbox import Stored
 from node.ring import HashRing
 from node.routing import MessageIds, Router
+from node.stalls import GcWatch
 from node.store import Store
 from tests.node.helpers import local_config
 
@@ -51,12 +51,10 @@ class Links:
 
 class Stalls:
     """The longest stretch without a turn of another task, and the longest garbage
-    collection, while ``measuring``."""
+    collection (the node's own ``GcWatch``), while ``measuring``."""
 
     def __init__(self) -> None:
         self.longest = 0.0
-        self.collections: list[float] = []
-        self._started_gc = 0.0
         self._last = time.perf_counter()
 
     async def watch(self) -> None:
@@ -65,24 +63,19 @@ class Stalls:
             now = time.perf_counter()
             self.longest, self._last = max(self.longest, now - self._last), now
 
-    def _timing(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._started_gc = time.perf_counter()
-        else:
-            self.collections.append(time.perf_counter() - self._started_gc)
-
     @contextmanager
     def measuring(self, figures: dict[str, float], name: str) -> Iterator[None]:
-        self.longest, self.collections, self._last = 0.0, [], time.perf_counter()
-        gc.callbacks.append(self._timing)
+        self.longest, self._last = 0.0, time.perf_counter()
+        collector = GcWatch()
+        collector.install()
         started = time.perf_counter()
         try:
             yield
         finally:
-            gc.callbacks.remove(self._timing)
+            collector.remove()
         figures[f"{name}_s"] = round(time.perf_counter() - started, 2)
         figures[f"{name}_longest_stall_ms"] = round(self.longest * 1000, 1)
-        figures[f"{name}_longest_gc_ms"] = round(max(self.collections, default=0.0) * 1000, 1)
+        figures[f"{name}_longest_gc_ms"] = round(collector.longest * 1000, 1)
 
 
 async def measure(users: int, directory: str) -> dict[str, float]:
