@@ -28,14 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_push import report
 
-from node.clients import LocalClients
-from node.delivery import Delivery
 from node.mailbox import Stored
 from node.ring import HashRing
-from node.routing import MessageIds, Router
 from node.stalls import GcWatch
 from node.store import Store
-from tests.node.helpers import local_config
+from tests.node.helpers import delivery_of
 
 
 class Links:
@@ -93,9 +90,7 @@ async def measure(users: int, directory: str) -> dict[str, float]:
                          for n in range(start, min(users, start + 10_000))])
         nursery.cancel_scope.cancel()
     ring = HashRing(nodes={"old": 1.0})
-    delivery = Delivery(local_config("old"), ring=ring, router=Router("old", ring.owner),
-                        clients=LocalClients(), links=Links(), store=Store(path),  # type: ignore[arg-type]
-                        ids=MessageIds("old"), carry_out=lambda actions: None)
+    delivery = delivery_of("old", ring, Links(), Store(path))
     figures: dict[str, float] = {"users": users}
     stalls = Stalls()
     async with trio.open_nursery() as nursery:

@@ -10,7 +10,12 @@ import trio
 
 from membership.member import MemberState
 from node.app import Node, run_node
+from node.clients import LocalClients
 from node.config import Config
+from node.delivery import Delivery
+from node.ring import HashRing
+from node.routing import MessageIds, Router
+from node.store import Store
 
 
 def local_config(name: str, **overrides: Any) -> Config:
@@ -20,6 +25,13 @@ def local_config(name: str, **overrides: Any) -> Config:
     }
     values.update(overrides)
     return Config.local(name, **values)
+
+
+def delivery_of(me: str, ring: HashRing, links: object, store: Store) -> Delivery:
+    """A node's QoS 1 shell alone: no router traffic, no client sessions."""
+    return Delivery(local_config(me), ring=ring, router=Router(me, ring.owner),
+                    clients=LocalClients(), links=links, store=store,  # type: ignore[arg-type]
+                    ids=MessageIds(me), carry_out=lambda actions: None)
 
 
 async def start_node(nursery: trio.Nursery, config: Config, **kwargs: Any) -> Node:

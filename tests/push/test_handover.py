@@ -14,14 +14,11 @@ from typing import Any
 import pytest
 import trio
 
-from node.clients import LocalClients
-from node.delivery import Delivery
 from node.mailbox import Stored
 from node.ring import HashRing
-from node.routing import MessageIds, Router
 from node.slices import SLICE
 from node.store import Store
-from tests.node.helpers import local_config
+from tests.node.helpers import delivery_of
 
 
 class SlowLinks:
@@ -43,13 +40,6 @@ class SlowLinks:
 
     def send(self, node: str, frame: dict[str, Any]) -> None:
         pass
-
-
-def delivery_of(me: str, ring: HashRing, links: object, store: Store) -> Delivery:
-    """A node's QoS 1 shell alone: no router traffic, no client sessions."""
-    return Delivery(local_config(me), ring=ring, router=Router(me, ring.owner),
-                    clients=LocalClients(), links=links, store=store,  # type: ignore[arg-type]
-                    ids=MessageIds(me), carry_out=lambda actions: None)
 
 
 class Turns:

@@ -12,7 +12,8 @@ from node.mailbox import Stored
 from node.ring import HashRing
 from node.slices import SLICE, in_slices
 from node.store import Store
-from tests.push.test_handover import Turns, delivery_of
+from tests.node.helpers import delivery_of
+from tests.push.test_handover import Turns
 
 
 async def test_in_slices_gives_a_turn_after_every_slice_and_keeps_every_item() -> None:
