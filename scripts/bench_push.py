@@ -173,7 +173,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     # each sweep reaches past its winner: until 2026-11-30 QoS 0 always won at 4,096 and
     # socket.io at 64, the largest of each, so neither peak had been found (8,192 then
-    # gave QoS 0 ~10 % more; 16,384 no more again); 256 never won
+    # gave QoS 0 ~10 % more, 16,384 about the same again; both sides still rose a little
+    # at their largest in the next run, at far higher latency); 256 never won
     ap.add_argument("--windows", default="512,1024,2048,4096,8192,16384",
                     help="grapevine windows (messages in flight) to calibrate among")
     ap.add_argument("--peer-windows", default="16,64,256",

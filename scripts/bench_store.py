@@ -7,8 +7,8 @@ The messages go to random users of ``--users``, numbered as the mailboxes number
 (the acks that ride along). ``--devices`` makes each commit also store the device
 record of each of its messages' users, as a replica did with every copy until
 2026-11-30 (every known user has one). ``--standing`` messages wait in the table
-throughout, as for
-users who are offline (other users than those written to, among them by name).
+throughout, as for users who are offline (other users than those written to, among
+them by name).
 
     python scripts/bench_store.py [--commits 2000] [--per 5] [--users 1000] [--ack-lag 3]
                                   [--standing 20000] [--devices] [--dir DIR] [--json]
