@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 from urllib.parse import quote
 
 from .common import EXIT_OK, add_api_arguments, api_request, print_json, print_table
@@ -68,10 +69,15 @@ def run_status(args: argparse.Namespace) -> int:
     stalls = data.get("stalls")
     if stalls:  # a node older than the watch has none
         print(f"stalls:       loop lag up to {stalls['loop_lag_max_ms']} ms lately, "
-              f"{stalls['loop_stalls']} stalls; gc {sum(stalls['gc_ms']):.0f} ms in "
+              f"{stalls['loop_stalls']} stalls{_over(stalls)}; gc {sum(stalls['gc_ms']):.0f} ms in "
               f"{sum(stalls['gc_collections'])} collections (longest "
               f"{stalls['gc_longest_ms']} ms)")
     return EXIT_OK
+
+
+def _over(stalls: dict[str, Any]) -> str:
+    """What counted as a stall (a node older than the profile's threshold does not say)."""
+    return f" (over {stalls['loop_stall_ms']:g} ms)" if "loop_stall_ms" in stalls else ""
 
 
 def run_ring(args: argparse.Namespace) -> int:

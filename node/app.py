@@ -45,7 +45,7 @@ from .routing import (
     Action, DeliverLocal, MessageIds, NoOwner, Registered, Router, SendPeer, Unavailable,
     qos0_message,
 )
-from .stalls import GcWatch, LoopWatch
+from .stalls import GcWatch, LoopWatch, stall_for
 from .store import Store
 from .views import format_address
 
@@ -87,7 +87,7 @@ class Node:
         self.client_address: Address | None = None
         self._routing_changed = trio.Event()
         self._routing_waiters = 0
-        self.stalls = LoopWatch(GcWatch())
+        self.stalls = LoopWatch(GcWatch(), stall=stall_for(config.probe_timeout))
         self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()

@@ -22,11 +22,19 @@ import trio
 logger = logging.getLogger(__name__)
 
 EVERY = 0.1  # seconds between the watch's wake-ups: ten a second, nothing per message
-#: this late is a stall, logged: half the probe timeout of the lan profile, so a line
-#: comes before peers start to suspect the node
+#: this late is a stall, logged (a client waited that long for anything): a quarter of a
+#: second, or half the probe timeout if that is shorter (``stall_for``)
 STALL = 0.25
 WINDOW = 60.0  # the longest lag is reported over the last one to two of these (seconds)
 GENERATIONS = 3
+
+
+def stall_for(probe_timeout: float) -> float:
+    """The lag that counts as a stall for a node probed with ``probe_timeout``: at most
+    half of it, so that the line comes before peers can suspect the node (the local
+    profile probes within 0.2 s: a stall there is 0.1 s), and at most ``STALL`` (the wan
+    profile waits 3 s for a probe, but clients do not)."""
+    return min(STALL, probe_timeout / 2)
 
 
 class GcWatch:
@@ -115,6 +123,7 @@ class LoopWatch:
             "loop_lag_max_ms": round(self.recent_max() * 1000, 1),
             "loop_lag_longest_ms": round(self.longest * 1000, 1),
             "loop_stalls": self.stalls,
+            "loop_stall_ms": round(self.stall * 1000, 1),
             "gc_collections": list(collector.collections),
             "gc_ms": [round(s * 1000, 1) for s in collector.seconds],
             "gc_longest_ms": round(collector.longest * 1000, 1),

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.stalls import GcWatch, LoopWatch
+from node.stalls import GcWatch, LoopWatch, stall_for
 
 
 def test_a_collection_is_counted_and_timed_while_installed_only() -> None:
@@ -63,3 +63,12 @@ def test_the_recent_maximum_forgets_a_lag_after_one_to_two_windows() -> None:
     assert watch.longest == 0.5 and watch.stalls == 0
     watch.note(-0.001, 0.0, now=131.0)  # a timer that fired early is no lag
     assert watch.recent_max() == 0.03
+
+
+def test_a_stall_is_half_the_probe_timeout_and_at_most_a_quarter_second() -> None:
+    """A node of the local profile (probes time out after 0.2 s) can be suspected after
+    a stall the lan threshold of 0.25 s would not log; a wan node's clients wait no
+    longer than a lan node's."""
+    assert stall_for(0.2) == pytest.approx(0.1)
+    assert stall_for(0.5) == pytest.approx(0.25)
+    assert stall_for(3.0) == pytest.approx(0.25)
