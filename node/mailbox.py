@@ -138,6 +138,10 @@ class _Box:
             self.shuffled = False
         return self.pending
 
+    def listed(self) -> list[Stored]:
+        """The messages waiting, in seq order."""
+        return [as_stored(plain) for plain in self.ordered().values()]
+
     def forget(self, seq: int) -> Stored:
         self.acked.pop(seq, None)
         self.retry_at.pop(seq, None)
@@ -171,7 +175,7 @@ class Mailboxes:
 
     def pending(self, user: str) -> list[Stored]:
         box = self._boxes.get(user)
-        return [as_stored(plain) for plain in box.ordered().values()] if box else []
+        return box.listed() if box else []
 
     def kept(self, user: str) -> tuple[_Plain, ...]:
         """``pending(user)`` as a tuple of plain tuples (``as_stored`` makes each a
@@ -370,4 +374,4 @@ class Mailboxes:
         if box is None:
             return []
         self._pending -= len(box.pending)
-        return [as_stored(plain) for plain in box.ordered().values()]
+        return box.listed()

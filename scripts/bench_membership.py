@@ -38,7 +38,6 @@ import datetime
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import signal
@@ -55,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack  # serf's RPC protocol (the benchmark's client, not our wire codec)
+from bench_push import machine as push_machine
+from bench_push import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT_BASE = 23000
@@ -447,17 +448,10 @@ def lossy(agents: list[Agent], seconds: float, probability: float) -> tuple[int,
 # ---- main -----------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-               platform.processor())
-    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+def machine() -> dict[str, Any]:
+    """The push benchmark's machine facts, and the serf it compares against."""
     serf = subprocess.run(["serf", "version"], capture_output=True, text=True, check=False)
-    return {
-        "cpu": cpu, "cores": str(os.cpu_count()), "memory_gib": f"{int(memory) / 2**20:.1f}",
-        "kernel": platform.release(), "python": platform.python_version(),
-        "serf": serf.stdout.splitlines()[0] if serf.stdout else "absent",
-    }
+    return {**push_machine(), "serf": serf.stdout.splitlines()[0] if serf.stdout else "absent"}
 
 
 def main() -> None:
@@ -477,7 +471,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     info = machine()
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    print(machine_line(info), flush=True)
     kinds = {"grapevine": Grapevine, "serf": Serf}
     results: list[dict[str, Any]] = []
     logroot = Path(tempfile.mkdtemp(prefix="bench-membership-"))

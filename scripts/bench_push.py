@@ -64,6 +64,11 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """The line every benchmark prints first: what it ran on."""
+    return "machine: " + ", ".join(f"{k}={v}" for k, v in info.items())
+
+
 def report(figures: dict[str, Any], line: str, *, as_json: bool) -> None:
     """A benchmark's figures with the machine they ran on: as one JSON object, or as
     the machine's line and ``line``."""
@@ -71,7 +76,7 @@ def report(figures: dict[str, Any], line: str, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"machine": info, **figures}))
         return
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(machine_line(info))
     print(line)
 
 
@@ -194,7 +199,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     python = prepare(work)
     info = machine()
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    print(machine_line(info), flush=True)
     rows: dict[str, list[dict[str, Any]]] = {}
 
     def keep(name: str, result: dict[str, Any]) -> None:
