@@ -72,7 +72,18 @@ def run_status(args: argparse.Namespace) -> int:
               f"{stalls['loop_stalls']} stalls{_over(stalls)}; gc {sum(stalls['gc_ms']):.0f} ms in "
               f"{sum(stalls['gc_collections'])} collections (longest "
               f"{stalls['gc_longest_ms']} ms)")
+    latency = data.get("latency")
+    if latency:  # a node older than the histograms has none
+        print("latency:      " + "; ".join(
+            f"{what.replace('_', ' ')} {_quantiles(latency[what])}"
+            for what in ("qos1_send", "store_commit")) + " (last 1-2 min)")
     return EXIT_OK
+
+
+def _quantiles(recent: dict[str, Any]) -> str:
+    if not recent["count"]:
+        return "none"
+    return f"p50 ≤ {recent['p50_ms']:g} ms, p99 ≤ {recent['p99_ms']:g} ms of {recent['count']}"
 
 
 def _over(stalls: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .handover import Handover
+from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
@@ -98,6 +99,8 @@ class Delivery:
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids
+        #: how long QoS 1 sends that came in here waited until durable on R nodes
+        self.send_seconds = Histogram(time.monotonic)
 
     # ---- running ------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Delivery:
         """Start storing a QoS 1 message on R nodes through its owner; ``reply`` is called
         once, with ``{"id", "seq"}`` when it is durable there or the :class:`Unavailable`
         that says why not. Thousands in flight cost no task each."""
+        reply = partial(self._timed, reply, time.monotonic())
         owner = self.ring.owner(user)
         if owner is None:
             reply(Unavailable("no grapevine node is alive to own this user"))
@@ -156,6 +160,13 @@ class Delivery:
                 self._enqueue(user, body, ttl, sender, reply)
             except Unavailable as exc:
                 reply(exc)
+
+    def _timed(self, reply: Reply, began: float, result: dict[str, Any] | Unavailable
+               ) -> None:
+        """A send's outcome, its wait observed when it was stored."""
+        if not isinstance(result, Unavailable):
+            self.send_seconds.observe(time.monotonic() - began)
+        reply(result)
 
     def _enqueue(self, user: str, body: str, ttl: float | None, sender: str | None,
                  reply: Reply) -> None:

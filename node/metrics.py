@@ -61,6 +61,12 @@ class NodeCollector(Collector):
             gauges.add_metric([name], value)
         yield gauges
         yield from _stalls(self._node.stalls)
+        delivery = self._node.delivery
+        yield delivery.send_seconds.family(
+            "grapevine_qos1_send_seconds",
+            "QoS 1 sends that came in through this node: time until durable on R nodes")
+        yield delivery.store.commit_seconds.family(
+            "grapevine_store_commit_seconds", "Commits of the mailbox store, fsync included")
 
 
 def _stalls(watch: LoopWatch) -> Iterator[Metric]:

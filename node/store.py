@@ -26,11 +26,13 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
 
+from .latency import Histogram
 from .mailbox import Stored
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class Store:
         self._db: sqlite3.Connection | None = None
         self.commits = 0
         self.writes = 0
+        self.commit_seconds = Histogram(time.monotonic)  # each commit, its fsync included
         self._committed = trio.Event()  # set (and replaced) after every commit
         self._soon: list[_Write] = []
         self._soon_at = math.inf  # when held writes must go
@@ -210,9 +213,11 @@ class Store:
                     ending = True
                 else:
                     batch.extend(more)
+            began = time.monotonic()
             commits, errors = self._commit_each(batch)
+            took = time.monotonic() - began
             try:
-                token.run_sync_soon(self._committed_batch, batch, commits, errors)
+                token.run_sync_soon(self._committed_batch, batch, commits, errors, took)
             except trio.RunFinishedError:
                 return
             if ending:
@@ -240,8 +245,11 @@ class Store:
         return commits, errors
 
     def _committed_batch(self, batch: list[_Write], commits: int,
-                         errors: list[Exception | None]) -> None:
-        """In trio: a batch is on disk (or some of its writes failed): wake its writers."""
+                         errors: list[Exception | None], took: float) -> None:
+        """In trio: a batch is on disk (or some of its writes failed), its commits having
+        taken ``took`` seconds: wake its writers."""
+        if commits:
+            self.commit_seconds.observe(took / commits)
         failed = [error for error in errors if error is not None]
         if failed:
             logger.error("store_write_failed error=%r writes=%d of=%d", str(failed[0]),

@@ -52,6 +52,8 @@ def status_json(node: Node) -> dict[str, Any]:
         "client": format_address(node.client_address),
         "push": node.push_gauges(),
         "stalls": node.stalls.view(),
+        "latency": {"qos1_send": node.delivery.send_seconds.recent(),
+                    "store_commit": node.delivery.store.commit_seconds.recent()},
         "incarnation": stats.incarnation,
         "health_score": stats.health_score,
         "joined": stats.joined,
