@@ -83,7 +83,8 @@ def run_status(args: argparse.Namespace) -> int:
 def _quantiles(recent: dict[str, Any]) -> str:
     if not recent["count"]:
         return "none"
-    return f"p50 ≤ {recent['p50_ms']:g} ms, p99 ≤ {recent['p99_ms']:g} ms of {recent['count']}"
+    return (f"p50 {recent['p50_ms']:.3g} ms, p99 {recent['p99_ms']:.3g} ms "
+            f"of {recent['count']}")
 
 
 def _over(stalls: dict[str, Any]) -> str:

@@ -19,10 +19,9 @@ from itertools import accumulate
 
 from prometheus_client.core import HistogramMetricFamily
 
-#: upper bounds of the buckets, seconds: 0.25 ms (an fsync of a fast disk) to 10 s, in
-#: steps of 1-2-5
-BOUNDS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-          5.0, 10.0)
+#: upper bounds of the buckets, seconds: 0.25 ms (an fsync of a fast disk) to 10 s
+BOUNDS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
+          0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 WINDOW = 60.0  # seconds: recent quantiles cover the last one to two of these
 
 
@@ -77,18 +76,26 @@ class Histogram:
 
     def recent(self) -> dict[str, float | int | None]:
         """For ``/v1/status``: how many in the last one to two windows, and their p50 and
-        p99 in milliseconds (each the upper bound of its bucket; None with nothing)."""
+        p99 in milliseconds (None with nothing to go by)."""
         counts = self._recent()
         return {"count": sum(counts), "p50_ms": self._quantile(counts, 0.5),
                 "p99_ms": self._quantile(counts, 0.99)}
 
     def _quantile(self, counts: list[int], q: float) -> float | None:
+        """Estimated as Prometheus' ``histogram_quantile`` does: linearly within the
+        bucket the quantile falls in; beyond the last bound, that bound."""
         total = sum(counts)
         if not total:
             return None
-        # the first bucket by which q of them are in; beyond the last bound: that bound
-        index = min(bisect_left(list(accumulate(counts)), q * total), len(self.bounds) - 1)
-        return round(self.bounds[index] * 1000, 3)
+        cumulative = list(accumulate(counts))
+        rank = q * total
+        index = bisect_left(cumulative, rank)
+        if index >= len(self.bounds):
+            return round(self.bounds[-1] * 1000, 3)
+        lower = self.bounds[index - 1] if index else 0.0
+        before = cumulative[index - 1] if index else 0
+        share = (rank - before) / counts[index]
+        return round((lower + (self.bounds[index] - lower) * share) * 1000, 3)
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         """Everything since start, as a Prometheus histogram."""
