@@ -88,7 +88,8 @@ def _quantiles(recent: dict[str, Any]) -> str:
 
 
 def _over(stalls: dict[str, Any]) -> str:
-    """What counted as a stall (a node older than the profile's threshold does not say)."""
+    """What counted as a stall (a node from before the threshold followed the probe
+    timeout does not say)."""
     return f" (over {stalls['loop_stall_ms']:g} ms)" if "loop_stall_ms" in stalls else ""
 
 

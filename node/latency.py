@@ -109,4 +109,3 @@ class Histogram:
             buckets.append((bound, cumulative))
         family.add_metric([], buckets, sum_value=seconds)
         return family
-
