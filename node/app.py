@@ -85,6 +85,7 @@ class Node:
                                delivery=self.delivery, clients=self.clients)
         self.api_address: Address | None = None
         self.client_address: Address | None = None
+        self.client_server: ClientServer | None = None  # with --client
         self._routing_changed = trio.Event()
         self._routing_waiters = 0
         self.stalls = LoopWatch(GcWatch(), stall=stall_for(config.probe_timeout))
@@ -410,9 +411,9 @@ async def run_node(
         nursery.start_soon(node.follow_members)
         nursery.start_soon(node.stalls.run)
         if config.client_port is not None:
-            server = ClientServer(config, node.clients, node._client_request, node.resumes.resume,
-                                  node._client_send_durable)
-            node.client_address = await nursery.start(server.serve)
+            node.client_server = ClientServer(config, node.clients, node._client_request,
+                                              node.resumes.resume, node._client_send_durable)
+            node.client_address = await nursery.start(node.client_server.serve)
         api_done = trio.Event()
         if config.api_port is not None:
             node.api_address = await nursery.start(_serve_api, node, api_done)

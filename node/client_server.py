@@ -4,9 +4,13 @@ Built for many mostly idle connections and for many small writes to different on
 plain non-blocking sockets and trio's low-level waits (a general WebSocket library cost
 here 33 KiB and five tasks per idle connection, and a task switch plus a lock per write):
 
-* one **task per connection** reads: the opening handshake (``websocket.py``), the hello,
-  then every message through the connection's :class:`~node.client_proto.ClientConnection`;
-  it answers pings and the closing handshake itself;
+* one **task per connection** reads the opening handshake (``websocket.py``) and the
+  hello, and handles every message through the connection's
+  :class:`~node.client_proto.ClientConnection`; with nothing to do it **parks** with the
+  quiet reader (``client_conn.py``): one task reads every parked socket that is readable
+  and handles on the spot what needs no waiting (acks, pings, QoS 0 sends), and hands
+  the rest (the closing handshake, the end of the stream, a violation that ends the
+  connection) back to the connection's task;
 * **writes do not wait**: :meth:`ClientSession.offer` queues an object and, on the first,
   marks the session; one **flusher** task packs each marked session's queue into one
   frame and hands it to the kernel. Only a connection whose socket is full gets a task
@@ -29,6 +33,7 @@ import trio
 
 from . import websocket as ws
 from .client_accept import accept_loop, listen
+from .client_conn import Connection, Gone, QuietReader
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
     Unsubscribe, Violation,
@@ -38,9 +43,6 @@ from .config import Config
 from .routing import Parked
 
 logger = logging.getLogger(__name__)
-#: Messages above this are refused outright (close 1009, no error frame); below it and
-#: above ``Config.max_frame`` the client gets a ``too_large`` error frame first.
-WS_MAX_MESSAGE = 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0  # the opening handshake must be done within this
 CLOSE_TIMEOUT = 2.0  # how long a closing connection waits for the client's close frame
 RECEIVE_BYTES = 65536
@@ -68,56 +70,6 @@ DurableSender = Callable[[ClientSession, SendTo, Callable[[Object], None]], None
 SENDS_IN_FLIGHT = 256
 
 
-class _Gone(Exception):
-    """The client's TCP connection ended (EOF or an error), or it sent a close frame."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code  # of the client's close frame, if it sent one
-
-
-class _Client:
-    """One accepted TCP connection: its socket, parser and what waits to be written."""
-
-    __slots__ = (
-        "close_sent",
-        "closed",
-        "drained",
-        "draining",
-        "heard",
-        "in_flight",
-        "inbox",
-        "machine",
-        "out",
-        "parser",
-        "pending",
-        "remote",
-        "room",
-        "scope",
-        "session",
-        "sock",
-    )
-
-    def __init__(self, sock: socket.socket, remote: str) -> None:
-        self.sock = sock
-        self.remote = remote
-        self.parser = ws.FrameParser(WS_MAX_MESSAGE)
-        self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
-        self.pending: list[Request | Violation] = []  # decoded, not yet handled
-        self.heard = 0.0  # when the client last sent a message (trio's clock)
-        self.out = bytearray()  # what the socket did not take yet
-        self.draining = False  # a task waits to write ``out``
-        self.closed = False
-        self.close_sent = False
-        self.session: ClientSession | None = None
-        self.machine: ClientConnection | None = None
-        self.scope: trio.CancelScope | None = None  # cancelled to end the conversation
-        self.in_flight = 0  # QoS 1 sends not answered yet
-        self.room: trio.Event | None = None  # set when ``in_flight`` drops below the cap
-        self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
-
-
 class ClientServer:
     def __init__(self, config: Config, clients: LocalClients, handle: RequestHandler,
                  resume: ResumeHandler, send_durable: DurableSender) -> None:
@@ -133,10 +85,11 @@ class ClientServer:
             max_ttl=config.max_ttl)
         self._secret = (config.token_secret or "").encode()
         self._ids = itertools.count(1)
-        self._marked: list[_Client] = []
+        self._marked: list[Connection] = []
         self._wake = trio.Event()
         self._teardowns = trio.CapacityLimiter(TEARDOWNS)
         self._nursery: trio.Nursery | None = None
+        self.reader: QuietReader | None = None  # while serving
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -146,6 +99,8 @@ class ClientServer:
             address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.reader = QuietReader(self._parked_readable)
+                nursery.start_soon(self.reader.run)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(accept_loop, listener, self.clients.counters, partial(
                     self._start, nursery))
@@ -154,13 +109,13 @@ class ClientServer:
                 await trio.sleep_forever()
 
     def _start(self, nursery: trio.Nursery, sock: socket.socket, remote: str) -> None:
-        nursery.start_soon(self._connection, _Client(sock, remote))
+        nursery.start_soon(self._connection, Connection(sock, remote))
 
-    async def _connection(self, client: _Client) -> None:
+    async def _connection(self, client: Connection) -> None:
         reason = "closed"
         try:
             reason = await self._converse(client)
-        except _Gone as gone:
+        except Gone as gone:
             reason = gone.reason
             if gone.code is not None:  # answer the client's close frame
                 self._send_close(client, ws.NORMAL if gone.code == 1005 else gone.code)
@@ -193,7 +148,7 @@ class ClientServer:
 
     # ---- one conversation ---------------------------------------------------------------
 
-    async def _converse(self, client: _Client) -> str:
+    async def _converse(self, client: Connection) -> str:
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             if not await self._handshake(client):
                 return "refused"
@@ -246,7 +201,7 @@ class ClientServer:
         await self._close(client, CLOSE_NORMAL, "kicked")  # the scope was cancelled
         return session.closed_reason or "closed"
 
-    async def _handshake(self, client: _Client) -> bool:
+    async def _handshake(self, client: Connection) -> bool:
         data = b""
         while True:
             chunk = await self._receive(client)
@@ -269,7 +224,7 @@ class ClientServer:
                 client.inbox.extend(client.parser.feed(request.rest))
             return True
 
-    async def _read(self, client: _Client, session: ClientSession, machine: ClientConnection,
+    async def _read(self, client: Connection, session: ClientSession, machine: ClientConnection,
                     pending: list[Request | Violation]) -> str:
         """Serve the client until it goes, breaks a limit or is silent for two heartbeats.
 
@@ -290,34 +245,79 @@ class ClientServer:
                 await self._close(client, CLOSE_NORMAL, f"silent for {idle:g} s")
                 return "heartbeat_missed"
 
-    async def _serve(self, client: _Client, session: ClientSession, machine: ClientConnection
+    async def _serve(self, client: Connection, session: ClientSession, machine: ClientConnection
                      ) -> Violation:
-        """Handle the client's requests; returns the violation that ends the connection."""
-        pending = client.pending
+        """Handle the client's requests; returns the violation that ends the connection.
+        With nothing to do, the connection parks with the quiet reader."""
         while True:
-            while pending:
-                event = pending[0]
-                if isinstance(event, Violation):
-                    self.clients.counters[f"client_error_{event.code}"] += 1
-                    if event.close is not None:
-                        return event
-                    session.offer(event.frame())
-                elif isinstance(event, SendTo) and event.qos == 1:
-                    # durable sends take milliseconds: answer them as they complete, many
-                    # at once per connection, instead of one after the other
-                    while client.in_flight >= SENDS_IN_FLIGHT:
-                        client.room = trio.Event()
-                        await client.room.wait()
-                    client.in_flight += 1
-                    self.send_durable(session, event, partial(self._sent, client, session))
-                else:
-                    self._offer_answer(session, self._answer(session, event))
-                del pending[0]
-            data = await self._message(client)
-            client.heard = trio.current_time()
-            pending.extend(machine.receive(time.time(), data))
+            stop = self._handle(client, session)
+            if isinstance(stop, Violation):
+                self.clients.counters[f"client_error_{stop.code}"] += 1
+                return stop
+            if stop:  # durable sends take milliseconds: at most SENDS_IN_FLIGHT at once
+                client.room = trio.Event()
+                await client.room.wait()
+            elif client.inbox or client.failed is not None or self.reader is None:
+                data = await self._message(client)
+                client.heard = trio.current_time()
+                client.pending.extend(machine.receive(time.time(), data))
+            else:
+                await self.reader.park(client)
 
-    def _sent(self, client: _Client, session: ClientSession, answer: Object) -> None:
+    def _handle(self, client: Connection, session: ClientSession) -> Violation | bool:
+        """Handle the pending requests that need no waiting. Stops at (and leaves pending)
+        a violation that ends the connection, returned, or a QoS 1 send beyond the
+        connection's allowance (True); False when all are handled."""
+        pending = client.pending
+        while pending:
+            event = pending[0]
+            if isinstance(event, Violation):
+                if event.close is not None:
+                    return event
+                self.clients.counters[f"client_error_{event.code}"] += 1
+                session.offer(event.frame())
+            elif isinstance(event, SendTo) and event.qos == 1:
+                # answered as each becomes durable, many at once per connection
+                if client.in_flight >= SENDS_IN_FLIGHT:
+                    return True
+                client.in_flight += 1
+                self.send_durable(session, event, partial(self._sent, client, session))
+            else:
+                self._offer_answer(session, self._answer(session, event))
+            del pending[0]
+        return False
+
+    def _parked_readable(self, client: Connection) -> bool:
+        """The quiet reader found a parked connection's socket readable: read once and
+        handle what needs no waiting. False hands the connection back to its task."""
+        try:
+            data = client.sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            client.failed = Gone("client_closed")
+            return False
+        try:
+            frames = client.parser.feed(data)
+        except ws.ProtocolError as exc:
+            client.failed = exc
+            return False
+        machine = client.machine
+        assert machine is not None and client.session is not None, "parked before the hello"
+        for index, (opcode, payload) in enumerate(frames):
+            if opcode in (ws.TEXT, ws.BINARY):
+                client.heard = trio.current_time()
+                client.pending.extend(machine.receive(time.time(), payload))
+            elif opcode == ws.PING:
+                self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+            else:  # the closing handshake is the task's
+                client.inbox = frames[index:]
+                return False
+        return self._handle(client, client.session) is False
+
+    def _sent(self, client: Connection, session: ClientSession, answer: Object) -> None:
         """A QoS 1 send of this connection is answered."""
         client.in_flight -= 1
         if client.room is not None:
@@ -342,7 +342,7 @@ class ClientServer:
 
     # ---- reading ------------------------------------------------------------------------
 
-    async def _receive(self, client: _Client) -> bytes:
+    async def _receive(self, client: Connection) -> bytes:
         """The next bytes from the socket; b"" once the client has gone. Yields once: by
         waiting, or after reading what was there (a flood cannot hog the node)."""
         waited = False
@@ -359,10 +359,13 @@ class ClientServer:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
-    async def _message(self, client: _Client) -> bytes | str:
-        """The next data message; answers pings on the way. Raises :class:`_Gone` when
+    async def _message(self, client: Connection) -> bytes | str:
+        """The next data message; answers pings on the way. Raises :class:`Gone` when
         the client closes or goes, ``ws.ProtocolError`` when it breaks the protocol."""
         while True:
+            if client.failed is not None:  # met by the quiet reader: raised once
+                failed, client.failed = client.failed, None
+                raise failed
             while client.inbox:
                 opcode, payload = client.inbox.pop(0)
                 if opcode in (ws.TEXT, ws.BINARY):
@@ -370,15 +373,15 @@ class ClientServer:
                 if opcode == ws.PING:
                     self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
                 elif opcode == ws.CLOSE:
-                    raise _Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
+                    raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
             data = await self._receive(client)
             if not data:
-                raise _Gone("client_closed")
+                raise Gone("client_closed")
             client.inbox = client.parser.feed(data)
 
     # ---- writing ------------------------------------------------------------------------
 
-    def _mark(self, client: _Client) -> None:
+    def _mark(self, client: Connection) -> None:
         """A first object waits in the client's queue: the flusher will write it."""
         self._marked.append(client)
         self._wake.set()
@@ -393,7 +396,7 @@ class ClientServer:
                 if served % FLUSH_SLICE == 0:
                     await trio.lowlevel.checkpoint()
 
-    def _flush(self, client: _Client) -> None:
+    def _flush(self, client: Connection) -> None:
         """Write what the client's session has queued, a batch per frame, as long as its
         socket takes it."""
         session, machine = client.session, client.machine
@@ -419,7 +422,7 @@ class ClientServer:
                 session.queue.clear()
                 return
 
-    def _send(self, client: _Client, data: bytes) -> None:
+    def _send(self, client: Connection, data: bytes) -> None:
         """Hand ``data`` to the socket now; what it does not take waits in ``out``."""
         if client.closed or client.close_sent:
             return
@@ -441,13 +444,13 @@ class ClientServer:
                 client.draining = True
                 self._nursery.start_soon(self._drain, client)
 
-    def _send_close(self, client: _Client, code: int, reason: str = "") -> None:
+    def _send_close(self, client: Connection, code: int, reason: str = "") -> None:
         """Our close frame, once; nothing is written after it."""
         if not client.close_sent:
             self._send(client, ws.close_frame(code, reason[:120]))
             client.close_sent = True
 
-    async def _drain(self, client: _Client) -> None:
+    async def _drain(self, client: Connection) -> None:
         """Write ``out`` as the socket takes it, then whatever queued meanwhile."""
         try:
             while client.out and not client.closed:
@@ -466,7 +469,7 @@ class ClientServer:
             if client.drained is not None:
                 client.drained.set()
 
-    async def _written(self, client: _Client) -> None:
+    async def _written(self, client: Connection) -> None:
         """Wait until everything queued for the client is on its socket (the caller
         bounds it)."""
         self._flush(client)
@@ -476,7 +479,7 @@ class ClientServer:
 
     # ---- closing ------------------------------------------------------------------------
 
-    async def _refuse(self, client: _Client, violation: Violation) -> None:
+    async def _refuse(self, client: Connection, violation: Violation) -> None:
         """An error frame after everything already queued, then the close."""
         if client.session is not None:
             client.session.offer(violation.frame())
@@ -485,7 +488,7 @@ class ClientServer:
             self._send(client, ws.message(client.machine.encode([violation.frame()]) or ""))
         await self._close(client, violation.close or 1008, violation.reason)
 
-    async def _close(self, client: _Client, code: int, reason: str) -> None:
+    async def _close(self, client: Connection, code: int, reason: str) -> None:
         """The closing handshake: our close frame once all before it is written, then
         (bounded) the client's, after which the caller closes the socket."""
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -495,6 +498,6 @@ class ClientServer:
             try:
                 while True:  # what the client still sends is dropped
                     await self._message(client)
-            except (_Gone, ws.ProtocolError):
+            except (Gone, ws.ProtocolError):
                 pass
 

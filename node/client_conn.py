@@ -1,0 +1,148 @@
+"""A client connection's state, and one reader for every connection that waits for its
+client's next message.
+
+A connection's task used to wait for its socket itself: each message a client sent (an
+ack, most of the time) cost a task step of its own and an ``epoll_ctl`` to wait again —
+at QoS 1 under load, a third of the receiving node's core for the acks of 1,000 clients.
+Now a connection with nothing to do **parks**: its socket joins one epoll set (level
+triggered, registered once per quiet spell), and one task reads every socket that set
+finds readable, a slice at a time, handing each one's bytes to ``readable(client)``,
+which handles what needs no waiting (acks, pings, QoS 0 sends, subscriptions) on the
+spot. Anything else — the closing handshake, the end of the stream, a violation that
+ends the connection, a QoS 1 send beyond the connection's allowance — hands the
+connection back to its own task, which carries on as before and parks again after.
+
+A socket is only ever closed by its own task, after it has left the set: an fd that is
+reused by the next accept cannot be mistaken for the old connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+from collections.abc import Callable
+
+import trio
+
+from . import websocket as ws
+from .client_proto import ClientConnection, Request, Violation
+from .clients import ClientSession
+
+logger = logging.getLogger(__name__)
+
+#: Messages above this are refused outright (close 1009, no error frame); below it and
+#: above ``Config.max_frame`` the client gets a ``too_large`` error frame first.
+WS_MAX_MESSAGE = 1024 * 1024
+#: sockets read per turn of the reader: a burst of thousands (a mass disconnect, every
+#: client answering one broadcast) is read over several passes of the event loop
+SLICE = 256
+
+
+class Gone(Exception):
+    """The client's TCP connection ended (EOF or an error), or it sent a close frame."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code  # of the client's close frame, if it sent one
+
+
+class Connection:
+    """One accepted client TCP connection: its socket, parser, what it sent that is not
+    handled yet and what waits to be written (``client_server.py`` serves it)."""
+
+    __slots__ = (
+        "close_sent",
+        "closed",
+        "drained",
+        "draining",
+        "failed",
+        "heard",
+        "in_flight",
+        "inbox",
+        "machine",
+        "out",
+        "parser",
+        "pending",
+        "remote",
+        "room",
+        "scope",
+        "session",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket, remote: str) -> None:
+        self.sock = sock
+        self.remote = remote
+        self.parser = ws.FrameParser(WS_MAX_MESSAGE)
+        self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
+        self.pending: list[Request | Violation] = []  # decoded, not yet handled
+        self.heard = 0.0  # when the client last sent a message (trio's clock)
+        self.out = bytearray()  # what the socket did not take yet
+        self.draining = False  # a task waits to write ``out``
+        self.closed = False
+        self.close_sent = False
+        self.session: ClientSession | None = None
+        self.machine: ClientConnection | None = None
+        self.scope: trio.CancelScope | None = None  # cancelled to end the conversation
+        self.in_flight = 0  # QoS 1 sends not answered yet
+        self.room: trio.Event | None = None  # set when ``in_flight`` drops below the cap
+        self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
+        #: what the reader met that ends the connection: raised by ``_message``
+        self.failed: BaseException | None = None
+
+
+class QuietReader:
+    def __init__(self, readable: Callable[[Connection], bool]) -> None:
+        self._readable = readable  # False: hand the connection back to its task
+        self._epoll = select.epoll()
+        self._parked: dict[int, tuple[Connection, trio.Event]] = {}  # fd -> client, its wake-up
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    async def park(self, client: Connection) -> None:
+        """Wait until the reader hands ``client`` back (or the caller is cancelled)."""
+        fd = client.sock.fileno()
+        woken = trio.Event()
+        self._parked[fd] = (client, woken)
+        self._epoll.register(fd, select.EPOLLIN)
+        try:
+            await woken.wait()
+        finally:
+            self._leave(fd)
+
+    def _leave(self, fd: int) -> None:
+        if self._parked.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        ready_fd = self._epoll.fileno()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(ready_fd)
+                while True:
+                    ready = self._epoll.poll(0, SLICE)
+                    for fd, _ in ready:
+                        self._read(fd)
+                    if len(ready) < SLICE:
+                        break
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._epoll.close()
+
+    def _read(self, fd: int) -> None:
+        entry = self._parked.get(fd)
+        if entry is None:
+            return
+        client, woken = entry
+        try:
+            keep = self._readable(client)
+        except Exception as exc:  # the connection's task ends it (internal error)
+            logger.exception("client_read_failed remote=%s", client.remote)
+            client.failed = exc
+            keep = False
+        if not keep:
+            self._leave(fd)
+            woken.set()
