@@ -117,20 +117,24 @@ class QuietReader:
         if self._parked.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
+    def __enter__(self) -> QuietReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Closes the set: only once every connection that could park is done."""
+        self._epoll.close()
+
     async def run(self) -> None:
         ready_fd = self._epoll.fileno()
-        try:
+        while True:
+            await trio.lowlevel.wait_readable(ready_fd)
             while True:
-                await trio.lowlevel.wait_readable(ready_fd)
-                while True:
-                    ready = self._epoll.poll(0, SLICE)
-                    for fd, _ in ready:
-                        self._read(fd)
-                    if len(ready) < SLICE:
-                        break
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._epoll.close()
+                ready = self._epoll.poll(0, SLICE)
+                for fd, _ in ready:
+                    self._read(fd)
+                if len(ready) < SLICE:
+                    break
+                await trio.lowlevel.checkpoint()
 
     def _read(self, fd: int) -> None:
         entry = self._parked.get(fd)

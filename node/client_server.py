@@ -95,11 +95,11 @@ class ClientServer:
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         listener = listen(self.config.client_addr, self.config.client_port or 0)
-        with listener:
+        self.reader = QuietReader(self._parked_readable)
+        with listener, self.reader:  # the reader's set closes after every connection
             address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.reader = QuietReader(self._parked_readable)
                 nursery.start_soon(self.reader.run)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(accept_loop, listener, self.clients.counters, partial(

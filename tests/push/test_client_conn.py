@@ -12,7 +12,10 @@ import trio.testing
 from trio_websocket import ConnectionClosed
 
 from node.client_proto import ClientConnection
-from tests.push.test_client_server import client_node, closed_with, connect, hello, receive
+from tests.push.test_client_server import (
+    client_node, closed_with, connect, hello, raw_upgrade, read_until, receive, token,
+)
+from tests.push.test_websocket import client_frame
 
 
 class Steps(trio.abc.Instrument):
@@ -87,3 +90,24 @@ async def test_a_failure_while_reading_a_parked_connection_ends_only_that_one(
         assert await closed_with(ws) == 1011
         await other.send_message(json.dumps({"t": "ping", "ref": "still"}))
         assert await receive(other) == {"t": "pong", "ref": "still"}
+
+
+
+async def test_a_node_stops_cleanly_with_connections_parked() -> None:
+    """Every parked connection leaves the reader's set as the node stops, and the set is
+    closed only after the last has: no error on the way out."""
+    streams = []
+    try:
+        async with client_node() as node:
+            for i in range(50):
+                frame = json.dumps({"t": "hello", "token": token(f"p{i}"), "device": "d"})
+                stream = await raw_upgrade(node, client_frame(0x1, frame.encode()))
+                await read_until(stream, lambda d: b"welcome" in d)
+                streams.append(stream)
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            assert node.client_server is not None and node.client_server.reader is not None
+            assert len(node.client_server.reader) == 50
+        # the node stopped here, every connection still open and parked
+    finally:
+        for stream in streams:
+            stream.socket.close()
