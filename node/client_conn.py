@@ -94,6 +94,8 @@ class Connection:
 
 
 class QuietReader:
+    """The parked connections, by descriptor, and the task that reads them (``run``)."""
+
     def __init__(self, readable: Callable[[Connection], bool]) -> None:
         self._readable = readable  # False: hand the connection back to its task
         self._epoll = select.epoll()
@@ -106,8 +108,8 @@ class QuietReader:
         """Wait until the reader hands ``client`` back (or the caller is cancelled)."""
         fd = client.sock.fileno()
         woken = trio.Event()
+        self._epoll.register(fd, select.EPOLLIN)  # first: if it fails, nothing is left
         self._parked[fd] = (client, woken)
-        self._epoll.register(fd, select.EPOLLIN)
         try:
             await woken.wait()
         finally:
