@@ -89,13 +89,13 @@ class ClientServer:
         self._wake = trio.Event()
         self._teardowns = trio.CapacityLimiter(TEARDOWNS)
         self._nursery: trio.Nursery | None = None
-        self.reader: QuietReader | None = None  # while serving
+        #: connections with nothing to do wait here; its set closes when ``serve`` ends
+        self.reader = QuietReader(self._parked_readable)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         listener = listen(self.config.client_addr, self.config.client_port or 0)
-        self.reader = QuietReader(self._parked_readable)
         with listener, self.reader:  # the reader's set closes after every connection
             address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
@@ -257,7 +257,7 @@ class ClientServer:
             if stop:  # durable sends take milliseconds: at most SENDS_IN_FLIGHT at once
                 client.room = trio.Event()
                 await client.room.wait()
-            elif client.inbox or client.failed is not None or self.reader is None:
+            elif client.inbox or client.failed is not None:
                 data = await self._message(client)
                 client.heard = trio.current_time()
                 client.pending.extend(machine.receive(time.time(), data))
