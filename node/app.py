@@ -137,7 +137,8 @@ class Node:
         """Counters of sessions, routing, links and mailboxes (for status and metrics)."""
         webhook = self.fanout.webhook
         return {**self.clients.counters, **self.router.counters, **self.links.counters,
-                **self.delivery.mailboxes.counters, **self.fanout.counters,
+                **self.delivery.mailboxes.counters, **self.delivery.store.counters,
+                **self.fanout.counters,
                 **(webhook.counters if webhook else {})}
 
     def push_gauges(self) -> dict[str, float]:

@@ -55,6 +55,8 @@ REQUESTS = 1024
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
 TICK = 1.0
+#: messages a replica remembers as gone (withdrawn or acked before their copy came)
+GONE = 4096
 Frame = dict[str, Any]
 
 
@@ -93,6 +95,8 @@ class Delivery:
         #: by replicas: the group gathering while the one before is stored (a replica
         #: that does not answer holds up only the messages it is to copy)
         self._groups: dict[tuple[str, ...], _Group | None] = {}
+        #: (user, seq) the owner said are gone before their copy arrived here
+        self._gone_recently: dict[tuple[str, int], None] = {}
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
         self.handover = Handover(self)
@@ -246,15 +250,34 @@ class Delivery:
                 try:
                     await self._store_group(group, confirmed)
                 finally:
-                    for stored in group.items:  # kept even if short of copies (or if the
-                        self.mailboxes.put(stored)  # sender gave up): it may be delivered
                     group.confirmed.update(confirmed)
+                    if len(group.confirmed) > len(group.replicas):  # on R nodes
+                        for stored in group.items:
+                            self.mailboxes.put(stored)
+                    else:  # its senders are refused: never delivered, so a retry
+                        self._withdraw(group)  # cannot make a duplicate
                     self._settled(group)
                 self.mailboxes.counters["store_groups"] += 1
         finally:
             group = self._groups.pop(replicas, None)
             if group is not None:  # cancelled: nobody will store these
                 self._settled(group)
+
+    def _withdraw(self, group: _Group) -> None:
+        """A group that did not reach R nodes: its copies go from every node that may
+        hold one (this disk if its write went through, each replica told as by an ack,
+        answered or not: a copy still on its way is dropped as it arrives), so none is
+        delivered."""
+        gone = [(stored.user, stored.seq) for stored in group.items]
+        self.mailboxes.counters["withdrawn"] += len(gone)
+        if self.me in group.confirmed:
+            self.store.write_soon(deletes=gone)
+        by_user: dict[str, list[int]] = {}
+        for user, seq in gone:
+            by_user.setdefault(user, []).append(seq)
+        for user, seqs in by_user.items():
+            for node in group.replicas:
+                self.links.send_later(node, {"t": "acked", "user": user, "seqs": seqs})
 
     async def _store_group(self, group: _Group, confirmed: list[str]) -> None:
         """Write the group here and have its replicas copy it, all at once; each node
@@ -275,7 +298,7 @@ class Delivery:
         try:
             await self.store.write(group.items)
         except Exception as exc:  # not durable here: the senders are not acknowledged
-            logger.error("store_failed messages=%d error=%r", len(group.items), str(exc))
+            logger.debug("store_failed messages=%d error=%r", len(group.items), str(exc))
         else:
             confirmed.append(self.me)
         if copying:
@@ -383,11 +406,20 @@ class Delivery:
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             seqs = [s for s in frame["seqs"] if isinstance(s, int)]
             removed = self.mailboxes.remove(user, seqs)
+            if len(removed) < len(seqs):  # not here (yet): a copy on its way is not kept
+                self._gone(user, seqs)
             logger.debug("copies_acked user=%s by=%s seqs=%s", user, node,
                          [s.seq for s in removed])
             self.store.write_soon(deletes=[(user, s.seq) for s in removed])
             return True
         return False
+
+    def _gone(self, user: str, seqs: list[int]) -> None:
+        """Remember (the last ``GONE`` of them) messages the owner said are gone."""
+        for seq in seqs:
+            self._gone_recently[(user, seq)] = None
+        while len(self._gone_recently) > GONE:
+            del self._gone_recently[next(iter(self._gone_recently))]
 
     async def _serve_requests(self, requests: trio.MemoryReceiveChannel[tuple[str, Frame]]
                               ) -> None:
@@ -410,7 +442,14 @@ class Delivery:
             raise ValueError("replicate needs msgs and devices lists")
         messages = [Stored.from_wire(item) for item in raw]
         devices = self._see_devices(raw_devices)
-        await self.store.write(messages, devices=devices)
+        try:
+            await self.store.write(messages, devices=devices)
+        except Exception as exc:  # not on this disk (logged by the store): not kept
+            raise Unavailable(f"{self.me} could not store the copies: {exc}") from None
+        gone = [s for s in messages if (s.user, s.seq) in self._gone_recently]
+        if gone:  # withdrawn (or acked) while on their way here
+            self.store.write_soon(deletes=[(s.user, s.seq) for s in gone])
+            messages = [s for s in messages if (s.user, s.seq) not in self._gone_recently]
         fresh = [stored for stored in messages if self.mailboxes.put(stored)]
         if fresh:
             logger.debug("copies_stored users=%s seqs=%s", sorted({s.user for s in fresh}),

@@ -68,6 +68,9 @@ Device = tuple[str, str, float]  # user, device, last seen
 SOON_DELAY = 0.1
 #: ... unless this many are held
 SOON_LIMIT = 4096
+#: a failing disk is logged once per cause and then at most once per this many seconds,
+#: with the writes that failed meanwhile (every commit fails while the disk is full)
+FAILURE_LOG_INTERVAL = 60.0
 
 
 class StoreUnreadable(OSError):
@@ -95,6 +98,10 @@ class Store:
         self.commits = 0
         self.writes = 0
         self.commit_seconds = Histogram(time.monotonic)  # each commit, its fsync included
+        #: ``store_write_failures``: writes that could not be committed (status, metrics)
+        self.counters: dict[str, int] = {"store_write_failures": 0}
+        self._failure_logged: tuple[str, float] | None = None  # cause, when
+        self._failures_unlogged = 0
         self._committed = trio.Event()  # set (and replaced) after every commit
         self._soon: list[_Write] = []
         self._soon_at = math.inf  # when held writes must go
@@ -252,8 +259,7 @@ class Store:
             self.commit_seconds.observe(took / commits)
         failed = [error for error in errors if error is not None]
         if failed:
-            logger.error("store_write_failed error=%r writes=%d of=%d", str(failed[0]),
-                         len(failed), len(batch))
+            self._failed(str(failed[0]), len(failed))
         self.commits += commits
         self.writes += len(batch) - len(failed)
         for request, error in zip(batch, errors, strict=True):
@@ -261,6 +267,19 @@ class Store:
             request.done.set()
         self._committed.set()
         self._committed = trio.Event()
+
+    def _failed(self, cause: str, count: int) -> None:
+        """``count`` writes failed with ``cause``: counted; logged when the cause is new,
+        else once per ``FAILURE_LOG_INTERVAL`` with how many failed since the last line."""
+        self.counters["store_write_failures"] += count
+        self._failures_unlogged += count
+        now = time.monotonic()
+        last = self._failure_logged
+        if last is not None and last[0] == cause and now - last[1] < FAILURE_LOG_INTERVAL:
+            return
+        logger.error("store_write_failed error=%r writes=%d total=%d", cause,
+                     self._failures_unlogged, self.counters["store_write_failures"])
+        self._failure_logged, self._failures_unlogged = (cause, now), 0
 
     def _commit(self, batch: list[_Write]) -> None:
         assert self._db is not None, "Store.open() first"
@@ -290,7 +309,13 @@ class Store:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself after some errors (a full disk, out of memory):
+            # a ROLLBACK then would fail and its error would hide the real one
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    logger.debug("store_rollback_failed", exc_info=True)
             raise
 
 
