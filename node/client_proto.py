@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack, unpack_message
-from .token import TokenError, check_user, verify
+from .names import check_device, check_topic, check_user
+from .token import TokenError, verify
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +201,11 @@ class ClientConnection:
             return self._close("unauthorized", "the first frame must be a hello", CLOSE_POLICY)
         try:
             version = obj.get("v", PROTOCOL_VERSION)
-            if version != PROTOCOL_VERSION:
-                raise _Bad(f"protocol version {version!r} is not supported (this node speaks 1)")
+            if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+                raise _Bad(f"protocol version {str(version)[:32]!r} is not supported "
+                           "(this node speaks 1)")
             claims = verify(self.secret, obj.get("token"), now)
-            device = _optional_str(obj, "device", 128) or ""
+            device = _device(obj.get("device"))
             session = _optional_str(obj, "session", 128)
             last_seq = _optional_int(obj, "last_seq")
         except TokenError as exc:
@@ -344,6 +346,16 @@ def _topics(obj: dict[str, Any], limit: int) -> tuple[str, ...]:
     topics = obj.get("topics")
     if not isinstance(topics, list) or not topics:
         raise _Bad(f"{obj['t']}: topics must be a non-empty list of strings")
-    if not all(isinstance(t, str) and 0 < len(t) <= limit for t in topics):
-        raise _Bad(f"{obj['t']}: every topic is a string of 1 to {limit} characters")
-    return tuple(topics)
+    try:
+        return tuple(check_topic(t, limit) for t in topics)
+    except ValueError as exc:
+        raise _Bad(f"{obj['t']}: {exc}") from None
+
+
+def _device(value: object) -> str:
+    if value is None:
+        return ""
+    try:
+        return check_device(value)
+    except ValueError as exc:
+        raise _Bad(f"hello: {exc}") from None

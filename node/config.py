@@ -79,6 +79,11 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+#: an API key: what an Authorization header carries intact
+_API_KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
+#: the shortest API key taken when the API listens beyond loopback (``grapevine cluster``
+#: makes keys of 48 hex digits)
+MIN_API_KEY = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,10 +211,16 @@ class Config:
         for non_negative in ("indirect_checks", "gossip_nodes"):
             if getattr(self, non_negative) < 0:
                 raise ValueError(f"{non_negative}: must be >= 0")
-        if self.api_port is not None and not self.api_key and not is_loopback(self.api_addr):
-            raise ValueError(
-                f"api_key: required when the API listens beyond loopback ({self.api_addr})"
-            )
+        if self.api_key is not None and not _API_KEY_RE.match(self.api_key):
+            raise ValueError("api_key: printable ASCII without spaces (it travels in an "
+                             "Authorization header, which drops blanks at its ends)")
+        if self.api_port is not None and not is_loopback(self.api_addr):
+            if not self.api_key:
+                raise ValueError(
+                    f"api_key: required when the API listens beyond loopback ({self.api_addr})")
+            if len(self.api_key) < MIN_API_KEY:
+                raise ValueError(f"api_key: at least {MIN_API_KEY} characters when the API "
+                                 f"listens beyond loopback ({self.api_addr})")
         if self.client_port is not None and not self.token_secret:
             raise ValueError("token_secret: required with a client server (clients need tokens)")
         if self.webhook is not None and not re.match(r"^https?://[^/]+", self.webhook):

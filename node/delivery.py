@@ -33,6 +33,7 @@ import trio
 from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
+from .names import is_device, is_user
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
 from .store import Store
@@ -465,9 +466,9 @@ class Delivery:
         (new here, or stored long ago). Malformed ones are skipped."""
         records = []
         for item in raw:
-            if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], str) and isinstance(item[2], int | float)
-                    and math.isfinite(item[2])):
+            if (isinstance(item, list) and len(item) == 3 and is_user(item[0])
+                    and is_device(item[1]) and isinstance(item[2], int | float)
+                    and not isinstance(item[2], bool) and math.isfinite(item[2])):
                 user, device, seen = item[0], item[1], float(item[2])
                 if self.mailboxes.see_device(user, device, seen):
                     records.append((user, device, seen))

@@ -39,6 +39,7 @@ from gossip.keyring import format_key, parse_key
 
 from .client_proto import send_problem
 from .frames import LONE_SURROGATE, lone_surrogate
+from .names import MAX_TOPIC_SIZE, check_topic, check_user
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
 
@@ -134,8 +135,7 @@ class HttpApi:
         ring = self._node.ring
         if key is None:
             return 200, ring_json(ring, self._node.config.replicas)
-        if not key:
-            raise HttpError(400, "key: give a non-empty key (a user id)")
+        _user(key, "key")
         if not len(ring):
             raise HttpError(503, "the ring is empty: no grapevine node is alive yet")
         replicas = ring.replicas(key, self._node.config.replicas)
@@ -163,8 +163,13 @@ class HttpApi:
     async def _publish(self, body: bytes, _query: Query) -> tuple[int, Any]:
         request = _json(body)
         topic = _field(request, "topic", str)
-        if not topic or len(topic) > 256 or topic.startswith("$"):
-            raise HttpError(400, "topic: 1 to 256 characters, not starting with $ (reserved)")
+        try:
+            check_topic(topic)
+        except ValueError as exc:
+            raise HttpError(400, f"topic: {exc}") from None
+        if topic.startswith("$"):
+            raise HttpError(400, f"topic: 1 to {MAX_TOPIC_SIZE} bytes, not starting with $ "
+                            "(reserved)")
         return 202, self._node.fanout.publish(topic, self._body_field(request))
 
     async def _broadcast(self, body: bytes, _query: Query) -> tuple[int, Any]:
@@ -176,10 +181,10 @@ class HttpApi:
 
     async def _kick(self, body: bytes, _query: Query) -> tuple[int, Any]:
         request = _json(body)
-        user = _field(request, "user", str)
+        user = _user(request.get("user"), "user")
         reason = request.get("reason", "kicked by the application")
-        if not user or not isinstance(reason, str):
-            raise HttpError(400, "user: a user id; reason: a string")
+        if not isinstance(reason, str):
+            raise HttpError(400, "reason: a string")
         try:
             self._node.kick(user, reason[:200])
         except Unavailable as exc:
@@ -187,9 +192,8 @@ class HttpApi:
         return 202, {"kicked": user}
 
     async def _user(self, _body: bytes, query: Query) -> tuple[int, Any]:
-        user = query["_path"][len("/v1/users/"):]  # ASGI paths arrive percent-decoded
-        if not user or len(user) > 256:
-            raise HttpError(400, "give a user id: /v1/users/{id}")
+        user = _user(query["_path"][len("/v1/users/"):],  # ASGI paths arrive
+                     "/v1/users/{id}")  # percent-decoded
         try:
             with trio.fail_after(self._node.config.tcp_timeout):
                 return 200, await self._node.user_presence(user)
@@ -242,6 +246,14 @@ def _query(raw: bytes) -> Query:
     except UnicodeDecodeError:
         raise HttpError(400, "the query string is not UTF-8") from None
     return {name: values[-1] for name, values in parsed.items()}
+
+
+def _user(value: object, where: str) -> str:
+    """``value`` if it is a user id (``names.check_user``), else a 400 naming ``where``."""
+    try:
+        return check_user(value)
+    except ValueError as exc:
+        raise HttpError(400, f"{where}: {exc}") from None
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .frames import MAX_SEQ
+from .names import is_user
 
 
 class Stored(NamedTuple):
@@ -68,7 +69,8 @@ class Stored(NamedTuple):
                          float(raw["expires"]), raw.get("from"), int(raw.get("attempts", 0)))
         except (KeyError, TypeError, ValueError, OverflowError):  # int(inf) overflows
             raise ValueError("a stored message lacks a field or has a wrong type") from None
-        if not (isinstance(stored.user, str) and isinstance(stored.seq, int)
+        if not (is_user(stored.user) and type(stored.seq) is int
+                and type(raw.get("attempts", 0)) is int
                 and isinstance(stored.id, str) and isinstance(stored.body, str)
                 and (stored.sender is None or isinstance(stored.sender, str))):
             raise ValueError("a stored message has a field of the wrong type")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .frames import is_message
+from .names import is_device, is_user
 
 Message = dict[str, Any] | bytes  # bytes: packed (a QoS 0 message, see above)
 
@@ -210,11 +211,11 @@ class Router:
     def from_peer(self, node: str, frame: dict[str, Any]) -> list[Action]:
         """A routing frame from ``node``; malformed ones are counted and dropped."""
         kind, user = frame.get("t"), frame.get("user")
-        if not isinstance(user, str):
+        if not is_user(user):
             self.counters["bad_peer_frames"] += 1
             return []
         if kind == "register" and isinstance(frame.get("session"), str):
-            device = frame.get("device") if isinstance(frame.get("device"), str) else ""
+            device = frame.get("device") if is_device(frame.get("device")) else ""
             return self._add(user, node, frame["session"], device)
         if kind == "unregister" and isinstance(frame.get("session"), str):
             self._unregister(user, node, frame["session"])

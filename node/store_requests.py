@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .names import check_user
 from .routing import Unavailable
 
 if TYPE_CHECKING:
@@ -90,8 +91,9 @@ def parse_item(item: object) -> tuple[str, str, float | None, str | None]:
     if not isinstance(item, list) or len(item) != 4:
         raise ValueError("an item is [user, body, ttl, sender]")
     user, body, ttl, sender = item
-    if not isinstance(user, str) or not isinstance(body, str):
-        raise ValueError("store needs a user and a body")
+    check_user(user)
+    if not isinstance(body, str):
+        raise ValueError("store needs a body")
     if ttl is not None and not (isinstance(ttl, int | float) and math.isfinite(ttl)):
         raise ValueError("ttl must be a finite number")
     return user, body, ttl, sender if isinstance(sender, str) else None
