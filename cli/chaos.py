@@ -43,6 +43,9 @@ from .client import CONNECTION_LOST, Session, hold
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, api_request, host_port
 from .verdict import Receipt, Sent, judge
 
+#: the devices' tokens: good for a day, longer than any run (nodes refuse tokens without exp)
+TOKEN_TTL = 24 * 3600.0
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     chaos = sub.add_parser("chaos", help="a chaos run: kill nodes under load, check for loss")
@@ -125,7 +128,7 @@ class Run:
 async def device(run: Run, user: str, name: str, rng: random.Random, *,
                  reconnects: float, stop: trio.Event, ready: trio.Semaphore) -> None:
     receipts = run.receipts.setdefault(name, [])
-    session = Session(mint(run.secret.encode(), user, time.time(), None), name,
+    session = Session(mint(run.secret.encode(), user, time.time(), TOKEN_TTL), name,
                       ping_every=1.0, dead_after=3.0)
     welcomed = False
 

@@ -85,6 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="HS256 secret of client tokens (grapevine token --secret mints them)",
     )
     parser.add_argument(
+        "--allow-tokens-without-exp", action="store_true",
+        default=env("ALLOW_TOKENS_WITHOUT_EXP", "") not in ("", "0", "false"),
+        help="take client tokens that have no exp claim (they never expire; refused "
+        "by default)",
+    )
+    parser.add_argument(
         "--profile", default=env("PROFILE", "lan"), choices=PROFILES,
         help="timing profile, as memberlist's (default lan)",
     )
@@ -172,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
             resume_window=args.resume_window, default_ttl=args.default_ttl,
             max_ttl=args.max_ttl,
             token_secret=args.token_secret or None, data_dir=args.data_dir, label=args.label,
+            allow_tokens_without_exp=args.allow_tokens_without_exp,
             tags=tuple(tags), keys=tuple(keys),
         )
     except ValueError as exc:

@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="the token secret (or $GRAPEVINE_TOKEN_SECRET)")
     token.add_argument("--user", required=True, help="the user id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
-                       help="lifetime in seconds (default 3600; 0 for a token that never expires)")
+                       help="lifetime in seconds (default 3600); 0 for a token without exp, "
+                       "which never expires: nodes refuse it unless started with "
+                       "--allow-tokens-without-exp")
     token.add_argument("--service", action="store_true",
                        help="an application server's token: may hear $presence and $upstream")
     token.set_defaults(run=run_token)

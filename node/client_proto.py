@@ -43,6 +43,8 @@ class Limits:
     max_ref: int = 64
     hello_timeout: float = 10.0
     heartbeat: float = 30.0
+    #: take tokens without ``exp`` (``--allow-tokens-without-exp``)
+    tokens_without_exp: bool = False
 
 
 # ---- what the client asks for --------------------------------------------------------
@@ -204,7 +206,8 @@ class ClientConnection:
             if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
                 raise _Bad(f"protocol version {str(version)[:32]!r} is not supported "
                            "(this node speaks 1)")
-            claims = verify(self.secret, obj.get("token"), now)
+            claims = verify(self.secret, obj.get("token"), now,
+                            without_exp=self.limits.tokens_without_exp)
             device = _device(obj.get("device"))
             session = _optional_str(obj, "session", 128)
             last_seq = _optional_int(obj, "last_seq")

@@ -82,7 +82,7 @@ class ClientServer:
         self.limits = Limits(
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
             max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
-            max_ttl=config.max_ttl)
+            max_ttl=config.max_ttl, tokens_without_exp=config.allow_tokens_without_exp)
         self._secret = (config.token_secret or "").encode()
         self._ids = itertools.count(1)
         self._marked: list[Connection] = []

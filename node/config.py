@@ -113,6 +113,8 @@ class Config:
     client_port: int | None = None
     #: HS256 secret that signs client tokens; required with a client server
     token_secret: str | None = None
+    #: take client tokens without an ``exp`` claim (they never expire)
+    allow_tokens_without_exp: bool = False
     max_frame: int = 64 * 1024
     client_rate: float = 50.0
     client_burst: int = 100

@@ -3,7 +3,9 @@
 The application server mints them with the cluster's token secret (``grapevine token``
 does the same); a node checks one in the client's hello before anything else. Only
 HS256 is accepted: a token naming another algorithm (``none`` among them) is refused,
-whatever its signature says. Pure: the caller passes ``now`` (Unix seconds).
+whatever its signature says. A token must expire (an ``exp`` claim): one without never
+would, so a leaked one would be good forever; a node takes such tokens only when started
+with ``--allow-tokens-without-exp``. Pure: the caller passes ``now`` (Unix seconds).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +60,8 @@ def _sign(secret: bytes, signing_input: bytes) -> bytes:
 
 def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0,
          *, service: bool = False) -> str:
-    """A token for ``user``, valid ``ttl`` seconds from ``now`` (None: no expiry)."""
+    """A token for ``user``, valid ``ttl`` seconds from ``now`` (None: no ``exp``, which
+    nodes refuse unless started with ``--allow-tokens-without-exp``)."""
     if not secret:
         raise ValueError("the token secret is empty")
     claims: dict[str, Any] = {"sub": check_user(user), "iat": int(now)}
@@ -72,8 +76,14 @@ def mint(secret: bytes, user: str, now: float, ttl: float | None = 3600.0,
     return f"{parts[0]}.{parts[1]}.{_b64(_sign(secret, signing_input))}"
 
 
-def verify(secret: bytes, token: object, now: float) -> Claims:
-    """The token's claims, or :class:`TokenError` saying what is wrong with it."""
+#: why a token without ``exp`` is refused
+NO_EXP = ("token has no exp claim: it would never expire (mint tokens with an exp, or "
+          "start the node with --allow-tokens-without-exp)")
+
+
+def verify(secret: bytes, token: object, now: float, *, without_exp: bool = False) -> Claims:
+    """The token's claims, or :class:`TokenError` saying what is wrong with it; a token
+    without ``exp`` is refused unless ``without_exp``."""
     if not isinstance(token, str) or not token:
         raise TokenError("token missing")
     if len(token) > MAX_TOKEN_SIZE:
@@ -88,6 +98,8 @@ def verify(secret: bytes, token: object, now: float) -> Claims:
     if not hmac.compare_digest(expected, _unb64(parts[2])):
         raise TokenError("token signature does not match")
     expires, issued, not_before = (_number(payload, k) for k in ("exp", "iat", "nbf"))
+    if expires is None and not without_exp:
+        raise TokenError(NO_EXP)
     if expires is not None and now > expires + LEEWAY:
         raise TokenError("token expired")
     if not_before is not None and now + LEEWAY < not_before:
@@ -115,4 +127,10 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError(f"token claim {name!r} is not a number")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond a float's range overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):  # JSON as Python reads it may say NaN or Infinity:
+        raise TokenError(f"token claim {name!r} is not a finite number")  # never expiring
+    return number

@@ -29,7 +29,10 @@ def test_the_rfc_7519_style_example_from_jwt_io_verifies() -> None:
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9l"
         "IiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
     )
-    assert verify(b"your-256-bit-secret", token, NOW).user == "1234567890"
+    # it has no exp: taken only by a node that allows tokens without one
+    assert verify(b"your-256-bit-secret", token, NOW, without_exp=True).user == "1234567890"
+    with pytest.raises(TokenError, match="no exp"):
+        verify(b"your-256-bit-secret", token, NOW)
 
 
 def forge(header: dict, payload: dict, signature: bytes = b"x") -> str:
@@ -61,19 +64,40 @@ def test_a_tampered_subject_breaks_the_signature() -> None:
         verify(SECRET, f"{header}.{evil}.{signature}", NOW)
 
 
-def test_claims_are_checked() -> None:
-    def signed(payload: dict) -> str:
-        unsigned = forge({"alg": "HS256", "typ": "JWT"}, payload).rsplit(".", 1)[0]
-        mac = hmac.new(SECRET, unsigned.encode(), hashlib.sha256).digest()
-        return unsigned + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+def signed(payload: dict | str) -> str:
+    """A token of ``payload`` (a dict, or JSON text as it is) signed with SECRET."""
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    body = base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+    unsigned = forge({"alg": "HS256", "typ": "JWT"}, {}).split(".")[0] + "." + body
+    mac = hmac.new(SECRET, unsigned.encode(), hashlib.sha256).digest()
+    return unsigned + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
-    assert verify(SECRET, signed({"sub": "bob"}), NOW).expires is None
+
+def test_a_token_without_exp_is_refused_unless_the_node_allows_it() -> None:
+    with pytest.raises(TokenError, match=r"no exp claim.*--allow-tokens-without-exp"):
+        verify(SECRET, signed({"sub": "bob"}), NOW)
+    with pytest.raises(TokenError, match="no exp"):
+        verify(SECRET, mint(SECRET, "bob", NOW, ttl=None), NOW)
+    assert verify(SECRET, signed({"sub": "bob"}), NOW, without_exp=True).expires is None
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400])
+def test_an_exp_that_is_no_time_is_refused(exp: str) -> None:
+    """Python's JSON reads NaN and Infinity: a NaN exp compared false, so never expired."""
+    with pytest.raises(TokenError, match="exp"):
+        verify(SECRET, signed(f'{{"sub": "bob", "exp": {exp}}}'), NOW)
+    with pytest.raises(TokenError, match="exp"):
+        verify(SECRET, signed(f'{{"sub": "bob", "exp": {exp}}}'), NOW, without_exp=True)
+
+
+def test_claims_are_checked() -> None:
+    assert verify(SECRET, signed({"sub": "bob", "exp": NOW + 60}), NOW).expires == NOW + 60
     for payload, reason in [
-        ({"sub": "bob", "nbf": NOW + 600}, "not valid yet"),
+        ({"sub": "bob", "exp": NOW + 60, "nbf": NOW + 600}, "not valid yet"),
         ({"sub": "bob", "exp": "soon"}, "not a number"),
-        ({"sub": ""}, "subject"),
-        ({"sub": 42}, "subject"),
-        ({}, "subject"),
+        ({"sub": "", "exp": NOW + 60}, "subject"),
+        ({"sub": 42, "exp": NOW + 60}, "subject"),
+        ({"exp": NOW + 60}, "subject"),
     ]:
         with pytest.raises(TokenError, match=reason):
             verify(SECRET, signed(payload), NOW)
