@@ -35,7 +35,7 @@ from .clients import ClientSession, LocalClients
 from .config import Config
 from .delivery import Delivery
 from .fanout import Fanout
-from .frames import pack_message
+from .frames import is_seq, pack_message
 from .http_api import serve_http_api
 from .metrics import node_registry
 from .peer_link import PeerLinks
@@ -227,9 +227,13 @@ class Node:
             known = self._presence_here(user)
         else:
             known = await self.links.request(owner, {"t": "presence", "user": user})
-        nodes = known.get("nodes") if isinstance(known.get("nodes"), dict) else {}
+        # the owner's answer, as far as it makes sense (a count is an int in range)
+        raw = known.get("nodes") if isinstance(known.get("nodes"), dict) else {}
+        nodes = {n: c for n, c in raw.items() if isinstance(n, str) and is_seq(c)}
+        pending = known.get("pending", 0)
         return {"user": user, "online": bool(nodes), "devices": sum(nodes.values()),
-                "nodes": sorted(nodes), "owner": owner, "pending": known.get("pending", 0)}
+                "nodes": sorted(nodes), "owner": owner,
+                "pending": pending if is_seq(pending) else 0}
 
     def _presence_here(self, user: str) -> dict[str, Any]:
         """What this node, as the owner, knows of ``user``: sessions per node, pending."""

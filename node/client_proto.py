@@ -315,7 +315,7 @@ def send_problem(to: Any, qos: Any, ttl: Any, max_ttl: float) -> str | None:
         check_user(to)
     except ValueError as exc:
         return f"to: {exc}"
-    if qos not in (0, 1) or isinstance(qos, bool):
+    if type(qos) is not int or qos not in (0, 1):  # not True, not 1.0
         return "qos must be 0 (at most once) or 1 (at least once)"
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
                             or not 0 < ttl <= max_ttl):

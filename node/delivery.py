@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .frames import seqs_of
 from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
@@ -398,14 +399,13 @@ class Delivery:
         user = frame.get("user")
         if kind == "ack" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             device = frame.get("device") if isinstance(frame.get("device"), str) else ""
-            self._acked_at_owner(user, [s for s in frame["seqs"] if isinstance(s, int)],
-                                 device)
+            self._acked_at_owner(user, seqs_of(frame["seqs"]), device)
             return True
         if kind == "devices" and isinstance(frame.get("devices"), list):
             self.store.write_soon(devices=self._see_devices(frame["devices"]))
             return True
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
-            seqs = [s for s in frame["seqs"] if isinstance(s, int)]
+            seqs = seqs_of(frame["seqs"])
             removed = self.mailboxes.remove(user, seqs)
             if len(removed) < len(seqs):  # not here (yet): a copy on its way is not kept
                 self._gone(user, seqs)

@@ -20,6 +20,18 @@ import msgpack
 MAX_SEQ = 2**63 - 1
 
 
+def is_seq(value: Any) -> bool:
+    """Whether ``value`` from a frame is a sequence number (or count) we can keep and
+    send on: an int, not a bool, 0 to ``MAX_SEQ``."""
+    return type(value) is int and 0 <= value <= MAX_SEQ
+
+
+def seqs_of(value: Any) -> list[int]:
+    """The sequence numbers in a frame's list (those that are not are left out; nothing
+    if ``value`` is not a list)."""
+    return [s for s in value if is_seq(s)] if isinstance(value, list) else []
+
+
 class FrameError(ValueError):
     """Bytes that are not a valid frame; ``code`` is the client-protocol error code."""
 

@@ -64,6 +64,9 @@ class Stored(NamedTuple):
         """A message from a peer; ValueError if it is not one."""
         if not isinstance(raw, dict):
             raise ValueError("a stored message is a map")
+        if not all(isinstance(raw.get(k), int | float) and not isinstance(raw.get(k), bool)
+                   for k in ("ts", "expires")):
+            raise ValueError("a stored message's ts and expires are numbers")
         try:
             stored = cls(raw["user"], raw["seq"], raw["id"], raw["body"], float(raw["ts"]),
                          float(raw["expires"]), raw.get("from"), int(raw.get("attempts", 0)))

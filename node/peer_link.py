@@ -179,7 +179,7 @@ class PeerLinks:
 
     def _replied(self, frame: Frame) -> None:
         rid = frame.get("rid")
-        on_reply = self._waiting.pop(rid, None) if isinstance(rid, int) else None
+        on_reply = self._waiting.pop(rid, None) if type(rid) is int else None  # not True
         if on_reply is None:
             self.counters["peer_late_replies"] += 1
             return

@@ -135,7 +135,8 @@ def hello(name: str, nonce: bytes, keys: Sequence[bytes], answer_to: bytes | Non
 
 def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes, frozenset[str]]:
     """The (node, nonce, features) of a hello, or FrameError."""
-    if frame.get("t") != "hello" or frame.get("v") != PEER_PROTOCOL:
+    version = frame.get("v")
+    if frame.get("t") != "hello" or type(version) is not int or version != PEER_PROTOCOL:
         raise FrameError("expected a peer hello of protocol 1")
     node, nonce = frame.get("node"), frame.get("nonce")
     if not isinstance(node, str) or not node:

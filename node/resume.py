@@ -20,6 +20,7 @@ from .client_proto import Hello
 from .clients import ClientSession, LocalClients, take_through
 from .config import Config
 from .delivery import Delivery
+from .frames import seqs_of
 from .peer_link import PeerLinks
 from .ring import HashRing
 from .routing import Parked, Router
@@ -129,5 +130,4 @@ def _parked_from(reply: dict[str, Any]) -> Parked | None:
 def _seqs(frame: dict[str, Any], name: str) -> list[int]:
     """A list of sequence numbers from a peer's frame (nothing if absent or not a list:
     nodes before 2026-11-30 send no ``read``)."""
-    value = frame.get(name)
-    return [s for s in value if isinstance(s, int)] if isinstance(value, list) else []
+    return seqs_of(frame.get(name))

@@ -226,7 +226,8 @@ class Router:
             return []
         if kind == "route":
             owner = self._owner_of(user)
-            if owner is not None and owner != self.me and frame.get("hops", 0) < 1:
+            hops = frame.get("hops", 0)
+            if owner is not None and owner != self.me and not (type(hops) is int and hops >= 1):
                 # the sender's ring and ours disagree for a moment: pass it on, once
                 self.counters["rerouted"] += 1
                 return [SendPeer(owner, {**frame, "hops": 1})]

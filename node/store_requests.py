@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .frames import is_seq
 from .names import check_user
 from .routing import Unavailable
 
@@ -79,8 +80,10 @@ class StoreRequests:
 def _outcome(owner: str, result: object) -> dict[str, Any] | Unavailable:
     if not isinstance(result, dict):
         return Unavailable(f"the owner {owner} did not confirm in time")
-    if "error" in result or not {"id", "seq"} <= result.keys():
-        return Unavailable(str(result.get("error", "the owner's answer made no sense")))
+    if "error" in result:
+        return Unavailable(str(result["error"])[:500])
+    if not (isinstance(result.get("id"), str) and is_seq(result.get("seq"))):
+        return Unavailable("the owner's answer made no sense")
     return {"id": result["id"], "seq": result["seq"]}
 
 
@@ -94,8 +97,9 @@ def parse_item(item: object) -> tuple[str, str, float | None, str | None]:
     check_user(user)
     if not isinstance(body, str):
         raise ValueError("store needs a body")
-    if ttl is not None and not (isinstance(ttl, int | float) and math.isfinite(ttl)):
-        raise ValueError("ttl must be a finite number")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or not 0 < ttl < math.inf):  # NaN fails too
+        raise ValueError("ttl must be a finite number of seconds above 0")
     return user, body, ttl, sender if isinstance(sender, str) else None
 
 
