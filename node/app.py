@@ -84,6 +84,8 @@ class Node:
         self.resumes = Resumes(config, ring=self.ring, router=self.router, links=self.links,
                                delivery=self.delivery, clients=self.clients)
         self.api_address: Address | None = None
+        #: the HTTP API's counters (``http_api.HttpApi.counters``), once it serves
+        self.api_counters: dict[str, int] = {}
         self.client_address: Address | None = None
         self.client_server: ClientServer | None = None  # with --client
         self._routing_changed = trio.Event()
@@ -138,6 +140,7 @@ class Node:
         webhook = self.fanout.webhook
         return {**self.clients.counters, **self.router.counters, **self.links.counters,
                 **self.delivery.mailboxes.counters, **self.delivery.store.counters,
+                **self.api_counters,
                 **self.fanout.counters,
                 **(webhook.counters if webhook else {})}
 

@@ -19,6 +19,11 @@ Routes (JSON unless noted; ``docs/http-api.md`` documents each):
 
 With an API key configured, every route but ``/healthz`` and ``/metrics`` wants
 ``Authorization: Bearer <key>``.
+
+Bounds (``docs/http-api.md``): hypercorn takes a request's head within its keep-alive
+timeout (5 s) and 16 KiB; the API takes a body within ``BODY_TIMEOUT`` and ``MAX_BODY``
+bytes, and serves ``MAX_REQUESTS`` requests at once (more are answered 503 at once):
+a client that trickles its body, or opens thousands of requests, holds at most that.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
@@ -49,6 +58,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+#: seconds a request's whole body may take to arrive (a trickled body is a 408)
+BODY_TIMEOUT = 10.0
+#: requests served at once; one more is refused with 503 (``api_requests_shed``)
+MAX_REQUESTS = 256
+#: connections open at once (idle keep-alive ones included); one more is closed at once
+MAX_CONNECTIONS = 512
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -68,6 +83,10 @@ class HttpApi:
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        #: ``api_requests_shed`` (over ``MAX_REQUESTS``), ``api_slow_bodies`` (408)
+        self.counters: dict[str, int] = {"api_requests_shed": 0, "api_slow_bodies": 0,
+                                         "api_connections_shed": 0, "api_connection_errors": 0}
+        self._serving = 0
         self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/v1/members"): self._members,
             ("GET", "/v1/status"): self._status,
@@ -96,6 +115,25 @@ class HttpApi:
             body = generate_latest(self._node.metrics_registry)
             await _respond(send, 200, body, b"text/plain; version=0.0.4")
             return
+        if self._serving >= MAX_REQUESTS:
+            self._refused("api_requests_shed", "api_requests_shed limit=%d", MAX_REQUESTS)
+            await _respond(send, 503, _json_body(
+                {"error": f"the API serves {MAX_REQUESTS} requests at once; try again"}))
+            return
+        self._serving += 1
+        try:
+            await self._serve(scope, method, path, receive, send)
+        finally:
+            self._serving -= 1
+
+    def _refused(self, counter: str, message: str, *args: object) -> None:
+        """Count a refusal; log the first of its kind (then the counter tells)."""
+        self.counters[counter] += 1
+        if self.counters[counter] == 1:
+            logger.warning(message, *args)
+
+    async def _serve(self, scope: Scope, method: str, path: str, receive: Receive,
+                     send: Send) -> None:
         try:
             handler = self._routes.get((method, path))
             if path.startswith("/v1/users/") and method == "GET":
@@ -107,11 +145,16 @@ class HttpApi:
             self._authorize(scope)
             query = _query(scope.get("query_string", b""))
             query["_path"] = path
-            body = await _read_body(receive)
+            body = b""
+            with trio.move_on_after(BODY_TIMEOUT) as reading:
+                body = await _read_body(receive)
+            if reading.cancelled_caught:
+                self._refused("api_slow_bodies", "api_slow_body timeout=%g", BODY_TIMEOUT)
+                raise HttpError(408, f"the body did not arrive within {BODY_TIMEOUT:g} s")
             status, payload = await handler(body, query)
         except HttpError as exc:
             status, payload = exc.status, {"error": exc.reason}
-        await _respond(send, status, json.dumps(payload, indent=1).encode() + b"\n")
+        await _respond(send, status, _json_body(payload))
 
     def _authorize(self, scope: Scope) -> None:
         key = self._node.config.api_key
@@ -240,6 +283,10 @@ class HttpApi:
         return await self._keyring(b"", {})
 
 
+def _json_body(payload: Any) -> bytes:
+    return json.dumps(payload, indent=1).encode() + b"\n"
+
+
 def _query(raw: bytes) -> Query:
     try:
         parsed = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=False)
@@ -295,8 +342,11 @@ async def _respond(
     send: Send, status: int, body: bytes, content_type: bytes = b"application/json"
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError):
+        pass  # the client went away, or hypercorn is closing the socket: nobody to answer
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -315,30 +365,52 @@ async def serve_http_api(
 ) -> None:
     """Serve the API on ``host:port`` (port 0 picks one); reports the bound address.
 
+    Each connection is hypercorn's HTTP/1.1 protocol on a stream of ours, in a task of
+    its own whose failure ends that connection only: hypercorn's own ``serve`` let an
+    error of one connection (a race between its error answer to a malformed chunked
+    body and its closing of the socket: ``BusyResourceError``) end the server, and
+    with it the node. At most ``MAX_CONNECTIONS`` are open at once; one more is closed
+    at once (``api_connections_shed``).
+
     Once the node is asked to stop, the server stops accepting and finishes the
     requests in flight (at most ``graceful_timeout``), then returns: a ``POST /v1/leave``
     gets its answer before the process goes away.
     """
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    # hypercorn's own prose ("Running on ...") is not key=value and says what
-    # api_listening says; its warnings and errors still come through
-    server_log = logging.getLogger("node.http.server")
-    server_log.setLevel(max(server_log.getEffectiveLevel(), logging.WARNING))
-    config.errorlog = server_log
+    config.errorlog = logging.getLogger("node.http.server")
     config.graceful_timeout = 1.0
+    api = HttpApi(node)
+    node.api_counters = api.counters
+    app, context = ASGIWrapper(api), WorkerContext(None)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    open_now = 0
 
-    class _Status:
-        def started(self, binds: list[str] | None = None) -> None:
-            bound = (binds or [])[0]
-            host_part, _sep, port_part = bound.split("://", 1)[-1].rpartition(":")
-            address = (host_part.strip("[]"), int(port_part))
+    async def connection(stream: trio.SocketStream) -> None:
+        nonlocal open_now
+        if open_now >= MAX_CONNECTIONS:
+            api._refused("api_connections_shed", "api_connections_shed limit=%d",
+                         MAX_CONNECTIONS)
+            await stream.aclose()
+            return
+        open_now += 1
+        try:
+            await TCPServer(app, config, context, ConnectionState({}), stream)
+        except Exception as exc:  # the connection's boundary: it alone ends
+            api._refused("api_connection_errors", "api_connection_failed error=%r",
+                         f"{type(exc).__name__}: {exc}")
+        finally:
+            open_now -= 1
+
+    address = listeners[0].socket.getsockname()[:2]
+    async with trio.open_nursery() as handlers:
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(partial(trio.serve_listeners, connection, listeners,
+                                         handler_nursery=handlers))
             logger.info("api_listening address=%s:%d", *address)
             task_status.started(address)
-
-    await hypercorn_serve(
-        HttpApi(node), config, shutdown_trigger=node.wait_stop_requested,  # type: ignore[arg-type]
-        task_status=_Status(),
-    )
+            await node.wait_stop_requested()
+            accepting.cancel_scope.cancel()
+        await context.terminated.set()  # idle keep-alive connections close now
+        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
     logger.info("api_stopped")

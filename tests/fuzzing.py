@@ -5,6 +5,8 @@ levels. Each test says what its pools are; the shape of the draw is the same for
 from __future__ import annotations
 
 import random
+import resource
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,3 +34,25 @@ class Values:
             return {rng.choice(self.keys): self(rng, depth + 1)
                     for _ in range(rng.randrange(5))}
         return self.leaf
+
+
+class Budget:
+    """The CPU time and memory one fuzz input may cost the process (the node runs in it),
+    checked after each input as a generous safety net: a cost far beyond any sane
+    handling of one input (a quadratic re-parse, an unbounded buffer) fails the test
+    with the input that caused it. Process CPU time, not wall time: the machine may be
+    busy; peak RSS, which only grows: a step of ``memory`` bytes in one input."""
+
+    def __init__(self, cpu: float = 2.0, memory: int = 64 * 1024 * 1024) -> None:
+        self.cpu, self.memory = cpu, memory
+        self._cpu, self._rss = time.process_time(), _peak_rss()
+
+    def check(self, what: object) -> None:
+        cpu, rss = time.process_time(), _peak_rss()
+        assert cpu - self._cpu <= self.cpu, f"{cpu - self._cpu:.2f} s of CPU for {what!r:.300}"
+        assert rss - self._rss <= self.memory, f"+{rss - self._rss} bytes RSS for {what!r:.300}"
+        self._cpu, self._rss = cpu, rss
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
