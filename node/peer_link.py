@@ -41,8 +41,8 @@ import trio
 
 from .frames import FrameError
 from .peer_proto import (
-    FEATURES, NONCE_SIZE, PACKED, FrameReader, check_proof, encode_frames, hello, parse_hello,
-    proof, unpacked,
+    FEATURES, HEADER, NONCE_SIZE, PACKED, FrameReader, check_proof, encode_frames, hello,
+    parse_hello, proof, unpacked,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ logger = logging.getLogger(__name__)
 Frame = dict[str, Any]
 Address = tuple[str, int]
 HANDSHAKE_TIMEOUT = 5.0
+#: the longest frame of the opening (a hello is ~100 bytes with a 128-byte name): the
+#: bytes of a connection nobody has authenticated yet are bounded by it, not by the
+#: 4 MiB of a link's frames
+OPENING_FRAME = 4096
+#: openings (accepted connections not yet authenticated) at once; one more is closed
+#: at once (``peer_handshakes_shed``): junk connections hold at most this many
+#: sockets, for at most HANDSHAKE_TIMEOUT each
+OPENINGS = 128
+#: a refused opening is logged at most this often (the counter has them all)
+REFUSED_LOG_INTERVAL = 60.0
 QUEUE_LIMIT = 100_000
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
 STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without backoff
@@ -101,6 +111,8 @@ class PeerLinks:
         self._later: list[_Peer] = []  # peers with frames that may wait up to LATER
         self._later_timer: trio.CancelScope | None = None
         self.counters: Counter[str] = Counter()
+        self._openings = 0  # accepted connections in their opening
+        self._refused_logged = -math.inf  # when a refused opening was last logged
 
     def _peer(self, name: str) -> _Peer:
         peer = self._peers.get(name)
@@ -280,27 +292,50 @@ class PeerLinks:
                 peer.kick()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
+        if self._openings >= OPENINGS:
+            self.counters["peer_handshakes_shed"] += 1
+            if self.counters["peer_handshakes_shed"] == 1:
+                logger.warning("peer_handshakes_shed limit=%d", OPENINGS)
+            await stream.aclose()
+            return
+        async with stream:
+            self._openings += 1
+            try:
+                opened = await self._opening(stream)
+            finally:
+                self._openings -= 1
+            if opened is not None:
+                peer, reader = opened
+                await self._run(peer, stream, reader)
+
+    async def _opening(self, stream: trio.SocketStream) -> tuple[_Peer, _Inbound] | None:
+        """The acceptor's side of the opening: the peer and its reader, or None (refused:
+        counted, and logged at most every ``REFUSED_LOG_INTERVAL``)."""
         keys = list(self._keys())
         reader = _Inbound()
-        async with stream:
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    name, theirs, features = parse_hello(await _next(stream, reader))
-                    mine = os.urandom(NONCE_SIZE)
-                    await stream.send_all(encode_frames([
-                        hello(self.me, mine, keys, theirs, self.features)]))
-                    auth = await _next(stream, reader)
-                    if auth.get("t") != "auth" or not check_proof(
-                        keys, name, mine, theirs, auth.get("proof")
-                    ):
-                        raise FrameError("peer did not prove it holds a cluster key")
-            except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                self.counters["peer_handshakes_refused"] += 1
-                logger.warning("peer_refused reason=%r", str(exc) or type(exc).__name__)
-                return
-            peer = self._peer(name)
-            peer.packed = PACKED in features
-            await self._run(peer, stream, reader)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                name, theirs, features = parse_hello(await _next(stream, reader))
+                mine = os.urandom(NONCE_SIZE)
+                await stream.send_all(encode_frames([
+                    hello(self.me, mine, keys, theirs, self.features)]))
+                auth = await _next(stream, reader)
+                if auth.get("t") != "auth" or not check_proof(
+                    keys, name, mine, theirs, auth.get("proof")
+                ):
+                    raise FrameError("peer did not prove it holds a cluster key")
+        except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            self.counters["peer_handshakes_refused"] += 1
+            now = trio.current_time()
+            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
+                self._refused_logged = now
+                logger.warning("peer_refused reason=%r refused=%d",
+                               str(exc) or type(exc).__name__,
+                               self.counters["peer_handshakes_refused"])
+            return None
+        peer = self._peer(name)
+        peer.packed = PACKED in features
+        return peer, reader
 
     async def _dial_loop(self, peer: _Peer) -> None:
         delay = BACKOFF_MIN
@@ -381,6 +416,9 @@ class PeerLinks:
             self.counters["peer_links_closed"] += 1
 
     async def _read(self, peer: _Peer, stream: trio.SocketStream, inbound: _Inbound) -> None:
+        if inbound.opening:  # read past the opening: framed with the link's limit now
+            inbound.pending.extend(inbound.reader.feed(bytes(inbound.opening)))
+            inbound.opening = bytearray()
         while True:
             frames, inbound.pending = list(inbound.pending), deque()
             if not frames:
@@ -448,17 +486,33 @@ class _EachPass(trio.abc.Instrument):
 
 
 class _Inbound:
-    """Frames read from one connection; what the opening read past waits in ``pending``."""
+    """Frames read from one connection: the opening's one at a time from ``opening``
+    (each at most ``OPENING_FRAME`` bytes); what it read past them is framed with the
+    link's own limit once the link runs."""
 
     def __init__(self) -> None:
         self.reader = FrameReader()
         self.pending: deque[Frame] = deque()
+        self.opening = bytearray()
 
 
 async def _next(stream: trio.SocketStream, inbound: _Inbound) -> Frame:
-    while not inbound.pending:
-        data = await stream.receive_some(65536)
+    """The next frame of the opening: refused (``FrameError``) as soon as its header
+    says it is longer than ``OPENING_FRAME``, so a connection that has proved nothing
+    is never buffered beyond that."""
+    buffer = inbound.opening
+    while True:
+        if len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            if size > OPENING_FRAME:
+                raise FrameError(f"opening frame of {size} bytes is over {OPENING_FRAME}",
+                                 "too_large")
+            end = HEADER.size + size
+            if len(buffer) >= end:
+                [frame] = FrameReader(OPENING_FRAME).feed(bytes(buffer[:end]))
+                del buffer[:end]
+                return frame
+        data = await stream.receive_some(OPENING_FRAME)
         if not data:
             raise trio.BrokenResourceError("peer closed during the opening")
-        inbound.pending.extend(inbound.reader.feed(data))
-    return inbound.pending.popleft()
+        buffer += data

@@ -96,7 +96,7 @@ def parse_item(item: object) -> tuple[str, str, float | None, str | None]:
     user, body, ttl, sender = item
     check_user(user)
     if not isinstance(body, str):
-        raise ValueError("store needs a body")
+        raise ValueError("store needs a user and a body")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
                             or not 0 < ttl < math.inf):  # NaN fails too
         raise ValueError("ttl must be a finite number of seconds above 0")
