@@ -71,6 +71,7 @@ class _Group:
         self.items: list[Stored] = []
         self.replies: list[Reply] = []  # one per item
         self.confirmed: set[str] = set()  # nodes that have the whole group on disk
+        self.failure = ""  # why this node's disk did not take it, if it did not
 
 
 class Delivery:
@@ -202,7 +203,9 @@ class Delivery:
         stored_on = len(group.confirmed)
         if stored_on < needed:
             self.mailboxes.counters["under_replicated"] += len(group.items)
-            error = Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged")
+            why = f" ({self.me}: {group.failure})" if group.failure else ""
+            error = Unavailable(f"stored on {stored_on} of {needed} nodes; not acknowledged"
+                                f"{why}")
             for reply in group.replies:
                 reply(error)
             return
@@ -301,6 +304,7 @@ class Delivery:
             await self.store.write(group.items)
         except Exception as exc:  # not durable here: the senders are not acknowledged
             logger.debug("store_failed messages=%d error=%r", len(group.items), str(exc))
+            group.failure = str(exc)[:200]
         else:
             confirmed.append(self.me)
         if copying:

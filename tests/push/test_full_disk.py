@@ -75,6 +75,10 @@ async def test_messages_refused_for_a_full_disk_are_never_delivered(failing: str
         broken = owner if failing == "owner" else replica
         with full(broken.delivery.store):
             refused = await send_all(replica, "dora", 20, "refused")
+            if failing == "owner":  # the sender is told why
+                status, answer = await http(replica.api_address, "POST", "/v1/send",
+                                            {"to": "dora", "body": "y" * 5000, "qos": 1})
+                assert status == 503 and "database or disk is full" in answer["error"]
         assert refused == [503] * 20
         assert await send_all(replica, "dora", 1, "kept") == [202]
         with trio.fail_after(5):
