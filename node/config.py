@@ -71,6 +71,11 @@ def parse_weight(text: str | None) -> float:
     return weight
 
 
+def is_node_name(name: object) -> bool:
+    """Whether ``name`` can be a node's name (``Config.name``'s rule)."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -31,6 +31,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from .config import is_node_name
 from .frames import FrameError, pack, unpack_message, unpacker
 
 PEER_PROTOCOL = 1
@@ -139,8 +140,8 @@ def parse_hello(frame: dict[str, Any]) -> tuple[str, bytes, frozenset[str]]:
     if frame.get("t") != "hello" or type(version) is not int or version != PEER_PROTOCOL:
         raise FrameError("expected a peer hello of protocol 1")
     node, nonce = frame.get("node"), frame.get("nonce")
-    if not isinstance(node, str) or not node:
-        raise FrameError("peer hello without a node name")
+    if not is_node_name(node):  # it goes into every log line of the link
+        raise FrameError("peer hello without a node name (1-128 of letters, digits, '_.:-')")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
         raise FrameError("peer hello without a 16-byte nonce")
     features = frame.get("features")

@@ -15,7 +15,9 @@ import pytest
 
 from node.client_proto import ClientConnection, Hello, Violation
 from node.config import Config
+from node.frames import FrameError
 from node.mailbox import Stored
+from node.peer_proto import parse_hello
 from node.ring import HashRing
 from node.routing import Router
 from node.store_requests import parse_item
@@ -122,3 +124,10 @@ def test_the_command_line_refuses_a_blank_api_key_in_one_line_with_exit_2() -> N
     result = grapevine("node", "--name", "n", "--api", "0.0.0.0:0", "--api-key", "   ")
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--api-key" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a b", "x" * 129, "a\u2028", "-a", 5, None])
+def test_a_peer_hello_with_a_node_name_no_node_could_have_is_refused(name: object) -> None:
+    with pytest.raises(FrameError, match="node name"):
+        parse_hello({"t": "hello", "v": 1, "node": name, "nonce": b"n" * 16})
+    assert parse_hello({"t": "hello", "v": 1, "node": "node-2.eu:1", "nonce": b"n" * 16})
