@@ -113,7 +113,8 @@ async def test_a_trickled_body_is_cut_off_with_408(quick: None) -> None:
 
 
 async def test_requests_beyond_the_cap_are_refused_at_once_and_served_after(
-        quick: None) -> None:
+        quick: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT", 60.0, raising=False)  # the four wait
     async with client_node() as node:
         api = node.api_address
         head = request(b"POST", b"/v1/send", [(b"Content-Length", b"100")], b"{")
