@@ -141,15 +141,16 @@ class Swim:
         """A reader for one incoming TCP stream (label and keyring as ours)."""
         return StreamReader(self.envelope)
 
-    def receive_packet(self, now: float, src: Address, data: bytes) -> None:
-        """One UDP datagram. Bad bytes are counted and dropped, never raised."""
+    def receive_packet(self, now: float, src: Address, data: bytes) -> str | None:
+        """One UDP datagram. Bad bytes are counted and dropped, never raised; returns why
+        the whole datagram was dropped (``key``, ``label``, ...), or None."""
         self.count("packets_received")
         self.count("bytes_received", len(data))
         try:
             decoded = decode_packet(data, self.envelope)
         except DecodeError as exc:
             self.count(f"dropped_{exc.reason}")
-            return
+            return exc.reason
         if decoded.dropped:
             self.count(f"dropped_{decoded.reason}", decoded.dropped)
         for message in decoded.messages:
@@ -157,6 +158,7 @@ class Swim:
                 self._dispatch(now, src, message)
             except (DecodeError, ValueError):
                 self.count("dropped_malformed")
+        return None
 
     def receive_stream(self, now: float, src: Address, message: StreamMessage) -> bytes | None:
         """A complete request read from an incoming stream; returns the framed reply."""
