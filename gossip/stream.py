@@ -111,12 +111,15 @@ class StreamReader:
         self._aad = b""
         self._body: _Body | None = None
         self._done = False
-        #: bytes decompression produced (the shell charges them as it does received bytes)
-        self.inflated = 0
 
     @property
     def received(self) -> int:
         return self._received
+
+    @property
+    def inflated(self) -> int:
+        """Bytes decompression produced (the shell charges them as received bytes)."""
+        return self._body.inflated if self._body is not None else 0
 
     def feed(self, data: bytes) -> StreamMessage | None:
         if self._done:
@@ -189,18 +192,12 @@ class StreamReader:
         return bytes(head[at:])
 
     def _new_body(self, size: int, complete: bool) -> _Body:
-        self._body = _Body(self, size, complete)
+        self._body = _Body(self._limits, size, complete)
         return self._body
-
-    def _inflate(self, raw: object) -> bytes:
-        """A compress message's bytes, at most what the stream may still carry."""
-        room = self._max_size - self.inflated
-        plain = decompress_map(raw, room)
-        self.inflated += len(plain)
-        return plain
 
 
 _TYPE, _OBJECT, _HEADER, _STATES, _RAW = range(5)
+_FIRST_BUFFER = 4096
 
 
 class _Body:
@@ -210,12 +207,19 @@ class _Body:
     taken once, when its last byte is in. ``complete``: all bytes are in the first feed
     (a decrypted frame or a decompressed body), so running short is an error."""
 
-    def __init__(self, reader: StreamReader, size: int, complete: bool, inflated: bool = False):
-        self._reader = reader
+    def __init__(
+        self, limits: StreamLimits, size: int, complete: bool, may_inflate: bool = True
+    ) -> None:
+        self._limits = limits
         self._complete = complete
-        self._inflated = inflated
+        self._may_inflate = may_inflate
+        #: bytes its compress message inflated to (one at most, within the stream's limit)
+        self.inflated = 0
+        # the buffer starts small and doubles as bytes come (msgpack would take up to
+        # 1 MiB at once); it never holds more than ``size``
         self._unpacker = msgpack.Unpacker(
-            raw=True, strict_map_key=True, use_list=False, max_buffer_size=max(size, 1)
+            raw=True, strict_map_key=True, use_list=False, max_buffer_size=max(size, 1),
+            read_size=min(max(size, 1), _FIRST_BUFFER),
         )
         self._stage = _TYPE
         self._type = 0
@@ -293,7 +297,7 @@ class _Body:
     def _begin(self, msg_type: int) -> None:
         self._type = msg_type
         if msg_type == MessageType.COMPRESS:
-            if self._inflated:
+            if not self._may_inflate:
                 raise DecodeError("compressed stream inside a compressed stream")
             self._stage = _OBJECT
         elif msg_type in (MessageType.PUSH_PULL, MessageType.USER):
@@ -305,7 +309,7 @@ class _Body:
             self._stage = _OBJECT
 
     def _header(self, raw: object) -> None:
-        limits = self._reader._limits
+        limits = self._limits
         end = self._unpacker.tell()
         if self._type == MessageType.USER:
             user = from_map(UserMsgHeader, raw)
@@ -330,8 +334,9 @@ class _Body:
         self._stage = _STATES
 
     def _decompressed(self, raw: object) -> StreamMessage:
-        plain = self._reader._inflate(raw)
-        inner = _Body(self._reader, len(plain), complete=True, inflated=True)
+        plain = decompress_map(raw, self._limits.max_bytes)
+        self.inflated = len(plain)
+        inner = _Body(self._limits, len(plain), complete=True, may_inflate=False)
         message = inner.feed(plain)
         assert message is not None
         return message
