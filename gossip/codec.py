@@ -38,15 +38,15 @@ MAX_STREAM_SIZE = 20 * 1024 * 1024
 #: Largest output of one decompression (memberlist HEAD: 40 MiB); a stream reader asks
 #: for less: what the stream may carry (:mod:`gossip.stream`).
 MAX_DECOMPRESSED = 40 * 1024 * 1024
-#: Budget of one datagram over all its compress layers and parts: bytes the LZW decoder
-#: may produce in total, and how many compress messages it may open. An honest peer
-#: compresses the whole packet once (memberlist ``rawSendMsgPacket``; our
-#: :func:`encode_packet`), and what it compresses is at most its UDP buffer: 1,400 bytes
-#: by default (memberlist and us), under 9,000 on jumbo frames; serf's largest user
-#: event is 9 KiB. The decoder costs about half a microsecond per LZW code and a code
-#: yields at least one byte, so this also bounds the CPU a datagram can cost.
-MAX_PACKET_INFLATE = 9 * 1024
-MAX_PACKET_COMPRESSIONS = 1
+#: What one datagram may inflate to (``Envelope.max_inflate``, at least this). An honest
+#: peer compresses the whole packet once, outermost (memberlist ``rawSendMsgPacket``; our
+#: :func:`encode_packet`), so a compress message is opened only there, never inside a
+#: compound or another compress; and what it compresses is at most its UDP buffer
+#: (``UDPBufferSize``: 1,400 bytes by default in memberlist, serf and us). A cluster on
+#: jumbo frames raises ``udp_buffer_size`` and the budget follows it. The decoder costs
+#: about half a microsecond per LZW code and a code yields at least a byte, so this
+#: also bounds the CPU a datagram can cost.
+MAX_PACKET_INFLATE = 2048
 #: Largest push-pull memberlist v0.6.0 accepts.
 MAX_PUSH_PULL_NODES = 1_048_576
 #: Compound and compress may nest; deeper than this is an attack, not a peer.
@@ -292,6 +292,9 @@ class Envelope:
     verify_outgoing: bool = True
     #: LZW-compress what we send when that makes it smaller (memberlist EnableCompression)
     compress: bool = False
+    #: bytes one datagram may inflate to, over all its parts (see MAX_PACKET_INFLATE); we
+    #: send a packet larger than that uncompressed
+    max_inflate: int = MAX_PACKET_INFLATE
 
     def maybe_compress(self, payload: bytes, limit: int = MAX_DECOMPRESSED) -> bytes:
         """``payload`` as a ``compress`` message if compression is on and it saves bytes
@@ -321,7 +324,7 @@ def encode_packet(parts: Sequence[bytes], envelope: Envelope, crc: bool = False)
     """Wrap encoded messages into one datagram: compound if several, then compression,
     CRC, seal, label (memberlist's rawSendMsgPacket order)."""
     payload = envelope.maybe_compress(
-        parts[0] if len(parts) == 1 else make_compound(parts), MAX_PACKET_INFLATE
+        parts[0] if len(parts) == 1 else make_compound(parts), envelope.max_inflate
     )
     if crc:
         payload = add_crc(payload)
@@ -346,26 +349,19 @@ def decode_packet(data: bytes, envelope: Envelope) -> DecodedPacket:
         if zlib.crc32(data) != expected:
             raise DecodeError("CRC mismatch", "crc")
     messages: list[Message] = []
-    dropped, reason = _collect(data, messages, 0, _InflateBudget())
+    dropped, reason = _collect(data, messages, 0, envelope.max_inflate)
     if not messages and dropped:
         raise DecodeError(f"no valid message in packet ({reason})", reason)
     return DecodedPacket(tuple(messages), dropped, reason)
 
 
-class _InflateBudget:
-    """What is left of one datagram's decompression budget (see MAX_PACKET_INFLATE)."""
-
-    __slots__ = ("bytes", "opens")
-
-    def __init__(self) -> None:
-        self.bytes = MAX_PACKET_INFLATE
-        self.opens = MAX_PACKET_COMPRESSIONS
-
-
 def _collect(
-    data: bytes, out: list[Message], depth: int, budget: _InflateBudget
+    data: bytes, out: list[Message], depth: int, max_inflate: int
 ) -> tuple[int, str]:
-    """Append the messages in ``data`` to ``out``; return (dropped parts, first reason)."""
+    """Append the messages in ``data`` to ``out``; return (dropped parts, first reason).
+
+    ``max_inflate`` is what the datagram may still inflate to: only its outermost layer
+    may be a compress message (see MAX_PACKET_INFLATE), so one decompression at most."""
     if depth > MAX_NESTING:
         return 1, "nesting"
     if not data:
@@ -376,17 +372,14 @@ def _collect(
             parts, truncated = split_compound(data[1:])
             dropped, reason = truncated, ("truncated" if truncated else "")
             for part in parts:
-                part_dropped, part_reason = _collect(part, out, depth + 1, budget)
+                part_dropped, part_reason = _collect(part, out, depth + 1, 0)
                 dropped += part_dropped
                 reason = reason or part_reason
             return dropped, reason
         if msg_type == MessageType.COMPRESS:
-            if budget.opens <= 0 or budget.bytes <= 0:
-                return 1, "oversized"  # refused before any work: the budget is spent
-            budget.opens -= 1
-            inner = decompress_payload(data[1:], budget.bytes)
-            budget.bytes -= len(inner)
-            return _collect(inner, out, depth + 1, budget)
+            if depth > 0:
+                return 1, "nesting"  # refused before any work: no honest peer nests it
+            return _collect(decompress_payload(data[1:], max_inflate), out, depth + 1, 0)
         out.append(decode_message(data))
         return 0, ""
     except DecodeError as exc:

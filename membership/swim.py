@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from gossip.codec import (
-    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, decode_packet, encode,
-    encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, MAX_PACKET_INFLATE, Envelope,
+    decode_packet, encode, encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
 )
 from gossip.stream import StreamMessage, StreamReader, encode_stream
 
@@ -95,6 +95,7 @@ class Swim:
         self.envelope = Envelope(
             keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing,
             compress=config.enable_compression,
+            max_inflate=max(MAX_PACKET_INFLATE, config.udp_buffer_size),
         )
         self._meta = encode_tags(dict(config.tags))
         self.source_fields = (ip_to_bytes(address[0]), address[1], config.name)

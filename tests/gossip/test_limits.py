@@ -51,19 +51,23 @@ def test_a_datagram_of_many_compressed_parts_is_refused_before_the_work(monkeypa
     inflation = _Inflation(monkeypatch)
     swim = Swim(Config.lan("n0"), ("10.0.0.1", 7946), None, random.Random(0), 0.0)
     swim.receive_packet(1.0, ("10.0.0.9", 7946), _bomb_datagram())
-    # one compress layer is opened, with the datagram's whole budget, and no more
-    assert len(inflation.allowed) <= codec.MAX_PACKET_COMPRESSIONS
-    assert inflation.willing <= codec.MAX_PACKET_INFLATE
-    assert swim.statistics().counters["dropped_oversized"] == 1
+    # a compress part inside a compound is never opened (no honest peer sends one)
+    assert inflation.willing == 0
+    assert swim.statistics().counters["dropped_nesting"] == 1
     assert swim.statistics().counters["packets_received"] == 1
 
 
-def test_nested_compression_shares_one_budget(monkeypatch) -> None:
+def test_only_the_outermost_layer_is_inflated_within_the_budget(monkeypatch) -> None:
     inflation = _Inflation(monkeypatch)
-    inner = codec.compress_message(make_compound([codec.compress_message(b"\x00" * 60000)] * 3))
-    with pytest.raises(DecodeError):
-        decode_packet(inner, Envelope())
-    assert inflation.willing <= codec.MAX_PACKET_INFLATE
+    nested = codec.compress_message(make_compound([codec.compress_message(b"\x00" * 600)] * 3))
+    with pytest.raises(DecodeError) as info:
+        decode_packet(nested, Envelope())
+    assert info.value.reason == "nesting"
+    assert inflation.allowed == [codec.MAX_PACKET_INFLATE]
+    with pytest.raises(DecodeError) as info:
+        decode_packet(codec.compress_message(b"\x00" * 60000), Envelope())
+    assert info.value.reason == "oversized"
+    assert inflation.willing <= 2 * codec.MAX_PACKET_INFLATE
 
 
 def test_the_lzw_decoder_stops_before_its_limit() -> None:
@@ -86,6 +90,14 @@ def test_honest_compressed_datagrams_still_decode() -> None:
     big = codec.encode_packet(many[:255], envelope)
     assert big[0] != codec.MessageType.COMPRESS
     assert len(decode_packet(big, Envelope()).messages) == 240
+    # a cluster on jumbo frames raises udp_buffer_size: the budget follows it
+    jumbo = codec.compress_message(make_compound(many[:120]))
+    assert len(make_compound(many[:120])) > codec.MAX_PACKET_INFLATE
+    with pytest.raises(DecodeError):
+        decode_packet(jumbo, Envelope())
+    swim = Swim(Config.lan("n0", udp_buffer_size=8900), ("10.0.0.1", 7946), None,
+                random.Random(0), 0.0)
+    assert len(decode_packet(jumbo, swim.envelope).messages) == 120
 
 
 # ---- streams ------------------------------------------------------------------------
