@@ -173,10 +173,12 @@ class Refusals:
         self._suppressed: Counter[tuple[str, str]] = Counter()
 
     def note(self, event: str, reason: str, peer: Address, *, counter: str = "",
-             detail: str = "") -> None:
+             detail: str = "", log: bool = True) -> None:
         """Count ``counter_reason`` (if ``counter``) and log ``event`` once an interval."""
         if counter:
             self._counters[f"{counter}_{reason}"] += 1
+        if not log:
+            return
         key = (event, reason)
         now = trio.current_time()
         last = self._last.get(key)
@@ -371,8 +373,9 @@ def _stream_handler(
             try:
                 message = await _read_message(stream, reader, hold)
             except DecodeError as exc:
+                # a connection closed before its first byte (a port check) is only counted
                 refusals.note("stream_refused", exc.reason, src, counter="streams_refused",
-                              detail=f"bytes={reader.received}")
+                              detail=f"bytes={reader.received}", log=reader.received > 0)
                 if exc.reason not in ("busy", "memory"):
                     reply = encode_stream(encode(Err(str(exc))), swim.envelope)
                     await _send_quietly(stream, reply)
