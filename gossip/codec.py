@@ -35,8 +35,18 @@ from .wire import (
 
 #: Largest stream we accept or send (memberlist HEAD caps user state at 20 MiB).
 MAX_STREAM_SIZE = 20 * 1024 * 1024
-#: Largest output of one decompression (memberlist HEAD: 40 MiB).
+#: Largest output of one decompression (memberlist HEAD: 40 MiB); a stream reader asks
+#: for less: what the stream may carry (:mod:`gossip.stream`).
 MAX_DECOMPRESSED = 40 * 1024 * 1024
+#: What one datagram may inflate to (``Envelope.max_inflate``, at least this). An honest
+#: peer compresses the whole packet once, outermost (memberlist ``rawSendMsgPacket``; our
+#: :func:`encode_packet`), so a compress message is opened only there, never inside a
+#: compound or another compress; and what it compresses is at most its UDP buffer
+#: (``UDPBufferSize``: 1,400 bytes by default in memberlist, serf and us). A cluster on
+#: jumbo frames raises ``udp_buffer_size`` and the budget follows it. The decoder costs
+#: about half a microsecond per LZW code and a code yields at least a byte, so this
+#: also bounds the CPU a datagram can cost.
+MAX_PACKET_INFLATE = 2048
 #: Largest push-pull memberlist v0.6.0 accepts.
 MAX_PUSH_PULL_NODES = 1_048_576
 #: Compound and compress may nest; deeper than this is an attack, not a peer.
@@ -282,10 +292,14 @@ class Envelope:
     verify_outgoing: bool = True
     #: LZW-compress what we send when that makes it smaller (memberlist EnableCompression)
     compress: bool = False
+    #: bytes one datagram may inflate to, over all its parts (see MAX_PACKET_INFLATE); we
+    #: send a packet larger than that uncompressed
+    max_inflate: int = MAX_PACKET_INFLATE
 
-    def maybe_compress(self, payload: bytes) -> bytes:
-        """``payload`` as a ``compress`` message if compression is on and it saves bytes."""
-        if not self.compress or len(payload) < COMPRESS_MIN:
+    def maybe_compress(self, payload: bytes, limit: int = MAX_DECOMPRESSED) -> bytes:
+        """``payload`` as a ``compress`` message if compression is on and it saves bytes
+        (never when it is larger than ``limit``: a receiver would refuse to inflate it)."""
+        if not self.compress or not COMPRESS_MIN <= len(payload) <= limit:
             return payload
         compressed = compress_message(payload)
         return compressed if len(compressed) < len(payload) else payload
@@ -309,7 +323,9 @@ class DecodedPacket:
 def encode_packet(parts: Sequence[bytes], envelope: Envelope, crc: bool = False) -> bytes:
     """Wrap encoded messages into one datagram: compound if several, then compression,
     CRC, seal, label (memberlist's rawSendMsgPacket order)."""
-    payload = envelope.maybe_compress(parts[0] if len(parts) == 1 else make_compound(parts))
+    payload = envelope.maybe_compress(
+        parts[0] if len(parts) == 1 else make_compound(parts), envelope.max_inflate
+    )
     if crc:
         payload = add_crc(payload)
     label = label_header(envelope.label)
@@ -333,14 +349,19 @@ def decode_packet(data: bytes, envelope: Envelope) -> DecodedPacket:
         if zlib.crc32(data) != expected:
             raise DecodeError("CRC mismatch", "crc")
     messages: list[Message] = []
-    dropped, reason = _collect(data, messages, 0)
+    dropped, reason = _collect(data, messages, 0, envelope.max_inflate)
     if not messages and dropped:
         raise DecodeError(f"no valid message in packet ({reason})", reason)
     return DecodedPacket(tuple(messages), dropped, reason)
 
 
-def _collect(data: bytes, out: list[Message], depth: int) -> tuple[int, str]:
-    """Append the messages in ``data`` to ``out``; return (dropped parts, first reason)."""
+def _collect(
+    data: bytes, out: list[Message], depth: int, max_inflate: int
+) -> tuple[int, str]:
+    """Append the messages in ``data`` to ``out``; return (dropped parts, first reason).
+
+    ``max_inflate`` is what the datagram may still inflate to: only its outermost layer
+    may be a compress message (see MAX_PACKET_INFLATE), so one decompression at most."""
     if depth > MAX_NESTING:
         return 1, "nesting"
     if not data:
@@ -351,38 +372,18 @@ def _collect(data: bytes, out: list[Message], depth: int) -> tuple[int, str]:
             parts, truncated = split_compound(data[1:])
             dropped, reason = truncated, ("truncated" if truncated else "")
             for part in parts:
-                part_dropped, part_reason = _collect(part, out, depth + 1)
+                part_dropped, part_reason = _collect(part, out, depth + 1, 0)
                 dropped += part_dropped
                 reason = reason or part_reason
             return dropped, reason
         if msg_type == MessageType.COMPRESS:
-            return _collect(decompress_payload(data[1:], 64 * 1024 * 8), out, depth + 1)
+            if depth > 0:
+                return 1, "nesting"  # refused before any work: no honest peer nests it
+            return _collect(decompress_payload(data[1:], max_inflate), out, depth + 1, 0)
         out.append(decode_message(data))
         return 0, ""
     except DecodeError as exc:
         return 1, exc.reason
-
-
-def unpack_prefix(data: bytes, count: int) -> tuple[list[object], int]:
-    """Unpack ``count`` msgpack objects from the front of ``data``; return them and the
-    bytes used. Raises :class:`NeedData` if they are not all there yet."""
-    unpacker = msgpack.Unpacker(
-        raw=True, strict_map_key=True, use_list=False, max_buffer_size=MAX_STREAM_SIZE
-    )
-    unpacker.feed(data)
-    objects: list[object] = []
-    try:
-        for _ in range(count):
-            objects.append(unpacker.unpack())
-    except msgpack.OutOfData:
-        raise NeedData from None
-    except Exception as exc:
-        raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
-    return objects, unpacker.tell()
-
-
-class NeedData(Exception):
-    """More bytes are needed before a stream message is complete (not an error)."""
 
 
 # ---- node metadata ------------------------------------------------------------------

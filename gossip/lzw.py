@@ -16,12 +16,17 @@ _CLEAR = 256
 _EOF = 257
 _MAX_WIDTH = 12
 _MAX_CODE = (1 << _MAX_WIDTH) - 1
+_LITERALS = (*(bytes((i,)) for i in range(256)), b"", b"")
 
 
 def decompress(data: bytes, max_output: int) -> bytes:
-    """Decode Go LZW bytes; raise :class:`DecodeError` on bad input or past ``max_output``."""
+    """Decode Go LZW bytes; raise :class:`DecodeError` on bad input or past ``max_output``.
+
+    ``max_output`` is checked before each code's bytes are appended, so the decoder never
+    holds more than that and stops at the first code that would pass it: its work is
+    bounded by ``max_output`` whatever the input claims."""
     out = bytearray()
-    table: list[bytes] = [bytes((i,)) for i in range(256)] + [b"", b""]
+    table: list[bytes] = list(_LITERALS)
     width = 9
     hi = _EOF  # the code the next table entry will get, minus one until a code is read
     prev: bytes | None = None
@@ -53,9 +58,9 @@ def decompress(data: bytes, max_output: int) -> bytes:
             entry = prev + prev[:1]
         else:
             raise DecodeError(f"lzw: code {code} is past the table ({hi})")
-        out += entry
-        if len(out) > max_output:
+        if len(out) + len(entry) > max_output:
             raise DecodeError(f"lzw: output larger than {max_output} bytes", "oversized")
+        out += entry
         if prev is not None:
             table.append(prev + entry[:1])
         prev = entry

@@ -5,15 +5,25 @@ prefix, an optional encryption frame (``0A`` + u32 length), an optional compress
 message, then the message itself. :class:`StreamReader` is a sans-IO reader: feed it
 bytes as they arrive and it answers with the message once the last byte is in, without
 waiting for the peer to close (memberlist peers never half-close).
+
+The reader is incremental: each byte is looked at once (a msgpack object cut by a read
+is resumed, not parsed again from the stream's start), so its CPU is linear in the
+bytes received however slowly they come. What it may hold is bounded before it is
+read: :class:`StreamLimits` (bytes and node states, sized from the cluster), then
+what the stream's own headers declare (an encrypted frame's length; a push-pull's node
+count and user state length), and one decompression, at most the stream's byte limit.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+
+import msgpack
 
 from .codec import (
-    ENCRYPTION_OVERHEAD, MAX_PUSH_PULL_NODES, MAX_STREAM_SIZE, Envelope, NeedData,
-    decompress_map, decompress_payload, encode_body, from_map, label_header, unpack_prefix,
+    ENCRYPTION_OVERHEAD, MAX_PUSH_PULL_NODES, MAX_STREAM_SIZE, Envelope, decompress_map,
+    encode_body, from_map, label_header,
 )
 from .errors import DecodeError
 from .wire import (
@@ -39,7 +49,7 @@ def encode_user_stream(payload: bytes) -> bytes:
 def encode_stream(message: bytes, envelope: Envelope) -> bytes:
     """Frame one stream message: compressed if that helps, label prefix, then the
     encryption frame if keyed (memberlist's sendLocalState order)."""
-    message = envelope.maybe_compress(message)
+    message = envelope.maybe_compress(message, MAX_STREAM_SIZE)
     label = label_header(envelope.label)
     if envelope.keyring is None:
         return label + message
@@ -49,112 +59,289 @@ def encode_stream(message: bytes, envelope: Envelope) -> bytes:
     return label + header + envelope.keyring.seal(message, header + envelope.label.encode())
 
 
+#: Largest encoded push-pull node state we read: memberlist's 512-byte meta, a long
+#: node name (hostnames stop at 253), a 16-byte address and Go's field names fit.
+MAX_NODE_STATE = 1024
+#: Node states any push-pull may carry, whatever the cluster: a small cluster can still
+#: merge with a larger one, whose push-pull lists all its members.
+MIN_STREAM_NODES = 4096
+#: Bytes a stream may carry per node it may list: its state, and serf's share of the
+#: user state (a status time per member, left members).
+STREAM_BYTES_PER_NODE = MAX_NODE_STATE + 512
+#: Bytes a stream may carry beyond that: serf's user state (its 512-slot event buffer).
+STREAM_BYTES_BASE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What one stream may carry: bytes received (and inflated) and node states."""
+
+    max_bytes: int = MAX_STREAM_SIZE
+    max_nodes: int = MAX_PUSH_PULL_NODES
+
+    @classmethod
+    def for_cluster(cls, members: int) -> StreamLimits:
+        """Limits for a stream to a node that knows ``members``: twice the cluster, at
+        least :data:`MIN_STREAM_NODES` nodes, never above memberlist's own limits."""
+        nodes = min(MAX_PUSH_PULL_NODES, max(MIN_STREAM_NODES, 2 * members))
+        size = min(MAX_STREAM_SIZE, STREAM_BYTES_BASE + nodes * STREAM_BYTES_PER_NODE)
+        return cls(size, nodes)
+
+
 class StreamReader:
     """Sans-IO reader of one stream message: ``feed(data)`` until it returns a message.
 
     Raises :class:`DecodeError` as soon as the bytes cannot be a valid message, and
-    when more than :data:`MAX_STREAM_SIZE` bytes arrive without completing one.
+    when more bytes arrive (or a header declares more) than the limits allow.
     """
 
-    def __init__(self, envelope: Envelope, max_size: int = MAX_STREAM_SIZE) -> None:
+    def __init__(
+        self, envelope: Envelope, max_size: int = MAX_STREAM_SIZE,
+        limits: StreamLimits | None = None,
+    ) -> None:
         self._envelope = envelope
-        self._max_size = max_size
-        self._buffer = bytearray()
+        self._limits = limits or StreamLimits(max_size)
+        self._max_size = self._limits.max_bytes
+        self._label = envelope.label.encode()
+        self._received = 0
+        #: the label and encryption headers until they are whole
+        self._head: bytearray | None = bytearray()
+        self._frame: bytearray | None = None
+        self._frame_length = 0
+        self._aad = b""
+        self._body: _Body | None = None
         self._done = False
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def inflated(self) -> int:
+        """Bytes decompression produced (the shell charges them as received bytes)."""
+        return self._body.inflated if self._body is not None else 0
 
     def feed(self, data: bytes) -> StreamMessage | None:
         if self._done:
             raise DecodeError("data after the stream's message")
-        self._buffer += data
-        if len(self._buffer) > self._max_size:
+        self._received += len(data)
+        if self._received > self._max_size:
             raise DecodeError(f"stream larger than {self._max_size} bytes", "oversized")
-        try:
-            message = self._parse(bytes(self._buffer))
-        except NeedData:
-            return None
-        self._done = True
+        if self._head is not None:
+            self._head += data
+            rest = self._start(self._head)
+            if rest is None:
+                return None
+            self._head = None
+            data = rest
+        if self._frame is not None:
+            self._frame += data[: self._frame_length - len(self._frame)]
+            if len(self._frame) < self._frame_length:
+                return None
+            keyring = self._envelope.keyring
+            assert keyring is not None
+            plain = keyring.open(bytes(self._frame), self._aad)
+            self._frame = None
+            body = self._new_body(len(plain), complete=True)
+            message = body.feed(plain)
+        else:
+            assert self._body is not None
+            message = self._body.feed(data)
+        if message is not None:
+            self._done = True
         return message
 
     def eof(self) -> None:
         """The peer closed before a whole message arrived."""
         if not self._done:
-            raise DecodeError(f"stream closed after {len(self._buffer)} bytes", "truncated")
+            raise DecodeError(f"stream closed after {self._received} bytes", "truncated")
 
-    def _parse(self, data: bytes) -> StreamMessage:
-        label = self._envelope.label.encode()
-        if not data:
-            raise NeedData
-        if data[0] == MessageType.HAS_LABEL:
-            if len(data) < 2 or len(data) < 2 + data[1]:
-                raise NeedData
-            if data[2 : 2 + data[1]] != label:
+    def _start(self, head: bytearray) -> bytes | None:
+        """Read the label and encryption headers; the bytes after them, or None."""
+        if not head:
+            return None
+        at = 0
+        if head[0] == MessageType.HAS_LABEL:
+            if len(head) < 2 or len(head) < 2 + head[1]:
+                return None
+            if head[1] == 0 or head[2 : 2 + head[1]] != self._label:
                 raise DecodeError("stream label does not match ours", "label")
-            data = data[2 + data[1] :]
-        elif label:
+            at = 2 + head[1]
+        elif self._label:
             raise DecodeError("stream has no label but ours is set", "label")
-        if not data:
-            raise NeedData
+        if len(head) <= at:
+            return None
         keyring = self._envelope.keyring
-        if data[0] == MessageType.ENCRYPT:
+        if head[at] == MessageType.ENCRYPT:
             if keyring is None:
                 raise DecodeError("encrypted stream but no keyring", "key")
-            if len(data) < 5:
-                raise NeedData
-            (length,) = struct.unpack_from(">I", data, 1)
-            if length > self._max_size:
+            if len(head) < at + 5:
+                return None
+            (length,) = struct.unpack_from(">I", head, at + 1)
+            if length > self._max_size - at - 5:
                 raise DecodeError(f"encrypted frame of {length} bytes", "oversized")
-            if len(data) < 5 + length:
-                raise NeedData
-            data = keyring.open(data[5 : 5 + length], data[:5] + label)
-            return _parse_complete(data)
+            if length < ENCRYPTION_OVERHEAD:
+                raise DecodeError(f"encrypted frame of {length} bytes", "key")
+            self._aad = bytes(head[at : at + 5]) + self._label
+            self._frame = bytearray()
+            self._frame_length = length
+            return bytes(head[at + 5 :])
         if keyring is not None and self._envelope.verify_incoming:
             raise DecodeError("stream is not encrypted but encryption is on", "key")
-        if data[0] == MessageType.COMPRESS:
-            (raw,), _used = unpack_prefix(data[1:], 1)
-            return _parse_complete(decompress_map(raw))
-        return _parse_message(data, complete=False)
+        self._new_body(self._max_size, complete=False)
+        return bytes(head[at:])
+
+    def _new_body(self, size: int, complete: bool) -> _Body:
+        self._body = _Body(self._limits, size, complete)
+        return self._body
 
 
-def _parse_complete(data: bytes) -> StreamMessage:
-    """A stream body that arrived whole (decrypted or decompressed)."""
-    if data and data[0] == MessageType.COMPRESS:
-        data = decompress_payload(data[1:])
-    try:
-        return _parse_message(data, complete=True)
-    except NeedData:
-        raise DecodeError("stream message truncated", "truncated") from None
+_TYPE, _OBJECT, _HEADER, _STATES, _RAW = range(5)
+_FIRST_BUFFER = 4096
 
 
-def _parse_message(data: bytes, complete: bool) -> StreamMessage:
-    if not data:
-        raise NeedData
-    msg_type = data[0]
-    body = data[1:]
-    if msg_type == MessageType.PUSH_PULL:
-        (raw_header,), used = unpack_prefix(body, 1)
-        header = from_map(PushPullHeader, raw_header)
-        if not 0 <= header.nodes <= MAX_PUSH_PULL_NODES:
+class _Body:
+    """The message itself (after label and encryption), parsed as its bytes arrive.
+
+    One persistent msgpack ``Unpacker`` holds what is not yet parsed; each object is
+    taken once, when its last byte is in. ``complete``: all bytes are in the first feed
+    (a decrypted frame or a decompressed body), so running short is an error."""
+
+    def __init__(
+        self, limits: StreamLimits, size: int, complete: bool, may_inflate: bool = True
+    ) -> None:
+        self._limits = limits
+        self._complete = complete
+        self._may_inflate = may_inflate
+        #: bytes its compress message inflated to (one at most, within the stream's limit)
+        self.inflated = 0
+        # the buffer starts small and doubles as bytes come (msgpack would take up to
+        # 1 MiB at once); it never holds more than ``size``
+        self._unpacker = msgpack.Unpacker(
+            raw=True, strict_map_key=True, use_list=False, max_buffer_size=max(size, 1),
+            read_size=min(max(size, 1), _FIRST_BUFFER),
+        )
+        self._stage = _TYPE
+        self._type = 0
+        self._fed = 0
+        #: the body may not be longer than this (its headers narrow it)
+        self._allowed = size
+        self._header_end = 0
+        self._nodes = 0
+        self._join = False
+        self._states: list[PushNodeState] = []
+        self._raw = bytearray()
+        self._raw_length = 0
+
+    def feed(self, data: bytes) -> StreamMessage | None:
+        self._fed += len(data)
+        if self._fed > self._allowed:
+            raise DecodeError(
+                f"stream body longer than the {self._allowed} bytes its header allows",
+                "oversized",
+            )
+        if data:
+            try:
+                self._unpacker.feed(data)
+            except msgpack.BufferFull:
+                raise DecodeError("stream body over its limit", "oversized") from None
+        message = self._advance()
+        if message is None and self._complete:
+            raise DecodeError("stream message truncated", "truncated")
+        return message
+
+    def _next(self) -> object:
+        """The next whole msgpack object; raises ``msgpack.OutOfData`` if not in yet."""
+        try:
+            return self._unpacker.unpack()
+        except msgpack.OutOfData:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
+
+    def _advance(self) -> StreamMessage | None:
+        try:
+            while True:
+                if self._stage == _TYPE:
+                    first = self._unpacker.read_bytes(1)
+                    if not first:
+                        return None
+                    self._begin(first[0])
+                elif self._stage == _OBJECT:
+                    raw = self._next()
+                    if self._type == MessageType.COMPRESS:
+                        return self._decompressed(raw)
+                    cls = CLASS_OF[self._type]
+                    return from_map(cls, raw)  # type: ignore[no-any-return]
+                elif self._stage == _HEADER:
+                    self._header(self._next())
+                elif self._stage == _STATES:
+                    if len(self._states) == self._nodes:
+                        self._stage = _RAW
+                        continue
+                    before = self._unpacker.tell()
+                    raw = self._next()
+                    if self._unpacker.tell() - before > MAX_NODE_STATE:
+                        raise DecodeError("push-pull node state too large", "oversized")
+                    self._states.append(from_map(PushNodeState, raw))
+                else:
+                    want = self._raw_length - len(self._raw)
+                    if want:
+                        self._raw += self._unpacker.read_bytes(want)
+                    if len(self._raw) < self._raw_length:
+                        return None
+                    return self._finish()
+        except msgpack.OutOfData:
+            return None
+
+    def _begin(self, msg_type: int) -> None:
+        self._type = msg_type
+        if msg_type == MessageType.COMPRESS:
+            if not self._may_inflate:
+                raise DecodeError("compressed stream inside a compressed stream")
+            self._stage = _OBJECT
+        elif msg_type in (MessageType.PUSH_PULL, MessageType.USER):
+            self._stage = _HEADER
+        else:
+            cls = CLASS_OF.get(msg_type)
+            if cls is None or cls is Compress or cls is User:
+                raise DecodeError(f"stream message type {msg_type} not supported", "unknown_type")
+            self._stage = _OBJECT
+
+    def _header(self, raw: object) -> None:
+        limits = self._limits
+        end = self._unpacker.tell()
+        if self._type == MessageType.USER:
+            user = from_map(UserMsgHeader, raw)
+            if not 0 <= user.user_msg_len <= self._allowed - end:
+                raise DecodeError(f"user message of {user.user_msg_len} bytes", "oversized")
+            self._raw_length = user.user_msg_len
+            self._allowed = end + user.user_msg_len
+            self._stage = _RAW
+            return
+        header = from_map(PushPullHeader, raw)
+        if not 0 <= header.nodes <= limits.max_nodes:
             raise DecodeError(f"push-pull with {header.nodes} nodes", "oversized")
-        if not 0 <= header.user_state_len <= MAX_STREAM_SIZE:
+        if not 0 <= header.user_state_len <= self._allowed - end:
             raise DecodeError(f"push-pull user state of {header.user_state_len} bytes", "oversized")
-        if header.nodes * 8 > MAX_STREAM_SIZE:
+        declared = end + header.nodes * MAX_NODE_STATE + header.user_state_len
+        if header.nodes * 8 > self._allowed - end:  # a node state takes 8 bytes at least
             raise DecodeError("push-pull node count exceeds the stream limit", "oversized")
-        raw_states, used_states = unpack_prefix(body[used:], header.nodes)
-        states = tuple(from_map(PushNodeState, raw) for raw in raw_states)
-        tail = body[used + used_states :]
-        if len(tail) < header.user_state_len:
-            raise NeedData
-        return PushPull(header.join, states, bytes(tail[: header.user_state_len]))
-    if msg_type == MessageType.USER:
-        (raw_header,), used = unpack_prefix(body, 1)
-        header = from_map(UserMsgHeader, raw_header)
-        if not 0 <= header.user_msg_len <= MAX_STREAM_SIZE:
-            raise DecodeError(f"user message of {header.user_msg_len} bytes", "oversized")
-        if len(body) - used < header.user_msg_len:
-            raise NeedData
-        return User(bytes(body[used : used + header.user_msg_len]))
-    cls = CLASS_OF.get(msg_type)
-    if cls is None or cls is Compress or cls is User:
-        raise DecodeError(f"stream message type {msg_type} not supported", "unknown_type")
-    (raw,), _used = unpack_prefix(body, 1)
-    return from_map(cls, raw)
+        self._allowed = min(self._allowed, declared)
+        self._nodes = header.nodes
+        self._join = header.join
+        self._raw_length = header.user_state_len
+        self._stage = _STATES
+
+    def _decompressed(self, raw: object) -> StreamMessage:
+        plain = decompress_map(raw, self._limits.max_bytes)
+        self.inflated = len(plain)
+        inner = _Body(self._limits, len(plain), complete=True, may_inflate=False)
+        message = inner.feed(plain)
+        assert message is not None
+        return message
+
+    def _finish(self) -> StreamMessage:
+        if self._type == MessageType.USER:
+            return User(bytes(self._raw))
+        return PushPull(self._join, tuple(self._states), bytes(self._raw))

@@ -11,6 +11,12 @@ one bounded memory channel, so there are no locks. Each step:
 
 When a deadline wakes the owner it yields once before ticking, so that datagrams that
 arrived while this process was stalled are read before any timeout is judged.
+
+Inbound TCP streams are bounded before they are read: at most
+:data:`MAX_INBOUND_STREAMS` at once, :data:`INBOUND_STREAM_BYTES` held by all of them
+together, ``tcp_timeout`` each, and per stream what the cluster could need
+(:meth:`StreamLimits.for_cluster`). Every refusal is counted (``streams_refused_*``,
+``stream_replies_refused_*``) and logged once a minute per cause.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from dataclasses import dataclass
 import trio
 
 from gossip.codec import encode
-from gossip.stream import encode_stream
 from gossip.errors import DecodeError
+from gossip.stream import StreamLimits, StreamReader, encode_stream
 from gossip.keyring import Keyring
 from gossip.transport import Transport, advertise_address, open_transport
 from gossip.wire import Err
 from node.config import Config
 
 from .member import Address, EventKind, Member, MemberEvent
+from .streams import StreamPurpose
 from .swim import SendPacket, SendStream, Swim, SwimStatistics
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,17 @@ INBOX_SIZE = 4096
 MAX_BATCH = 512
 MAX_STREAMS = 128
 READ_SIZE = 65536
+#: inbound streams served at once (memberlist refuses a push-pull past 128 pending); one
+#: more is closed as soon as it is accepted
+MAX_INBOUND_STREAMS = 32
+#: bytes all inbound streams may hold at once, received or inflated
+INBOUND_STREAM_BYTES = 64 * 1024 * 1024
+#: a refusal's cause is logged at most once per this many seconds
+REFUSAL_LOG_EVERY = 60.0
+_HINTS = {
+    "key": "no key of ours opens it: the peer's --encrypt key differs?",
+    "label": "the peer's --label differs?",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,7 @@ class Membership:
         self._inbox = inbox
         self.transport = transport
         self.counters: Counter[str] = Counter()
+        self.refusals = Refusals(self.counters)
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._changed = trio.Event()
 
@@ -141,6 +160,107 @@ class Membership:
                 self._subscribers.remove(subscriber)
 
 
+class Refusals:
+    """Counts what the node refuses and logs the first of each cause per interval.
+
+    A log line says the peer of the first refusal and how many were not logged since
+    the last line (``suppressed=``); config mismatches say what to check (``hint=``)."""
+
+    def __init__(self, counters: Counter[str], every: float = REFUSAL_LOG_EVERY) -> None:
+        self._counters = counters
+        self._every = every
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: Counter[tuple[str, str]] = Counter()
+
+    def note(self, event: str, reason: str, peer: Address, *, counter: str = "",
+             detail: str = "", log: bool = True) -> None:
+        """Count ``counter_reason`` (if ``counter``) and log ``event`` once an interval."""
+        if counter:
+            self._counters[f"{counter}_{reason}"] += 1
+        if not log:
+            return
+        key = (event, reason)
+        now = trio.current_time()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        hint = _HINTS.get(reason)
+        logger.warning(
+            "%s reason=%s peer=%s:%d suppressed=%d%s%s", event, reason, peer[0], peer[1],
+            self._suppressed.pop(key, 0), f" {detail}" if detail else "",
+            f' hint="{hint}"' if hint else "",
+        )
+
+
+class _Inbound:
+    """Inbound streams being served, and the bytes they hold."""
+
+    def __init__(self, max_streams: int, max_bytes: int) -> None:
+        self.max_streams = max_streams
+        self.max_bytes = max_bytes
+        self.active = 0
+        self.held = 0
+
+
+class _Hold:
+    """One stream's share of :class:`_Inbound`'s bytes; released when it ends."""
+
+    def __init__(self, inbound: _Inbound) -> None:
+        self._inbound = inbound
+        self.bytes = 0
+
+    def take(self, n: int) -> None:
+        if self._inbound.held + n > self._inbound.max_bytes:
+            raise DecodeError(
+                f"inbound streams hold {self._inbound.held} bytes already", "memory"
+            )
+        self._inbound.held += n
+        self.bytes += n
+
+    def release(self) -> None:
+        self._inbound.held -= self.bytes
+        self.bytes = 0
+
+
+class _JoinRound:
+    """Outcomes of the join streams under way: when all failed, says why once."""
+
+    def __init__(self, refusals: Refusals) -> None:
+        self.refusals = refusals
+        self._pending = 0
+        self._answered = False
+        self._failures: dict[Address, str] = {}
+
+    def started(self) -> None:
+        self._pending += 1
+
+    def finished(self, seed: Address, failure: str | None) -> None:
+        self._pending -= 1
+        if failure is None:
+            self._answered = True
+        else:
+            self._failures[seed] = failure
+        if self._pending > 0:
+            return
+        if not self._answered and self._failures:
+            reasons = sorted(set(self._failures.values()))
+            seeds = ",".join(f"{host}:{port}" for host, port in self._failures)
+            if reasons == ["key"]:
+                error = ("no seed's reply opens with our --encrypt key: "
+                         "the seed's key differs?")
+            else:
+                error = "no seed answered; retrying with backoff"
+            first = next(iter(self._failures))
+            self.refusals.note(
+                "join_failed", "+".join(reasons), first,
+                detail=f'seeds={seeds} error="{error}"',
+            )
+        self._answered = False
+        self._failures = {}
+
+
 async def resolve_all(addresses: Sequence[str]) -> tuple[list[Address], list[str]]:
     resolved: list[Address] = []
     failed: list[str] = []
@@ -181,6 +301,7 @@ async def serve_membership(
         swim = Swim(config, (host, port), keyring, rng or random.Random(), trio.current_time())
         send, receive = trio.open_memory_channel[_Input](INBOX_SIZE)
         membership = Membership(swim, send, transport)
+        inbound = _Inbound(MAX_INBOUND_STREAMS, INBOUND_STREAM_BYTES)
         logger.info(
             "gossip_listening bind=%s:%d advertise=%s:%d encrypted=%s profile=%s",
             transport.bound[0], transport.bound[1], host, port, keyring is not None,
@@ -189,7 +310,9 @@ async def serve_membership(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_packets, transport, send, membership)
             nursery.start_soon(
-                trio.serve_listeners, _stream_handler(swim, send, config), [transport.listener]
+                trio.serve_listeners,
+                _stream_handler(swim, send, config, inbound, membership.refusals),
+                [transport.listener],
             )
             nursery.start_soon(_run_owner, swim, receive, send, transport, membership)
             if config.join:
@@ -218,34 +341,55 @@ async def _read_packets(
 
 
 def _stream_handler(
-    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config
+    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config, inbound: _Inbound,
+    refusals: Refusals,
 ) -> Callable[[trio.SocketStream], object]:
     async def handle_stream(stream: trio.SocketStream) -> None:
         async with stream:
             try:
                 peer = stream.socket.getpeername()
-                await _serve_one(stream, (peer[0], peer[1]))
+            except OSError:
+                return  # the peer is already gone
+            src = (peer[0], peer[1])
+            if inbound.active >= inbound.max_streams:
+                refusals.note("stream_refused", "busy", src, counter="streams_refused",
+                              detail=f"streams={inbound.active}")
+                return
+            inbound.active += 1
+            hold = _Hold(inbound)
+            try:
+                await _serve_one(stream, src, hold)
             except OSError:
                 return  # the peer is already gone
             except Exception:  # the connection's boundary: never let one stop the node
                 logger.exception("stream_handler_failed")
+            finally:
+                inbound.active -= 1
+                hold.release()
 
-    async def _serve_one(stream: trio.SocketStream, src: Address) -> None:
-        with trio.move_on_after(config.tcp_timeout):
+    async def _serve_one(stream: trio.SocketStream, src: Address, hold: _Hold) -> None:
+        with trio.move_on_after(config.tcp_timeout) as deadline:
+            reader = StreamReader(swim.envelope, limits=StreamLimits.for_cluster(len(swim.table)))
             try:
-                message = await _read_message(stream, swim)
+                message = await _read_message(stream, reader, hold)
             except DecodeError as exc:
-                logger.debug("stream_rejected peer=%s:%d reason=%s", src[0], src[1], exc)
-                reply = encode_stream(encode(Err(str(exc))), swim.envelope)
-                await _send_quietly(stream, reply)
+                # a connection closed before its first byte (a port check) is only counted
+                refusals.note("stream_refused", exc.reason, src, counter="streams_refused",
+                              detail=f"bytes={reader.received}", log=reader.received > 0)
+                if exc.reason not in ("busy", "memory"):
+                    reply = encode_stream(encode(Err(str(exc))), swim.envelope)
+                    await _send_quietly(stream, reply)
                 return
             except (trio.BrokenResourceError, OSError):
                 return
+            hold.release()  # the message is parsed: what it held is free
             reply_send, reply_receive = trio.open_memory_channel[bytes | None](1)
             await inbox.send(_StreamRequest(src, message, reply_send))
             reply = await reply_receive.receive()
             if reply is not None:
                 await _send_quietly(stream, reply)
+        if deadline.cancelled_caught:
+            refusals.note("stream_refused", "timeout", src, counter="streams_refused")
 
     return handle_stream
 
@@ -257,22 +401,30 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
         pass
 
 
-async def _read_message(stream: trio.SocketStream, swim: Swim) -> object:
-    reader = swim.stream_reader()
+async def _read_message(
+    stream: trio.SocketStream, reader: StreamReader, hold: _Hold | None = None
+) -> object:
+    charged = 0
     while True:
         data = await stream.receive_some(READ_SIZE)
         if not data:
             reader.eof()
+        if hold is not None:
+            hold.take(len(data))
         message = reader.feed(data)
+        if hold is not None and reader.inflated > charged:
+            hold.take(reader.inflated - charged)
+            charged = reader.inflated
         if message is not None:
             return message
 
 
 async def _dial(
     action: SendStream, swim: Swim, inbox: trio.MemorySendChannel[_Input],
-    limiter: trio.CapacityLimiter,
+    limiter: trio.CapacityLimiter, joins: _JoinRound,
 ) -> None:
     message: object | None = None
+    failure: str | None = "timeout"
     with trio.move_on_at(action.deadline):
         try:
             async with limiter:
@@ -280,9 +432,19 @@ async def _dial(
                 async with stream:
                     await stream.send_all(action.data)
                     if action.expect_reply:
-                        message = await _read_message(stream, swim)
-        except (OSError, trio.BrokenResourceError, DecodeError) as exc:
+                        message = await _read_message(stream, swim.stream_reader())
+                    failure = None
+        except DecodeError as exc:
+            failure = exc.reason
+            joins.refusals.note(
+                "stream_reply_refused", exc.reason, action.dst,
+                counter="stream_replies_refused", detail=f"purpose={action.purpose or 'none'}",
+            )
+        except (OSError, trio.BrokenResourceError) as exc:
+            failure = "unreachable"
             logger.debug("stream_failed peer=%s:%d error=%s", action.dst[0], action.dst[1], exc)
+    if action.purpose == StreamPurpose.JOIN.value:
+        joins.finished(action.dst, failure)
     if action.expect_reply:
         await inbox.send(_StreamReply(action.token, message))
 
@@ -292,6 +454,8 @@ async def _run_owner(
     transport: Transport, membership: Membership,
 ) -> None:
     limiter = trio.CapacityLimiter(MAX_STREAMS)
+    refusals = membership.refusals
+    joins = _JoinRound(refusals)
     async with trio.open_nursery() as dialers:
         while True:
             batch: list[_Input] = []
@@ -306,22 +470,26 @@ async def _run_owner(
             batch.extend(_Packet(src, data) for src, data in transport.receive_waiting())
             now = trio.current_time()
             for item in batch:
-                _feed(swim, item, now)
+                _feed(swim, item, now, refusals)
             swim.tick(now)
             for action in swim.drain_outbox():
                 if isinstance(action, SendPacket):
                     await transport.send_packet(action.dst, action.data)
                 else:
-                    dialers.start_soon(_dial, action, swim, send, limiter)
+                    if action.purpose == StreamPurpose.JOIN.value:
+                        joins.started()
+                    dialers.start_soon(_dial, action, swim, send, limiter, joins)
             for event in swim.drain_events():
                 _log_event(swim.name, event)
                 membership._publish(event)
             membership._stepped()
 
 
-def _feed(swim: Swim, item: _Input, now: float) -> None:
+def _feed(swim: Swim, item: _Input, now: float, refusals: Refusals) -> None:
     if isinstance(item, _Packet):
-        swim.receive_packet(now, item.src, item.data)
+        refused = swim.receive_packet(now, item.src, item.data)
+        if refused in _HINTS:  # a config mismatch: say it (swim counts dropped_<reason>)
+            refusals.note("packet_refused", refused, item.src)
     elif isinstance(item, _StreamRequest):
         reply = swim.receive_stream(now, item.src, item.message)  # type: ignore[arg-type]
         try:

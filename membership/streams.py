@@ -40,6 +40,8 @@ class SendStream:
     token: int
     expect_reply: bool
     deadline: float
+    #: what the stream is for (a :class:`StreamPurpose` value): the shell's logs say it
+    purpose: str = ""
 
 
 class StreamPurpose(Enum):
@@ -127,7 +129,9 @@ class Streams:
         self._open[self._token] = stream
         if deadline is None:
             deadline = now + self._host.config.tcp_timeout
-        self._host.emit_stream(SendStream(stream.dst, data, self._token, True, deadline))
+        self._host.emit_stream(
+            SendStream(stream.dst, data, self._token, True, deadline, stream.purpose.value)
+        )
         return self._token
 
     # ---- timers ---------------------------------------------------------------------

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from gossip.codec import (
-    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, decode_packet, encode,
-    encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, MAX_PACKET_INFLATE, Envelope,
+    decode_packet, encode, encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
 )
 from gossip.stream import StreamMessage, StreamReader, encode_stream
 
@@ -95,6 +95,7 @@ class Swim:
         self.envelope = Envelope(
             keyring, config.label, config.gossip_verify_incoming, config.gossip_verify_outgoing,
             compress=config.enable_compression,
+            max_inflate=max(MAX_PACKET_INFLATE, config.udp_buffer_size),
         )
         self._meta = encode_tags(dict(config.tags))
         self.source_fields = (ip_to_bytes(address[0]), address[1], config.name)
@@ -141,15 +142,16 @@ class Swim:
         """A reader for one incoming TCP stream (label and keyring as ours)."""
         return StreamReader(self.envelope)
 
-    def receive_packet(self, now: float, src: Address, data: bytes) -> None:
-        """One UDP datagram. Bad bytes are counted and dropped, never raised."""
+    def receive_packet(self, now: float, src: Address, data: bytes) -> str | None:
+        """One UDP datagram. Bad bytes are counted and dropped, never raised; returns why
+        the whole datagram was dropped (``key``, ``label``, ...), or None."""
         self.count("packets_received")
         self.count("bytes_received", len(data))
         try:
             decoded = decode_packet(data, self.envelope)
         except DecodeError as exc:
             self.count(f"dropped_{exc.reason}")
-            return
+            return exc.reason
         if decoded.dropped:
             self.count(f"dropped_{decoded.reason}", decoded.dropped)
         for message in decoded.messages:
@@ -157,6 +159,7 @@ class Swim:
                 self._dispatch(now, src, message)
             except (DecodeError, ValueError):
                 self.count("dropped_malformed")
+        return None
 
     def receive_stream(self, now: float, src: Address, message: StreamMessage) -> bytes | None:
         """A complete request read from an incoming stream; returns the framed reply."""
