@@ -54,6 +54,9 @@ REQUESTS = 1024
 #: messages an owner may be storing for other nodes at once; a stores request beyond it
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
+#: message data per replicate request of a group, about (peer frames are at most 4 MiB;
+#: a body is at most 64 KiB of characters by default, 256 KiB of UTF-8)
+REPLICATE_BYTES = 1 << 20
 TICK = 1.0
 Frame = dict[str, Any]
 
@@ -259,19 +262,32 @@ class Delivery:
     async def _store_group(self, group: _Group, confirmed: list[str]) -> None:
         """Write the group here and have its replicas copy it, all at once; each node
         that has it on disk is added to ``confirmed``. The copies are requests with
-        callbacks, not tasks: one wait for the disk, one for the last replica."""
-        copying = set(group.replicas)
+        callbacks, not tasks: one wait for the disk, one for the last replica. A group
+        larger than ``REPLICATE_BYTES`` goes to each replica in several requests (a peer
+        frame holds at most 4 MiB: one larger broke the link); a replica has the group
+        once it has confirmed them all."""
+        chunks = _chunks(group.items, REPLICATE_BYTES)
+        copying = dict.fromkeys(group.replicas, len(chunks))  # requests not answered
+        failed: set[str] = set()
         copied = trio.Event()
 
-        def replied(node: str, reply: Frame | None) -> None:
-            _note_copy(node, reply, len(group.items), confirmed)
-            copying.discard(node)
+        def replied(node: str, count: int, reply: Frame | None) -> None:
+            got: list[str] = []
+            _note_copy(node, reply, count, got)
+            if not got:
+                failed.add(node)
+            copying[node] -= 1
+            if copying[node] == 0:
+                del copying[node]
+                if node not in failed:
+                    confirmed.append(node)
             if not copying:
                 copied.set()
-        frame = self._replicate_frame(group.items)
-        for node in group.replicas:
-            self.links.request_soon(node, frame, partial(replied, node),
-                                    self.config.replicate_timeout)
+        for chunk in chunks:
+            frame = self._replicate_frame(chunk)
+            for node in group.replicas:
+                self.links.request_soon(node, frame, partial(replied, node, len(chunk)),
+                                        self.config.replicate_timeout)
         try:
             await self.store.write(group.items)
         except Exception as exc:  # not durable here: the senders are not acknowledged
@@ -458,6 +474,20 @@ class Delivery:
 
     def ring_changed(self) -> None:
         self.handover.ring_changed()
+
+
+def _chunks(messages: list[Stored], most: int) -> list[list[Stored]]:
+    """``messages`` in slices of about ``most`` bytes of message data each (one at least)."""
+    chunks: list[list[Stored]] = [[]]
+    size = 0
+    for stored in messages:
+        length = len(stored.body) + 200
+        if chunks[-1] and size + length > most:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(stored)
+        size += length
+    return chunks
 
 
 def _note_copy(node: str, reply: Frame | None, count: int, confirmed: list[str]) -> None:
