@@ -17,7 +17,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from node.app import Node
 from node.token import mint
-from tests.push.test_push_nodes import SECRET, cluster
+from tests.node.helpers import wait_until
+from tests.push.test_push_nodes import SECRET, cluster, owner_of, registered
 
 BODY = "x" * 4096
 
@@ -96,6 +97,70 @@ async def test_a_burst_of_4_kb_sends_is_copied_in_frames_a_peer_link_takes() -> 
         for node in nodes:
             assert node.delivery.mailboxes.pending_count("cy") == 3000  # R = 2: both
         assert all(n.links.connected() for n in nodes)
+
+
+async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_again() -> None:
+    """Found by the issue's slow reader: a client that stopped reading while 8,000 QoS 1
+    messages of 4 KB came got 2,008 of them; the rest were dead-lettered, each drop at
+    its full queue counted as an attempt, and retried every ack timeout (77,992 drops).
+    Scaled down: a queue of 32, retries every 0.3 s, two attempts at most; the reader
+    holds its connection (on the node that does not own the user: the peer link carries
+    the messages and what the connection asks for) without reading for several times
+    what used up every attempt before, then reads."""
+    count = 1500
+    async with cluster(["a", "b"], client_queue=32, ack_timeout=0.3, max_attempts=2,
+                       client_rate=100_000.0, client_burst=100_000) as nodes:
+        owner = owner_of(nodes, "sid")
+        holder = next(n for n in nodes if n is not owner)
+        boxes = owner.delivery.mailboxes
+        async with reader(holder, "sid", receive_buffer=8192) as ws:
+            assert json.loads(await ws.get_message())["t"] == "welcome"
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: registered(nodes, "sid", 1))
+            want = await send_many(nodes[0], "sid", count)
+            # the client does not read for 8 ack timeouts, 4 rounds of the owner's tick
+            await trio.sleep(4.0)
+            drops = holder.clients.counters["client_queue_full_drops"]
+            assert drops > count // 4  # the scenario: many did not fit at first
+            assert boxes.counters["dead_lettered"] == 0
+            assert boxes.pending_count("sid") == count
+            assert max(s.attempts for s in boxes.pending("sid")) < 2
+            ids: set[str] = set()
+            with trio.fail_after(30):
+                await read_messages(ws, ids, want)
+        assert ids == want
+        with trio.fail_after(10):
+            await wait_until(nodes, lambda: boxes.pending_count("sid") == 0)
+        assert boxes.counters["dead_lettered"] == 0
+        # what did not fit was asked for again, not offered at every retry: about one
+        # drop per message (the pauses of a congested socket add a few), not one per
+        # retry per message
+        assert holder.clients.counters["client_queue_full_drops"] < 2 * count
+
+
+async def test_a_connection_that_ends_unread_counts_one_attempt_and_loses_nothing() -> None:
+    """What a connection wrote and its client never acked counts as an attempt when the
+    connection ends (a client that fails on a message must not get it forever), once per
+    connection: the next connection gets it all."""
+    async with cluster(["a", "b"], client_queue=32, ack_timeout=0.3, max_attempts=3,
+                       client_rate=100_000.0, client_burst=100_000) as nodes:
+        owner = owner_of(nodes, "ivy")
+        holder = next(n for n in nodes if n is not owner)
+        boxes = owner.delivery.mailboxes
+        want = await send_many(nodes[0], "ivy", 200)
+        async with reader(holder, "ivy") as ws:
+            assert json.loads(await ws.get_message())["t"] == "welcome"
+            first = json.loads(await ws.get_message())  # read, never acked
+            assert first
+        with trio.fail_after(5):
+            await wait_until(nodes, lambda: boxes.counters["attempts"] > 0)
+        assert max(s.attempts for s in boxes.pending("ivy")) == 1
+        assert boxes.pending_count("ivy") == 200
+        async with reader(holder, "ivy") as ws:
+            ids: set[str] = set()
+            with trio.fail_after(20):
+                await read_messages(ws, ids, want)
+        assert ids == want and boxes.counters["dead_lettered"] == 0
 
 
 async def test_a_backlog_of_4_kb_messages_reaches_a_client_at_default_limits() -> None:
