@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket, \
     wrap_client_stream
@@ -101,19 +102,21 @@ async def test_a_burst_of_4_kb_sends_is_copied_in_frames_a_peer_link_takes() -> 
         assert all(n.links.connected() for n in nodes)
 
 
-async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_again() -> None:
+@pytest.mark.parametrize("on_owner", [False, True])
+async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_again(
+        on_owner: bool) -> None:
     """Found by the issue's slow reader: a client that stopped reading while 8,000 QoS 1
     messages of 4 KB came got 2,008 of them; the rest were dead-lettered, each drop at
     its full queue counted as an attempt, and retried every ack timeout (77,992 drops).
     Scaled down: a queue of 32, retries every 0.3 s, two attempts at most; the reader
     holds its connection (on the node that does not own the user: the peer link carries
-    the messages and what the connection asks for) without reading for several times
-    what used up every attempt before, then reads."""
+    the messages and what the connection asks for; or on the owner) without reading for
+    several times what used up every attempt before, then reads."""
     count = 1500
     async with cluster(["a", "b"], client_queue=32, ack_timeout=0.3, max_attempts=2,
                        client_rate=100_000.0, client_burst=100_000) as nodes:
         owner = owner_of(nodes, "sid")
-        holder = next(n for n in nodes if n is not owner)
+        holder = owner if on_owner else next(n for n in nodes if n is not owner)
         boxes = owner.delivery.mailboxes
         async with reader(holder, "sid", receive_buffer=8192) as ws:
             assert json.loads(await ws.get_message())["t"] == "welcome"
@@ -138,6 +141,7 @@ async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_agai
         # drop per message (the pauses of a congested socket add a few), not one per
         # retry per message
         assert holder.clients.counters["client_queue_full_drops"] < 2 * count
+        assert boxes.counters["resent"] > 0
 
 
 async def test_a_connection_that_ends_unread_counts_one_attempt_and_loses_nothing() -> None:
