@@ -138,10 +138,13 @@ class Missed:
         self.asked_at = -math.inf
         self.held_at = -math.inf  # when the owner was last told to hold its retries
 
-    def add(self, seq: int) -> None:
+    def add(self, seq: int) -> bool:
+        """Note ``seq``; False if there is no room (the owner's retries bring it)."""
         self.asked.discard(seq)
-        if len(self.seqs) < MISSED_KEPT:
+        if len(self.seqs) < MISSED_KEPT or seq in self.seqs:
             self.seqs[seq] = None
+            return True
+        return False
 
     def arrived(self, seq: int) -> None:
         self.seqs.pop(seq, None)
@@ -190,6 +193,8 @@ class ClientSession:
     #: QoS 1 messages dropped here, to ask their owner for once there is room (made on
     #: the first: a connection that keeps up never misses one)
     missed: Missed | None = None
+    #: of those, how many were beyond ``MISSED_KEPT`` (left to the owner's retries)
+    missed_over: int = 0
     #: called with the session when it starts dropping QoS 1 messages (and again every
     #: ``HOLD_RENEW`` while it does): their owner is to hold its retries
     on_full: Callable[[ClientSession], None] = lambda _session: None
@@ -282,7 +287,8 @@ class ClientSession:
         missed = self.missed
         if missed is None:
             missed = self.missed = Missed()
-        missed.add(seq)
+        if not missed.add(seq):
+            self.missed_over += 1
         now = time.monotonic()
         if now - missed.held_at >= HOLD_RENEW:
             missed.held_at = now
@@ -373,6 +379,8 @@ class LocalClients:
         if not devices:
             self._by_user.pop(session.user, None)
         self.counters["sessions_closed"] += 1
+        if session.missed_over:  # rare (MISSED_KEPT is the default --max-pending)
+            self.counters["client_missed_over_limit"] += session.missed_over
         if self._on_close is not None:
             self._on_close(session)
 

@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from node.clients import READ_KEPT, WRITTEN_KEPT, ClientSession, Written, take_through
+from node.clients import (
+    READ_KEPT, WRITTEN_KEPT, ClientSession, LocalClients, Written, take_through,
+)
 from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored, as_stored
 
 NOW = 1_800_000_000.0
@@ -414,3 +416,18 @@ def test_a_connection_with_its_list_of_unacked_messages_full_asks_after_acks() -
     assert asked == []  # the list is full
     assert session.acked_through(1) == [1]
     assert asked == [[WRITTEN_KEPT + 1, WRITTEN_KEPT + 2]]
+
+
+def test_what_a_connection_missed_beyond_its_limit_is_counted_and_left_to_retries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("node.clients.MISSED_KEPT", 3)
+    asked: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "r", set(), limit=1,
+                            on_room=lambda _s, seqs, _more: asked.append(seqs))
+    clients = LocalClients()
+    clients.attach(session)
+    for seq in range(1, 7):  # 1 queued, 2-4 noted, 5-6 beyond the limit
+        session.offer({"t": "msg", "qos": 1, "seq": seq, "body": "b"})
+    assert session.missed is not None and list(session.missed.seqs) == [2, 3, 4]
+    clients.detach(session)
+    assert clients.counters["client_missed_over_limit"] == 2
