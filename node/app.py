@@ -211,14 +211,14 @@ class Node:
         self.resumes.read_already(session, seqs)
 
     def _missing(self, session: ClientSession) -> None:
-        self.delivery.client_full(session.user)
+        self.delivery.redelivery.full(session.user)
 
     def _room_for(self, session: ClientSession, seqs: list[int], more: bool) -> None:
-        self.delivery.client_room(session.user, seqs, more)
+        self.delivery.redelivery.room(session.user, seqs, more)
 
     def _session_closed(self, session: ClientSession) -> None:
-        self.delivery.client_closed(session.user, list(session.written or ()),
-                                    session.closed_reason)
+        self.delivery.redelivery.closed(session.user, list(session.written or ()),
+                                        session.closed_reason)
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
         self.resumes.park(session)

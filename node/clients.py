@@ -35,7 +35,7 @@ READ_KEPT = 64  # read messages a connection remembers (Written says why few are
 #: ``max_pending`` per user, 10,000 by default); beyond, the owner's retries bring them
 MISSED_KEPT = 10_000
 #: a connection that keeps dropping tells the owner to hold its retries again after this
-#: (seconds; the owner holds them for ``delivery.HOLD``)
+#: (seconds; the owner holds them for ``redelivery.HOLD``)
 HOLD_RENEW = 60.0
 #: a connection asks for more of what it missed before the last it asked for came, once
 #: this long has passed (one that is no longer waiting never comes)

@@ -17,9 +17,9 @@ Unacked messages are sent again after ``ack_timeout`` and whenever a session of 
 registers (a reconnect, or a new owner after a death or a join). What counts as an
 attempt is a write that its client did not ack before the connection ended (``tried``,
 from the node holding it); a connection whose queue was full asks for what it missed
-(``resend``), and the owner holds its retries for the user meanwhile (``hold``, for up
-to ``HOLD``): a slow reader is neither offered the same messages every ``ack_timeout``
-nor loses any (``mailbox.py``). When the ring changes,
+(``resend``), and the owner holds its retries for the user meanwhile (``hold``): a
+slow reader is neither offered the same messages every ``ack_timeout`` nor loses any
+(``redelivery.py``). When the ring changes,
 every node copies its mailboxes to the users' new replica sets and drops the ones it no
 longer holds once the new holders have them on disk.
 """
@@ -38,6 +38,7 @@ import trio
 from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
+from .redelivery import Redelivery
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
 from .store import Store
@@ -63,14 +64,6 @@ STORING = 65536
 #: a body is at most 64 KiB of characters by default, 256 KiB of UTF-8)
 REPLICATE_BYTES = 1 << 20
 TICK = 1.0
-#: how long an owner holds its retries for a user one of whose connections missed
-#: messages at its full queue (it asks for them once it has room; it renews the hold
-#: while it keeps dropping, ``clients.HOLD_RENEW``): if its word is lost, the retries
-#: take over after this
-HOLD = 300.0
-#: a connection that ended for one of these did not fail to read what it was written:
-#: the node ended it (a kick; the node stopping), so nothing counts as an attempt
-NOT_TRIED = frozenset({"kicked", "closed"})
 Frame = dict[str, Any]
 
 
@@ -112,6 +105,8 @@ class Delivery:
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
         self.handover = Handover(self)
+        #: what the connections of users wrote and missed (at their nodes and owners)
+        self.redelivery = Redelivery(self)
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids
@@ -365,61 +360,6 @@ class Delivery:
                     actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
         self._carry_out(actions)
 
-    # ---- what connections wrote, and missed (from the node holding them) -------------
-
-    def client_full(self, user: str) -> None:
-        """A connection of ``user`` here drops QoS 1 messages at its full queue: it will
-        ask for them once it has room; the owner holds its retries meanwhile."""
-        owner = self.ring.owner(user)
-        if owner == self.me:
-            self._hold(user)
-        elif owner is not None:
-            self.links.send(owner, {"t": "hold", "user": user})
-
-    def client_room(self, user: str, seqs: list[int], more: bool) -> None:
-        """A connection of ``user`` here has room for these messages it missed: the owner
-        sends them again (to this node); ``more``: it will ask for others after them."""
-        owner = self.ring.owner(user)
-        if owner == self.me:
-            self._resend(self.me, user, seqs, more)
-        elif owner is not None:
-            self.links.send(owner, {"t": "resend", "user": user, "seqs": seqs, "more": more})
-
-    def client_closed(self, user: str, written: list[int], reason: str) -> None:
-        """A connection of ``user`` here ended: what it wrote that its client did not ack
-        counts as one attempt each at the owner (unless the node ended it)."""
-        if not written or reason in NOT_TRIED:
-            return
-        owner = self.ring.owner(user)
-        if owner == self.me:
-            self._tried(user, written)
-        elif owner is not None:
-            self.links.send_later(owner, {"t": "tried", "user": user, "seqs": written})
-
-    def _hold(self, user: str) -> None:
-        if self.ring.owner(user) == self.me:
-            self.mailboxes.hold(user, time.time() + HOLD)
-
-    def _resend(self, node: str, user: str, seqs: list[int], more: bool) -> None:
-        """Send ``seqs`` of ``user`` again to ``node``, which missed them (not counted as
-        attempts); hold the retries while it has ``more`` to ask for."""
-        if self.ring.owner(user) != self.me:
-            return  # a new owner sends everything to the user's connections anyway
-        now = time.time()
-        self.mailboxes.hold(user, now + HOLD if more else 0.0)
-        actions: list[Any] = []
-        for stored in self.mailboxes.resend(user, seqs, now):
-            message = stored.to_client()
-            if node == self.me:
-                actions.append(DeliverLocal(user, message))
-            else:
-                actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
-        self._carry_out(actions)
-
-    def _tried(self, user: str, seqs: list[int]) -> None:
-        if self.ring.owner(user) == self.me:
-            self.mailboxes.tried(user, seqs)
-
     def client_ack(self, user: str, seqs: list[int], device: str) -> None:
         """A client here has these messages (``ClientSession.acked_through``): tell the
         owner."""
@@ -463,17 +403,8 @@ class Delivery:
             self._acked_at_owner(user, [s for s in frame["seqs"] if isinstance(s, int)],
                                  device)
             return True
-        if kind in ("resend", "tried") and isinstance(user, str) and isinstance(
-                frame.get("seqs"), list):
-            seqs = [s for s in frame["seqs"] if isinstance(s, int)]
-            if kind == "tried":
-                self._tried(user, seqs)
-            else:
-                self._resend(node, user, seqs, frame.get("more") is True)
-            return True
-        if kind == "hold" and isinstance(user, str):
-            self._hold(user)
-            return True
+        if kind in ("resend", "tried", "hold"):
+            return self.redelivery.from_peer(node, frame)
         if kind == "devices" and isinstance(frame.get("devices"), list):
             self.store.write_soon(devices=self._see_devices(frame["devices"]))
             return True
