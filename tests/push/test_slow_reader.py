@@ -132,7 +132,13 @@ async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_agai
             assert max(s.attempts for s in boxes.pending("sid")) < 2
             ids: set[str] = set()
             with trio.fail_after(30):
-                await read_messages(ws, ids, want)
+                try:
+                    await read_messages(ws, ids, want)
+                except ConnectionClosed:  # a node may end a connection that did not read
+                    pass
+        if not want <= ids:  # the rest waits for the next connection
+            async with reader(holder, "sid") as again, trio.fail_after(30):
+                await read_messages(again, ids, want)
         assert ids == want
         with trio.fail_after(10):
             await wait_until(nodes, lambda: boxes.pending_count("sid") == 0)
