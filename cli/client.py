@@ -26,6 +26,8 @@ CONNECTION_LOST = (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourc
                    trio.TooSlowError, NodeSilent)
 
 Handler = Callable[[WebSocketConnection, dict[str, Any]], Awaitable[None]]
+#: called once the objects of a frame have all been handled (to ack them in one go)
+FrameDone = Callable[[WebSocketConnection], Awaitable[None]]
 
 
 @dataclass
@@ -52,11 +54,12 @@ class Session:
 
 
 async def hold(host: str, port: int, session: Session, handle: Handler, *,
-               connect_timeout: float = 5.0) -> None:
+               connect_timeout: float = 5.0, frame_done: FrameDone | None = None) -> None:
     """Hold one connection until it is lost (raises one of :data:`CONNECTION_LOST`).
 
     ``handle`` sees every frame object (a batch is unpacked), the welcome included, after
     the session has taken the welcome's session id; it may send on the connection.
+    ``frame_done`` is called after the last object of each frame.
     """
     async with open_websocket(host, port, "/", use_ssl=False,
                               connect_timeout=connect_timeout) as ws:
@@ -86,3 +89,5 @@ async def hold(host: str, port: int, session: Session, handle: Handler, *,
                     dead_after = session.dead_after or heartbeat
                     next_ping = now + ping_every
                 await handle(ws, obj)
+            if frame_done is not None:
+                await frame_done(ws)

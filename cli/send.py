@@ -121,12 +121,13 @@ async def _listen(args: argparse.Namespace, token: str) -> int:
     state: dict[str, Any] = {"count": 0, "seen": OrderedDict()}
     session = Session(token, args.device)
     handle = partial(_frame, args=args, state=state, session=session)
+    frame_done = partial(_ack, state=state)
     with trio.move_on_after(args.timeout if args.timeout else float("inf")):
         delay = 0.1
         for attempt in range(1_000_000):
             host, port = args.client[attempt % len(args.client)]
             try:
-                await hold(host, port, session, handle)
+                await hold(host, port, session, handle, frame_done=frame_done)
             except _Done:
                 return EXIT_OK
             except CONNECTION_LOST as exc:
@@ -160,17 +161,29 @@ async def _frame(ws: Any, obj: dict[str, Any], *, args: argparse.Namespace,
 
 async def _message(ws: Any, obj: dict[str, Any], args: argparse.Namespace,
                    state: dict[str, Any], session: Session) -> None:
+    """Print a message (once per id); a QoS 1 one is read only once printed (a resume
+    names the last one read: naming one not printed yet would lose it), and acked with
+    the last of its frame (``_ack``: one ack per frame, as docs/protocol.md allows, keeps
+    a backlog within the node's objects per second)."""
     seen: OrderedDict[str, None] = state["seen"]
+    new = obj.get("id") not in seen
+    if new:
+        seen[obj.get("id")] = None
+        if len(seen) > SEEN_IDS:
+            seen.popitem(last=False)
+        print(json.dumps(obj, ensure_ascii=False), flush=True)
+        state["count"] += 1
     if obj.get("qos") == 1 and isinstance(obj.get("seq"), int):
         session.saw(obj["seq"])
-        await ws.send_message(json.dumps({"t": "ack", "seq": obj["seq"]}))
-    if obj.get("id") in seen:
-        return
-    seen[obj.get("id")] = None
-    if len(seen) > SEEN_IDS:
-        seen.popitem(last=False)
-    print(json.dumps(obj, ensure_ascii=False), flush=True)
-    state["count"] += 1
-    if args.count is not None and state["count"] >= args.count:
+        state["unacked"] = obj["seq"]
+    if new and args.count is not None and state["count"] >= args.count:
+        await _ack(ws, state)
         raise _Done
+
+
+async def _ack(ws: Any, state: dict[str, Any]) -> None:
+    """Ack the last QoS 1 message read, if it is not acked yet."""
+    seq = state.pop("unacked", None)
+    if seq is not None:
+        await ws.send_message(json.dumps({"t": "ack", "seq": seq}))
 

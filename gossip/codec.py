@@ -161,6 +161,47 @@ def _unpack_one(data: bytes, what: str) -> object:
         raise DecodeError(f"{what}: bad msgpack ({type(exc).__name__})") from None
 
 
+class NeedData(Exception):
+    """A stream has not delivered the rest of an object yet."""
+
+
+class StreamUnpacker:
+    """One persistent unpacker over a stream's bytes, in memberlist's dialect: each
+    object is parsed once, when its last byte is in (``gossip.stream`` reads with it).
+    Its buffer starts at ``first_buffer`` bytes and never holds more than ``limit``."""
+
+    __slots__ = ("_unpacker",)
+
+    def __init__(self, limit: int, first_buffer: int) -> None:
+        limit = max(limit, 1)
+        self._unpacker = msgpack.Unpacker(
+            raw=True, strict_map_key=True, use_list=False, max_buffer_size=limit,
+            read_size=min(limit, first_buffer),
+        )
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise DecodeError("stream body over its limit", "oversized") from None
+
+    def unpack(self) -> object:
+        """The next whole object; :class:`NeedData` if its last byte is not in yet."""
+        try:
+            return self._unpacker.unpack()
+        except msgpack.OutOfData:
+            raise NeedData from None
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
+
+    def read_bytes(self, n: int) -> bytes:
+        """Up to ``n`` raw bytes from the buffer (fewer if not in yet)."""
+        return self._unpacker.read_bytes(n)  # type: ignore[no-any-return]
+
+    def tell(self) -> int:
+        return self._unpacker.tell()  # type: ignore[no-any-return]
+
+
 def decode_message(data: bytes) -> Message:
     """Decode one single message (type byte + body). Compound/compress are not allowed."""
     if not data:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import msgpack
-
 from .codec import (
-    ENCRYPTION_OVERHEAD, MAX_PUSH_PULL_NODES, MAX_STREAM_SIZE, Envelope, decompress_map,
-    encode_body, from_map, label_header,
+    ENCRYPTION_OVERHEAD, MAX_PUSH_PULL_NODES, MAX_STREAM_SIZE, Envelope, NeedData,
+    StreamUnpacker, decompress_map, encode_body, from_map, label_header,
 )
 from .errors import DecodeError
 from .wire import (
@@ -217,10 +215,7 @@ class _Body:
         self.inflated = 0
         # the buffer starts small and doubles as bytes come (msgpack would take up to
         # 1 MiB at once); it never holds more than ``size``
-        self._unpacker = msgpack.Unpacker(
-            raw=True, strict_map_key=True, use_list=False, max_buffer_size=max(size, 1),
-            read_size=min(max(size, 1), _FIRST_BUFFER),
-        )
+        self._unpacker = StreamUnpacker(size, _FIRST_BUFFER)
         self._stage = _TYPE
         self._type = 0
         self._fed = 0
@@ -241,23 +236,15 @@ class _Body:
                 "oversized",
             )
         if data:
-            try:
-                self._unpacker.feed(data)
-            except msgpack.BufferFull:
-                raise DecodeError("stream body over its limit", "oversized") from None
+            self._unpacker.feed(data)
         message = self._advance()
         if message is None and self._complete:
             raise DecodeError("stream message truncated", "truncated")
         return message
 
     def _next(self) -> object:
-        """The next whole msgpack object; raises ``msgpack.OutOfData`` if not in yet."""
-        try:
-            return self._unpacker.unpack()
-        except msgpack.OutOfData:
-            raise
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise DecodeError(f"bad msgpack in stream ({type(exc).__name__})") from None
+        """The next whole msgpack object; raises ``NeedData`` if not in yet."""
+        return self._unpacker.unpack()
 
     def _advance(self) -> StreamMessage | None:
         try:
@@ -291,7 +278,7 @@ class _Body:
                     if len(self._raw) < self._raw_length:
                         return None
                     return self._finish()
-        except msgpack.OutOfData:
+        except NeedData:
             return None
 
     def _begin(self, msg_type: int) -> None:

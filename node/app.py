@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 #: peer frames that go straight to the router, or to QoS 1 delivery (the others are
 #: asked in turn)
 _ROUTED = frozenset({"route", "deliver", "register", "unregister"})
-_DURABLE = frozenset({"store", "stores", "replicate", "ack", "acked", "devices"})
+_DURABLE = frozenset({"store", "stores", "replicate", "ack", "acked", "devices", "hold",
+                      "resend", "tried"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,8 @@ class Node:
         self.ring = HashRing(config.ring_vnodes)
         self.router = Router(config.name, self.ring.owner)
         self.clients = LocalClients(on_open=self._session_opened, on_close=self._session_closed,
-                                    on_read=self._read_already)
+                                    on_read=self._read_already, on_full=self._missing,
+                                    on_room=self._room_for)
         self.links = PeerLinks(config.name, self._keys, self._peer_frame, self._peer_connected)
         self._ids = MessageIds(config.name)
         self.delivery = Delivery(
@@ -212,7 +214,15 @@ class Node:
     def _read_already(self, session: ClientSession, seqs: list[int]) -> None:
         self.resumes.read_already(session, seqs)
 
+    def _missing(self, session: ClientSession) -> None:
+        self.delivery.redelivery.full(session.user)
+
+    def _room_for(self, session: ClientSession, seqs: list[int], more: bool) -> None:
+        self.delivery.redelivery.room(session.user, seqs, more)
+
     def _session_closed(self, session: ClientSession) -> None:
+        self.delivery.redelivery.closed(session.user, list(session.written or ()),
+                                        session.closed_reason)
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
         self.resumes.park(session)

@@ -3,7 +3,8 @@
 ``docs/protocol.md`` is the contract. The shell hands every WebSocket message to
 :meth:`ClientConnection.receive` (bytes for binary messages, str for text ones) and gets
 back parsed requests and :class:`Violation` s; it encodes what goes to the client with
-:meth:`ClientConnection.encode`, which packs any number of objects into one frame. The
+:meth:`ClientConnection.frames`, which packs objects into as few frames as it may, none
+over ``Limits.out_frame`` bytes unless one object alone is larger. The
 machine checks the token, the frame size, the rate (a token bucket on the ``now`` it is
 given) and the subscription cap; it holds no sockets and never raises on client bytes.
 """
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 #: WebSocket close codes the shell uses after a violation
 CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1003, 1008, 1009
+#: bytes a frame from the node holds at most, unless it holds one object alone: a
+#: quarter of the 1 MiB message that WebSocket libraries take by default (trio-websocket,
+#: websockets), which also takes the largest single object (docs/protocol.md)
+OUT_FRAME = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class Limits:
     #: ... with bursts of this many
     burst: int = 100
     max_batch: int = 256
+    #: bytes a frame to the client holds at most (one object larger travels alone)
+    out_frame: int = OUT_FRAME
     max_subscriptions: int = 100
     max_topic: int = 256
     max_ref: int = 64
@@ -270,6 +277,37 @@ class ClientConnection:
 
     # ---- sending ------------------------------------------------------------------------
 
+    def frames(self, objects: list[dict[str, Any] | bytes]) -> list[bytes | str] | None:
+        """``objects`` in order, in frames of at most ``limits.out_frame`` bytes (an object
+        larger than that alone in its own); one frame when they fit, as almost always
+        (the whole is encoded first: splitting costs only when needed). None (logged) as
+        ``encode``."""
+        data = self.encode(objects)
+        most = self.limits.out_frame
+        if data is None or len(objects) == 1 or _size(data) <= most:
+            return None if data is None else [data]
+        parts = [self.encode([obj]) for obj in objects]  # the whole encoded: so does each
+        frames: list[bytes | str] = []
+        group: list[Any] = []
+        size = 0
+        for part in parts:
+            length = _size(part)  # type: ignore[arg-type]
+            if group and size + length + 8 > most:  # 8: the array's header or brackets
+                frames.append(self._joined(group))
+                group, size = [], 0
+            group.append(part)
+            size += length + 1
+        frames.append(self._joined(group))
+        return frames
+
+    def _joined(self, parts: list[Any]) -> bytes | str:
+        """Objects encoded one by one as one frame: one as itself, several as a batch."""
+        if len(parts) == 1:
+            return parts[0]  # type: ignore[no-any-return]
+        if self.text:
+            return "[" + ",".join(parts) + "]"
+        return _array_header(len(parts)) + b"".join(parts)
+
     def encode(self, objects: list[dict[str, Any] | bytes]) -> bytes | str | None:
         """One frame: a single object as itself, several as a batch (an array); None (and
         logged) if a value in them has no form in the client's encoding. An object may
@@ -292,6 +330,13 @@ class ClientConnection:
             # ValueError: FrameError too (packed bytes that are not msgpack)
             logger.error("client_frame_unencodable objects=%d error=%r", len(objects), str(exc))
             return None
+
+
+def _size(data: bytes | str) -> int:
+    """The bytes of a frame's payload (text goes as UTF-8)."""
+    if type(data) is bytes or data.isascii():
+        return len(data)
+    return len(data.encode())  # type: ignore[union-attr]
 
 
 def _array_header(count: int) -> bytes:

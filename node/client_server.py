@@ -407,11 +407,12 @@ class ClientServer:
             batch = session.wrote(session.take(self.limits.max_batch))
             if not batch:
                 continue
-            data = machine.encode(batch)
-            if data is None:  # logged; noted as written: end it, so no later ack covers it
+            frames = machine.frames(batch)  # bounded in bytes too (client_proto.OUT_FRAME)
+            if frames is None:  # logged; noted as written: end it, so no later ack covers it
                 batch = [{"t": "kick", "reason": "a message could not be encoded"}]
-                data = machine.encode(batch) or ""
-            self._send(client, ws.message(data))
+                frames = [machine.encode(batch) or ""]
+            for data in frames:
+                self._send(client, ws.message(data))
             kick = next((obj for obj in batch if type(obj) is dict and obj.get("t") == "kick"),
                         None)
             if kick is not None:

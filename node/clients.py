@@ -3,12 +3,21 @@
 What the routing layer delivers into. Each :class:`ClientSession` has a bounded queue
 that the client server drains into its socket (``client_server.py``), told by
 ``notify`` when a first object waits; :meth:`ClientSession.offer` never blocks: a full
-queue drops the object and counts it, so a slow client never slows the node (QoS 1
-messages dropped that way are sent again by their owner).
+queue drops the object and counts it, so a slow client never slows the node.
+
+A QoS 1 message dropped that way is not lost: the session notes its number
+(:class:`Missed`), tells the owner once (``on_full``: the owner then holds its retries
+for the user instead of offering a connection that does not drain the same messages
+again and again) and, each time its queue has emptied into the socket, asks the owner
+for the next half queue of them (``on_room``), until it has asked for all. A reader
+that stops reading costs the owner one offer per message, not one per retry, and gets
+everything when it reads again.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +31,15 @@ Queued = Object | bytes
 CLIENT_QUEUE = 1024
 WRITTEN_KEPT = 10_000  # unacked on one connection: more wait for their owner to send again
 READ_KEPT = 64  # read messages a connection remembers (Written says why few are enough)
+#: QoS 1 messages a connection remembers having missed (an owner keeps at most
+#: ``max_pending`` per user, 10,000 by default); beyond, the owner's retries bring them
+MISSED_KEPT = 10_000
+#: a connection that keeps dropping tells the owner to hold its retries again after this
+#: (seconds; the owner holds them for ``redelivery.HOLD``)
+HOLD_RENEW = 60.0
+#: a connection asks for more of what it missed before the last it asked for came, once
+#: this long has passed (one that is no longer waiting never comes)
+RESEND_WAIT = 1.0
 
 
 def take_through(written: list[int], seq: int) -> list[int]:
@@ -74,6 +92,10 @@ class Written:
     def has_read(self, seq: int) -> bool:
         return seq in self._read
 
+    def carries(self, seq: int) -> bool:
+        """Whether ``seq`` was written here (acked or not, as far as remembered)."""
+        return seq in self._members or seq in self._read
+
     def reads(self) -> list[int]:
         """The remembered reads, the last read last."""
         return list(self._read_order)
@@ -103,6 +125,44 @@ class Written:
                 return taken
 
 
+class Missed:
+    """The QoS 1 messages a connection could not take (its queue was full, or it had
+    ``WRITTEN_KEPT`` unacked), by sequence number, to ask their owner for again once it
+    has room, oldest first."""
+
+    __slots__ = ("asked", "asked_at", "held_at", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: dict[int, None] = {}  # in the order missed
+        self.asked: set[int] = set()  # asked for last, not come yet
+        self.asked_at = -math.inf
+        self.held_at = -math.inf  # when the owner was last told to hold its retries
+
+    def add(self, seq: int) -> bool:
+        """Note ``seq``; False if there is no room (the owner's retries bring it)."""
+        self.asked.discard(seq)
+        if len(self.seqs) < MISSED_KEPT or seq in self.seqs:
+            self.seqs[seq] = None
+            return True
+        return False
+
+    def arrived(self, seq: int) -> None:
+        self.seqs.pop(seq, None)
+        self.asked.discard(seq)
+
+    def ask(self, now: float, most: int) -> list[int] | None:
+        """The next ``most`` to ask for; None while the last asked for are still on their
+        way (for up to ``RESEND_WAIT``)."""
+        if self.asked and now - self.asked_at < RESEND_WAIT:
+            return None
+        seqs = list(itertools.islice(self.seqs, most))
+        for seq in seqs:
+            del self.seqs[seq]
+        self.asked = set(seqs)
+        self.asked_at = now
+        return seqs
+
+
 @dataclass(eq=False)
 class ClientSession:
     """One authenticated connection, as the rest of the node sees it."""
@@ -130,6 +190,18 @@ class ClientSession:
     #: called with the session and the QoS 1 messages not written to it because its client
     #: has them (acked on this connection, or named by its hello): they are acked again
     on_read: Callable[[ClientSession, list[int]], None] = lambda _session, _seqs: None
+    #: QoS 1 messages dropped here, to ask their owner for once there is room (made on
+    #: the first: a connection that keeps up never misses one)
+    missed: Missed | None = None
+    #: of those, how many were beyond ``MISSED_KEPT`` (left to the owner's retries)
+    missed_over: int = 0
+    #: called with the session when it starts dropping QoS 1 messages (and again every
+    #: ``HOLD_RENEW`` while it does): their owner is to hold its retries
+    on_full: Callable[[ClientSession], None] = lambda _session: None
+    #: called with the session, the QoS 1 messages it missed that it now has room for,
+    #: and whether more are to come: their owner is to send them again
+    on_room: Callable[[ClientSession, list[int], bool], None] = (
+        lambda _session, _seqs, _more: None)
     #: read before this connection, so not to be written on it: what a resumed session's
     #: client read, and the hello's ``last_seq`` (last)
     read_before: InitVar[list[int | None]] = ()  # type: ignore[assignment]
@@ -157,8 +229,9 @@ class ClientSession:
                 if written.has_read(seq):
                     read.append(seq)
                     continue
-                if written.full():  # as from a full queue: its owner sends it again
+                if written.full():  # as from a full queue: asked for again later
                     self.dropped += 1
+                    self._miss(seq)
                     continue
                 if not written.add(seq):
                     self.rewrites_skipped += 1
@@ -171,26 +244,71 @@ class ClientSession:
     def acked_through(self, seq: int) -> list[int]:
         """The client acked ``seq``: what this connection wrote up to it (it was read in
         order, so the client has all of it), taken off the list."""
-        return self.written.take_through(seq) if self.written is not None else []
+        if self.written is None:
+            return []
+        taken = self.written.take_through(seq)
+        if self.missed is not None:  # room on the connection's list, perhaps
+            self._room()
+        return taken
 
     def offer(self, obj: Queued) -> bool:
-        """Queue ``obj`` for the client; False (and counted) when its queue is full."""
+        """Queue ``obj`` for the client; False (and counted) when its queue is full (a
+        QoS 1 message is then asked for again once there is room)."""
         if self.closed or len(self.queue) >= self.limit:
             self.dropped += 1
+            if not self.closed and type(obj) is dict and obj.get("qos") == 1:
+                seq = obj.get("seq")  # a retry of one written here already is no loss
+                if isinstance(seq, int) and not (self.written is not None
+                                                  and self.written.carries(seq)):
+                    self._miss(seq)
             return False
         self.queue.append(obj)
+        if self.missed is not None and type(obj) is dict and obj.get("qos") == 1:
+            self.missed.arrived(obj.get("seq"))  # type: ignore[arg-type]
         if len(self.queue) == 1:
             self.notify(self)
         return True
 
     def take(self, most: int) -> list[Queued]:
-        """Up to ``most`` queued objects, oldest first, off the queue."""
+        """Up to ``most`` queued objects, oldest first, off the queue (the client server
+        takes only when the socket has taken all it was given before)."""
         queue = self.queue
         if len(queue) <= most:
             batch = list(queue)
             queue.clear()
+            if self.missed is not None:  # the queue has room: ask for what it missed
+                self._room()
             return batch
         return [queue.popleft() for _ in range(most)]
+
+    def _miss(self, seq: int) -> None:
+        """A QoS 1 message dropped here: noted, and its owner told to hold its retries
+        (once, and again every ``HOLD_RENEW`` while the drops go on)."""
+        missed = self.missed
+        if missed is None:
+            missed = self.missed = Missed()
+        if not missed.add(seq):
+            self.missed_over += 1
+        now = time.monotonic()
+        if now - missed.held_at >= HOLD_RENEW:
+            missed.held_at = now
+            self.on_full(self)
+
+    def _room(self) -> None:
+        """The queue is empty: ask the owner for the next half queue of what was missed
+        (not while the connection's list of unacked messages is full, which would drop
+        them again); once all were asked for, the owner may retry as before."""
+        missed = self.missed
+        if (missed is None or self.closed or self.queue
+                or (self.written is not None and self.written.full())):
+            return
+        seqs = missed.ask(time.monotonic(), max(1, self.limit // 2))
+        if seqs is None:
+            return
+        more = bool(missed.seqs)
+        if not more:
+            self.missed = None  # a drop from now on starts anew (and holds again)
+        self.on_room(self, seqs, more)
 
 
 class LocalClients:
@@ -198,10 +316,15 @@ class LocalClients:
 
     def __init__(self, on_open: Callable[[ClientSession], None] | None = None,
                  on_close: Callable[[ClientSession], None] | None = None,
-                 on_read: Callable[[ClientSession, list[int]], None] | None = None) -> None:
+                 on_read: Callable[[ClientSession, list[int]], None] | None = None,
+                 on_full: Callable[[ClientSession], None] | None = None,
+                 on_room: Callable[[ClientSession, list[int], bool], None] | None = None
+                 ) -> None:
         self._on_open = on_open
         self._on_close = on_close
         self._on_read = on_read
+        self._on_full = on_full
+        self._on_room = on_room
         self._by_user: dict[str, dict[str, ClientSession]] = {}
         self._by_id: dict[str, ClientSession] = {}
         self._by_topic: dict[str, set[ClientSession]] = {}
@@ -223,6 +346,10 @@ class LocalClients:
         self.counters["sessions_opened"] += 1
         if self._on_read is not None:
             session.on_read = self._on_read
+        if self._on_full is not None:
+            session.on_full = self._on_full
+        if self._on_room is not None:
+            session.on_room = self._on_room
         if self._on_open is not None:
             self._on_open(session)
 
@@ -252,6 +379,8 @@ class LocalClients:
         if not devices:
             self._by_user.pop(session.user, None)
         self.counters["sessions_closed"] += 1
+        if session.missed_over:  # rare (MISSED_KEPT is the default --max-pending)
+            self.counters["client_missed_over_limit"] += session.missed_over
         if self._on_close is not None:
             self._on_close(session)
 

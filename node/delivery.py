@@ -14,7 +14,12 @@ The send path of a QoS 1 message (``docs/push.md`` draws it):
    goes back to the owner, which removes what it covers and tells the replicas.
 
 Unacked messages are sent again after ``ack_timeout`` and whenever a session of the user
-registers (a reconnect, or a new owner after a death or a join). When the ring changes,
+registers (a reconnect, or a new owner after a death or a join). What counts as an
+attempt is a write that its client did not ack before the connection ended (``tried``,
+from the node holding it); a connection whose queue was full asks for what it missed
+(``resend``), and the owner holds its retries for the user meanwhile (``hold``): a
+slow reader is neither offered the same messages every ``ack_timeout`` nor loses any
+(``redelivery.py``). When the ring changes,
 every node copies its mailboxes to the users' new replica sets and drops the ones it no
 longer holds once the new holders have them on disk.
 """
@@ -35,6 +40,7 @@ from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
 from .names import is_device, is_user
+from .redelivery import Redelivery
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
 from .store import Store
@@ -56,6 +62,9 @@ REQUESTS = 1024
 #: messages an owner may be storing for other nodes at once; a stores request beyond it
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
+#: message data per replicate request of a group, about (peer frames are at most 4 MiB;
+#: a body is at most 64 KiB of characters by default, 256 KiB of UTF-8)
+REPLICATE_BYTES = 1 << 20
 TICK = 1.0
 #: messages a replica remembers as gone (withdrawn or acked before their copy came)
 GONE = 4096
@@ -103,6 +112,8 @@ class Delivery:
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
         self.handover = Handover(self)
+        #: what the connections of users wrote and missed (at their nodes and owners)
+        self.redelivery = Redelivery(self)
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids
@@ -287,19 +298,32 @@ class Delivery:
     async def _store_group(self, group: _Group, confirmed: list[str]) -> None:
         """Write the group here and have its replicas copy it, all at once; each node
         that has it on disk is added to ``confirmed``. The copies are requests with
-        callbacks, not tasks: one wait for the disk, one for the last replica."""
-        copying = set(group.replicas)
+        callbacks, not tasks: one wait for the disk, one for the last replica. A group
+        larger than ``REPLICATE_BYTES`` goes to each replica in several requests (a peer
+        frame holds at most 4 MiB: one larger broke the link); a replica has the group
+        once it has confirmed them all."""
+        chunks = _chunks(group.items, REPLICATE_BYTES)
+        copying = dict.fromkeys(group.replicas, len(chunks))  # requests not answered
+        failed: set[str] = set()
         copied = trio.Event()
 
-        def replied(node: str, reply: Frame | None) -> None:
-            _note_copy(node, reply, len(group.items), confirmed)
-            copying.discard(node)
+        def replied(node: str, count: int, reply: Frame | None) -> None:
+            got: list[str] = []
+            _note_copy(node, reply, count, got)
+            if not got:
+                failed.add(node)
+            copying[node] -= 1
+            if copying[node] == 0:
+                del copying[node]
+                if node not in failed:
+                    confirmed.append(node)
             if not copying:
                 copied.set()
-        frame = self._replicate_frame(group.items)
-        for node in group.replicas:
-            self.links.request_soon(node, frame, partial(replied, node),
-                                    self.config.replicate_timeout)
+        for chunk in chunks:
+            frame = self._replicate_frame(chunk)
+            for node in group.replicas:
+                self.links.request_soon(node, frame, partial(replied, node, len(chunk)),
+                                        self.config.replicate_timeout)
         try:
             await self.store.write(group.items)
         except Exception as exc:  # not durable here: the senders are not acknowledged
@@ -343,6 +367,7 @@ class Delivery:
             for node in self.ring.replicas(user, self.config.replicas):
                 if node != self.me:  # a replica that takes over must wait for it too
                     self.links.send(node, {"t": "devices", "devices": [list(record[0])]})
+        self.mailboxes.hold(user, 0.0)  # a new connection takes what waits, and retries
         self.push(user, reconnect=True)
 
     def push(self, user: str, *, reconnect: bool = False) -> None:
@@ -355,7 +380,8 @@ class Delivery:
         now = time.time()
         actions: list[Any] = []
         for stored in self.mailboxes.to_send(user, now, reconnect=reconnect):
-            message = self.mailboxes.sent(stored, now).to_client()
+            self.mailboxes.sent(stored, now)
+            message = stored.to_client()
             for node in holders:
                 if node == self.me:
                     actions.append(DeliverLocal(user, message))
@@ -405,6 +431,8 @@ class Delivery:
             device = frame.get("device") if isinstance(frame.get("device"), str) else ""
             self._acked_at_owner(user, seqs_of(frame["seqs"]), device)
             return True
+        if kind in ("resend", "tried", "hold"):
+            return self.redelivery.from_peer(node, frame)
         if kind == "devices" and isinstance(frame.get("devices"), list):
             self.store.write_soon(devices=self._see_devices(frame["devices"]))
             return True
@@ -489,7 +517,7 @@ class Delivery:
             online = list(self.router.register)
             removed = self.mailboxes.expire(now, online) + self.mailboxes.sweep(now)
             if removed:
-                # not expired: sent too often without an ack
+                # not expired: written too often without an ack
                 dead = [stored for stored in removed if stored.expires > now]
                 for stored in dead:
                     logger.warning("message_dead_lettered user=%s seq=%d id=%s attempts=%d",
@@ -502,6 +530,20 @@ class Delivery:
 
     def ring_changed(self) -> None:
         self.handover.ring_changed()
+
+
+def _chunks(messages: list[Stored], most: int) -> list[list[Stored]]:
+    """``messages`` in slices of about ``most`` bytes of message data each (one at least)."""
+    chunks: list[list[Stored]] = [[]]
+    size = 0
+    for stored in messages:
+        length = len(stored.body) + 200
+        if chunks[-1] and size + length > most:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(stored)
+        size += length
+    return chunks
 
 
 def _note_copy(node: str, reply: Frame | None, count: int, confirmed: list[str]) -> None:

@@ -2,8 +2,20 @@
 
 The owner of a user and its replicas hold the same mailbox (``routing.py`` says who
 they are); only the owner delivers from it. A message stays until the user acks it, its
-TTL runs out, or it has been sent ``max_attempts`` times without an ack (dead-lettered,
-counted and logged: a message that makes every client fail must not loop forever).
+TTL runs out, or ``max_attempts`` connections ended after it was written on them and
+before their client acked it (dead-lettered, counted and logged: a message that makes
+every client fail must not loop forever).
+
+**An attempt is a write.** Sending a message to the nodes that hold its user's
+connections is not an attempt: a connection whose queue is full drops it, and one that
+carries it already does not write it again. Only the node that holds the connection
+knows what it wrote, and when the connection ends it tells the owner which messages it
+wrote that its client did not ack (``tried``). A slow or stuck reader therefore never
+uses up a message's attempts: what it was not given is not counted, and what it was
+given counts once, when its connection ends. A connection that dropped messages at its
+full queue asks for them again once it has room (``resend``), and meanwhile the owner
+**holds** its retries for the user (``hold``), so that a connection that does not drain
+is not offered the same messages every ``ack_timeout``.
 
 **Sequence numbers** are per user and increase: a new message gets
 ``max(last_seq + 1, now in microseconds)``. Tying them to the clock keeps them
@@ -125,6 +137,8 @@ class _Box:
     #: seq -> when to send again, for those sent at least once from this process (a
     #: dict of numbers, which the garbage collector need not walk, unlike a set)
     retry_at: dict[int, float] = field(default_factory=dict)
+    #: no retries before this: a connection of the user will ask for what it missed
+    hold_until: float = 0.0
     #: devices of the user -> when last seen
     devices: dict[str, float] = field(default_factory=dict)
     #: devices of the user -> when last seen as the store last got it
@@ -301,19 +315,52 @@ class Mailboxes:
                 out.append(as_stored(plain))
         return out
 
-    def sent(self, stored: Stored, now: float) -> Stored:
-        """Record one more attempt; returns the message with its new attempt count."""
+    def sent(self, stored: Stored, now: float) -> None:
+        """``stored`` was sent to the nodes holding its user's connections: it is due again
+        after ``ack_timeout`` unless acked. Not an attempt (``tried`` counts those)."""
         box = self._box(stored.user)
-        kept = box.pending.get(stored.seq)
-        current = stored if kept is None else as_stored(kept)
-        updated = current._replace(attempts=current.attempts + 1)
-        if kept is not None:
-            box.pending[stored.seq] = _plain(updated)
+        if stored.seq in box.retry_at:
+            self.counters["redelivered"] += 1
         box.retry_at[stored.seq] = now + self.limits.ack_timeout
         self.counters["sent"] += 1
-        if updated.attempts > 1:
-            self.counters["redelivered"] += 1
-        return updated
+
+    def resend(self, user: str, seqs: Iterable[int], now: float) -> list[Stored]:
+        """Of ``seqs``, those still waiting and not expired, to send again to a connection
+        that missed them (``sent``, but not counted as redelivered)."""
+        box = self._boxes.get(user)
+        if box is None:
+            return []
+        out = []
+        for seq in seqs:
+            plain = box.pending.get(seq)
+            if plain is not None and plain[_EXPIRES] > now:
+                box.retry_at[seq] = now + self.limits.ack_timeout
+                out.append(as_stored(plain))
+        self.counters["resent"] += len(out)
+        return out
+
+    def tried(self, user: str, seqs: Iterable[int]) -> list[Stored]:
+        """A connection ended after writing these and before its client acked them: one
+        attempt more each (those still waiting, with their new counts)."""
+        box = self._boxes.get(user)
+        if box is None:
+            return []
+        out = []
+        for seq in seqs:
+            plain = box.pending.get(seq)
+            if plain is not None:
+                updated = as_stored(plain)._replace(attempts=plain[_ATTEMPTS] + 1)
+                box.pending[seq] = _plain(updated)
+                out.append(updated)
+        self.counters["attempts"] += len(out)
+        return out
+
+    def hold(self, user: str, until: float) -> None:
+        """No retries for ``user`` before ``until`` (0: from now on again): a connection
+        that missed messages at its full queue will ask for them (``resend``)."""
+        box = self._boxes.get(user)
+        if box is not None:
+            box.hold_until = until
 
     def expire(self, now: float, users: Iterable[str] | None = None) -> list[Stored]:
         """Remove expired and dead-lettered (too many attempts) messages, and forget
@@ -351,11 +398,10 @@ class Mailboxes:
             for device in [d for d, seen in box.devices.items() if seen <= forgotten]:
                 del box.devices[device]
                 box.written.pop(device, None)
-        most, retry_at = self.limits.max_attempts, box.retry_at
+        most = self.limits.max_attempts
         for seq, tried_out in [
                 (seq, tried_out) for seq, plain in box.pending.items()
-                if (tried_out := plain[_ATTEMPTS] >= most and retry_at.get(seq, 0.0) <= now)
-                or plain[_EXPIRES] <= now]:
+                if (tried_out := plain[_ATTEMPTS] >= most) or plain[_EXPIRES] <= now]:
             removed.append(box.forget(seq))
             self._pending -= 1
             self.counters["dead_lettered" if tried_out else "expired"] += 1
@@ -363,11 +409,11 @@ class Mailboxes:
     def retry_users(self, now: float, users: Iterable[str]) -> list[str]:
         """Of ``users`` (those with sessions), those with a message whose ack is overdue,
         or that was never sent from here (a handover or a replica's copy, for a node
-        that owns the user now)."""
+        that owns the user now); not those whose retries are held (``hold``)."""
         due = []
         for user in users:
             box = self._boxes.get(user)
-            if box is not None and box.pending and (
+            if box is not None and box.pending and box.hold_until <= now and (
                     len(box.retry_at) < len(box.pending)
                     or any(when <= now for when in box.retry_at.values())):
                 due.append(user)

@@ -82,6 +82,7 @@ class _Peer:
         self.dirty = False  # in the links' list of queues to write at the end of the pass
         self.later = False  # in the links' list of queues to write when LATER is up
         self.packed = False  # its hello listed the "packed" feature (peer_proto)
+        self.features: frozenset[str] = frozenset()  # what its last hello listed
         self.wanted = False  # alive in the member table
         self.dialing = False  # a dial loop runs for it (never two: they would take turns
         #                       replacing each other's link)
@@ -122,6 +123,12 @@ class PeerLinks:
 
     def connected(self) -> list[str]:
         return sorted(name for name, peer in self._peers.items() if peer.stream is not None)
+
+    def lists(self, node: str, feature: str) -> bool:
+        """Whether ``node``'s last hello listed ``feature`` (False before any hello: a
+        frame of a feature goes only to peers known to take it; docs/development.md)."""
+        peer = self._peers.get(node)
+        return peer is not None and feature in peer.features
 
     # ---- what the node calls ------------------------------------------------------------
 
@@ -334,7 +341,7 @@ class PeerLinks:
                                self.counters["peer_handshakes_refused"])
             return None
         peer = self._peer(name)
-        peer.packed = PACKED in features
+        peer.packed, peer.features = PACKED in features, frozenset(features)
         return peer, reader
 
     async def _dial_loop(self, peer: _Peer) -> None:
@@ -374,7 +381,7 @@ class PeerLinks:
                 name, theirs, features = parse_hello(reply)
                 if name != peer.name:
                     raise FrameError(f"dialled {peer.name} but {name} answered")
-                peer.packed = PACKED in features
+                peer.packed, peer.features = PACKED in features, frozenset(features)
                 if not check_proof(keys, name, mine, theirs, reply.get("proof")):
                     raise FrameError("peer did not prove it holds a cluster key")
                 auth = proof(keys[0], self.me, theirs, mine) if keys else b""

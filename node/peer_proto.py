@@ -37,8 +37,11 @@ from .frames import FrameError, pack, unpack_message, unpacker
 PEER_PROTOCOL = 1
 #: the feature of messages carried packed (see above)
 PACKED = "packed"
+#: the feature of the ``hold``, ``resend`` and ``tried`` frames (docs/push.md: a slow
+#: reader's missed messages and what counts as an attempt); sent only to peers listing it
+REDELIVERY = "redelivery"
 #: what this node takes beyond protocol 1 (see above)
-FEATURES = (PACKED,)
+FEATURES = (PACKED, REDELIVERY)
 HEADER = struct.Struct(">I")
 MAX_PEER_FRAME = 4 * 1024 * 1024
 NONCE_SIZE = 16

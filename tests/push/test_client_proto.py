@@ -187,3 +187,29 @@ def test_service_tokens_are_not_rate_limited() -> None:
     assert isinstance(event, Hello) and event.service
     for _ in range(50):
         assert send(connection, {"t": "ping"}) == [Ping(None)]
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_frames_to_the_client_are_bounded_in_bytes_and_keep_the_order(text: bool) -> None:
+    """A batch of larger objects goes in several frames, each at most ``out_frame``
+    bytes (the 1 MiB a WebSocket library takes by default was passed by 256 messages of
+    4 KB in one frame); one object larger than that goes alone; small batches stay one
+    frame."""
+    connection = opened(text, out_frame=10_000)
+    small = [{"t": "pong", "ref": str(n)} for n in range(200)]
+    assert len(connection.frames(small) or []) == 1  # type: ignore[arg-type]
+    big = [{"t": "msg", "seq": n, "body": "é" * 1500} for n in range(20)]  # 3 KB of UTF-8
+    big[7]["body"] = "x" * 30_000  # alone in its frame
+    queued: list = [*big[:3], msgpack.packb({"t": "msg", "seq": 99, "body": "packed"}),
+                    *big[3:]]
+    frames = connection.frames(queued)
+    assert frames is not None and len(frames) > 5
+    got = []
+    for frame in frames:
+        payload = frame.encode() if isinstance(frame, str) else frame
+        value = json.loads(frame) if text else msgpack.unpackb(frame)
+        objects = value if isinstance(value, list) else [value]
+        assert len(payload) <= 10_000 or len(objects) == 1
+        got.extend(objects)
+    assert [o["seq"] for o in got] == [0, 1, 2, 99, *range(3, 20)]
+    assert got[8]["body"] == "x" * 30_000 and got[0]["body"] == "é" * 1500

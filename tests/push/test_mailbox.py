@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from node.clients import READ_KEPT, WRITTEN_KEPT, ClientSession, Written, take_through
+from node.clients import (
+    READ_KEPT, WRITTEN_KEPT, ClientSession, LocalClients, Written, take_through,
+)
 from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored, as_stored
 
 NOW = 1_800_000_000.0
@@ -173,19 +175,25 @@ def test_what_to_send_now_on_reconnect_and_after_the_ack_timeout() -> None:
     assert boxes.retry_users(NOW + 10, ["u", "nobody"]) == ["u"]
     assert boxes.retry_users(NOW + 10, []) == []  # without sessions, nothing to send
     assert [s.seq for s in boxes.to_send("u", NOW + 10)] == [a.seq]
-    again = boxes.sent(a, NOW + 10)
-    assert again.attempts == 2 and boxes.counters["redelivered"] == 1
+    boxes.sent(a, NOW + 10)
+    assert boxes.counters["redelivered"] == 1 and boxes.counters["sent"] == 3
+    assert boxes.pending("u")[0].attempts == 0  # sending is not an attempt: writing is
 
 
 def test_expiry_and_the_cap_on_attempts() -> None:
+    """An attempt is a connection that wrote the message and ended before its client
+    acked it (``tried``); sending it however often is none."""
     boxes = Mailboxes(Limits(ack_timeout=1, max_attempts=2))
     short = boxes.new("u", "short", "b", NOW, ttl=5)
     boxes.put(short)
     [poison] = fill(boxes, "v", 1)
-    boxes.sent(poison, NOW)
+    for n in range(10):
+        boxes.sent(poison, NOW + n / 10)
     assert boxes.expire(NOW + 1) == []
-    boxes.sent(poison, NOW + 1)
-    assert boxes.expire(NOW + 1.5) == []  # its last attempt still has time to be acked
+    assert [s.attempts for s in boxes.tried("v", [poison.seq, 12345])] == [1]
+    assert boxes.expire(NOW + 1.5) == []
+    assert boxes.tried("nobody", [poison.seq]) == []
+    boxes.tried("v", [poison.seq])
     removed = boxes.expire(NOW + 5)
     assert {s.id for s in removed} == {"short", "v-0"}
     assert boxes.counters["expired"] == 1 and boxes.counters["dead_lettered"] == 1
@@ -281,6 +289,7 @@ def test_the_count_of_all_pending_messages_follows_every_way_in_and_out() -> Non
             boxes.put(stored)
         elif move == 3 and (pending := boxes.pending(user)):
             boxes.sent(rnd.choice(pending), now)
+            boxes.tried(user, [rnd.choice(pending).seq])
         elif move == 4:
             boxes.ack(user, rnd.sample(range(1, 60), 5), "", now)
         elif move == 5:
@@ -304,7 +313,7 @@ def test_waiting_messages_leave_the_garbage_collector_alone() -> None:
     before = len(gc.get_objects())
     for user in users:
         fill(boxes, user, 200)
-    boxes.sent(boxes.pending("u1")[3], NOW)  # an attempt counted keeps it untracked too
+    boxes.tried("u1", [boxes.pending("u1")[3].seq])  # an attempt keeps it untracked too
     gc.collect()
     gc.collect()  # a mailbox's dict is untracked at a full collection after its messages
     assert len(gc.get_objects()) - before <= 3 * len(users)
@@ -327,3 +336,98 @@ def test_a_kept_copy_is_the_pending_messages_and_no_work_for_the_collector() -> 
     assert not gc.is_tracked(kept)
     assert [as_stored(p) for p in kept] == boxes.pending("u")
     assert boxes.kept("nobody") == ()
+
+
+def test_a_held_user_is_not_retried_and_what_a_connection_missed_is_sent_again() -> None:
+    """A connection that dropped messages at its full queue asks for them itself once it
+    has room: meanwhile the owner's retries are held, so a reader that does not drain is
+    not offered the same messages every ack timeout."""
+    boxes = Mailboxes(Limits(ack_timeout=10))
+    a, b, c = fill(boxes, "u", 3)
+    for stored in (a, b, c):
+        boxes.sent(stored, NOW)
+    boxes.hold("u", NOW + 300)
+    boxes.hold("nobody", NOW + 300)  # no mailbox: nothing to hold
+    assert boxes.retry_users(NOW + 20, ["u"]) == []
+    assert boxes.retry_users(NOW + 300, ["u"]) == ["u"]  # if its word is lost
+    assert [s.seq for s in boxes.resend("u", [c.seq, 999, a.seq], NOW + 20)] == [c.seq, a.seq]
+    assert boxes.counters["resent"] == 2 and boxes.counters["redelivered"] == 0
+    boxes.hold("u", 0.0)
+    assert boxes.retry_users(NOW + 20, ["u"]) == ["u"]
+    assert [s.seq for s in boxes.to_send("u", NOW + 20)] == [b.seq]  # c, a: sent again
+    assert boxes.resend("nobody", [a.seq], NOW) == []
+    assert all(s.attempts == 0 for s in boxes.pending("u"))
+
+
+def test_a_message_whose_ttl_is_up_is_not_sent_again_either() -> None:
+    boxes = Mailboxes()
+    short = boxes.new("u", "short", "b", NOW, ttl=5)
+    boxes.put(short)
+    assert boxes.resend("u", [short.seq], NOW + 5) == []
+
+
+def test_a_connection_asks_for_what_its_full_queue_dropped_half_a_queue_at_a_time() -> None:
+    """A QoS 1 message dropped at a full queue is noted; the owner is told once to hold
+    its retries, and each time the queue has emptied into the socket the connection asks
+    for the next half queue of what it missed, in order, until it has asked for all. A
+    retry of one it carries already is no loss; one it asked for comes back once."""
+    held: list[str] = []
+    asked: list[tuple[list[int], bool]] = []
+    session = ClientSession("s", "u", "d", "r", set(), limit=4,
+                            on_full=lambda s: held.append(s.session),
+                            on_room=lambda _s, seqs, more: asked.append((seqs, more)))
+
+    def message(seq: int) -> dict:
+        return {"t": "msg", "qos": 1, "seq": seq, "id": f"m{seq}", "body": "b"}
+    taken = [session.offer(message(seq)) for seq in range(1, 11)]
+    assert taken == [True] * 4 + [False] * 6 and held == ["s"]
+    assert not session.offer(message(7)) and held == ["s"]  # held already
+    assert not session.offer({"t": "msg", "qos": 0, "seq": 0, "body": "b"})  # QoS 0: gone
+    assert asked == []  # no room yet
+    session.wrote(session.take(256))  # written: the queue has room
+    assert asked == [([5, 6], True)]
+    session.take(256)  # empty again, but 5 and 6 are still on their way: wait for them
+    assert asked == [([5, 6], True)]
+    for seq in (5, 6):
+        assert session.offer(message(seq))
+    session.wrote(session.take(256))
+    assert asked[-1] == ([7, 8], True)
+    for seq in (7, 8):
+        session.offer(message(seq))
+    session.wrote(session.take(256))
+    assert asked[-1] == ([9, 10], False) and session.missed is None  # all asked for
+    for seq in (1, 2, 3, 4):  # retries of what it carries fill the queue ...
+        session.offer(message(seq))
+    assert not session.offer(message(4)) and session.missed is None  # ... and are no loss
+    assert held == ["s"]
+
+
+def test_a_connection_with_its_list_of_unacked_messages_full_asks_after_acks() -> None:
+    """Messages beyond ``WRITTEN_KEPT`` unacked on one connection are dropped as from a
+    full queue, and asked for once acks make room (not at once: they would be dropped
+    again)."""
+    asked: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "r", set(), limit=WRITTEN_KEPT + 10,
+                            on_room=lambda _s, seqs, _more: asked.append(seqs))
+    for seq in range(1, WRITTEN_KEPT + 3):
+        session.offer({"t": "msg", "qos": 1, "seq": seq, "body": "b"})
+    written = session.wrote(session.take(WRITTEN_KEPT + 10))
+    assert len(written) == WRITTEN_KEPT and session.dropped == 2
+    assert asked == []  # the list is full
+    assert session.acked_through(1) == [1]
+    assert asked == [[WRITTEN_KEPT + 1, WRITTEN_KEPT + 2]]
+
+
+def test_what_a_connection_missed_beyond_its_limit_is_counted_and_left_to_retries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("node.clients.MISSED_KEPT", 3)
+    asked: list[list[int]] = []
+    session = ClientSession("s", "u", "d", "r", set(), limit=1,
+                            on_room=lambda _s, seqs, _more: asked.append(seqs))
+    clients = LocalClients()
+    clients.attach(session)
+    for seq in range(1, 7):  # 1 queued, 2-4 noted, 5-6 beyond the limit
+        session.offer({"t": "msg", "qos": 1, "seq": seq, "body": "b"})
+    assert session.missed is not None and list(session.missed.seqs) == [2, 3, 4]
+    clients.detach(session)
+    assert clients.counters["client_missed_over_limit"] == 2

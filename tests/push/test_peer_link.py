@@ -19,7 +19,7 @@ import trio
 
 from node.frames import pack
 from node.peer_link import LATER, Frame, PeerLinks
-from node.peer_proto import FEATURES
+from node.peer_proto import FEATURES, REDELIVERY
 
 KEY = b"k" * 32
 
@@ -194,3 +194,19 @@ async def test_a_packed_message_reaches_an_older_peer_unpacked_and_a_newer_one_a
                     assert got == packed
         # the newer node's log says which peer is older (an operator's rolling upgrade)
         assert f"peer_connected peer={old} features=none" in caplog.messages
+
+
+async def test_a_link_knows_which_features_its_peer_listed_both_ways() -> None:
+    """A frame of a feature (the ``redelivery`` frames: ``hold``, ``resend``, ``tried``)
+    goes only to a peer whose hello listed it: ``lists`` says so for the peer that dialled
+    and the one that accepted, and says no before any hello."""
+    assert not PeerLinks("x", lambda: [KEY], lambda *_: None, lambda _: None).lists(
+        "node-b", REDELIVERY)
+    for old in ("node-a", "node-b", ""):
+        async with pair(older=old) as (a, b):
+            a.links.send("node-b", {"t": "x"})
+            await b.next_frame()
+            b.links.send("node-a", {"t": "x"})
+            await a.next_frame()
+            assert a.links.lists("node-b", REDELIVERY) == (old != "node-b")
+            assert b.links.lists("node-a", REDELIVERY) == (old != "node-a")

@@ -1,0 +1,137 @@
+"""What a user's connections wrote and missed, told by the node holding them to the
+user's owner, which decides on attempts and retries from it (``delivery.py`` delivers;
+``clients.py`` notes what a connection wrote and missed).
+
+Sending a QoS 1 message to the nodes that hold its user's connections is not an
+attempt: a connection whose queue is full drops it, and one that carries it already
+does not write it again. So the holder tells the owner what happened:
+
+* ``tried``: a connection ended; these messages were written on it and its client did
+  not ack them. Each counts one attempt (after ``max_attempts`` a message is
+  dead-lettered), unless the node ended the connection itself (``NOT_TRIED``).
+* ``hold``: a connection started dropping QoS 1 messages at its full queue (and again
+  every ``clients.HOLD_RENEW`` while it goes on). The owner holds its retries for the
+  user for up to ``HOLD``: offering a connection that does not drain the same messages
+  every ack timeout only had them dropped again (77,992 drops for 8,000 messages).
+* ``resend``: the connection's queue has emptied into its socket; the owner sends these
+  messages it missed again, to that node only, and keeps holding its retries while the
+  connection has ``more`` to ask for (they are not attempts either).
+
+A slow or stuck reader is thus offered each message about once while it does not read,
+gets them all, in step with its reading, when it reads again, and never uses up their
+attempts: they wait for their TTL like a user's who is offline.
+
+The three frames are the ``redelivery`` feature (``peer_proto.REDELIVERY``): a holder
+sends them only to an owner whose hello listed it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .frames import seqs_of
+from .names import is_user
+from .peer_proto import REDELIVERY
+from .routing import DeliverLocal, SendPeer
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
+
+#: how long an owner holds its retries for a user one of whose connections missed
+#: messages at its full queue: if the connection's word is lost, the retries take over
+#: after this
+HOLD = 300.0
+#: a connection that ended for one of these did not fail to read what it was written:
+#: the node ended it (a kick; the node stopping), so nothing counts as an attempt
+NOT_TRIED = frozenset({"kicked", "closed"})
+Frame = dict[str, Any]
+
+
+class Redelivery:
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+
+    # ---- at the node holding the connection ---------------------------------------------
+
+    def full(self, user: str) -> None:
+        """A connection of ``user`` here drops QoS 1 messages at its full queue: it will
+        ask for them once it has room; the owner holds its retries meanwhile."""
+        owner = self.delivery.ring.owner(user)
+        if owner == self.delivery.me:
+            self._hold(user)
+        elif owner is not None and self._takes(owner):
+            self.delivery.links.send(owner, {"t": "hold", "user": user})
+
+    def room(self, user: str, seqs: list[int], more: bool) -> None:
+        """A connection of ``user`` here has room for these messages it missed: the owner
+        sends them again (to this node); ``more``: it will ask for others after them."""
+        delivery = self.delivery
+        owner = delivery.ring.owner(user)
+        if owner == delivery.me:
+            self._resend(delivery.me, user, seqs, more)
+        elif owner is not None and self._takes(owner):
+            delivery.links.send(owner, {"t": "resend", "user": user, "seqs": seqs,
+                                        "more": more})
+
+    def closed(self, user: str, written: list[int], reason: str) -> None:
+        """A connection of ``user`` here ended: what it wrote that its client did not ack
+        counts as one attempt each at the owner (unless the node ended it)."""
+        if not written or reason in NOT_TRIED:
+            return
+        owner = self.delivery.ring.owner(user)
+        if owner == self.delivery.me:
+            self._tried(user, written)
+        elif owner is not None and self._takes(owner):
+            self.delivery.links.send_later(owner, {"t": "tried", "user": user,
+                                                   "seqs": written})
+
+    def _takes(self, owner: str) -> bool:
+        """Whether ``owner`` takes these frames; an older one (a rolling upgrade) retries
+        every ``ack_timeout`` as before and counts no attempt of ours."""
+        return self.delivery.links.lists(owner, REDELIVERY)
+
+    # ---- at the owner -------------------------------------------------------------------
+
+    def from_peer(self, node: str, frame: Frame) -> bool:
+        """A ``tried``, ``hold`` or ``resend`` frame from ``node``; False if malformed."""
+        kind, user = frame.get("t"), frame.get("user")
+        if not isinstance(user, str) or not is_user(user):
+            return False
+        if kind == "hold":
+            self._hold(user)
+            return True
+        seqs = frame.get("seqs")
+        if not isinstance(seqs, list):
+            return False
+        seqs = seqs_of(seqs)
+        if kind == "tried":
+            self._tried(user, seqs)
+        else:
+            self._resend(node, user, seqs, frame.get("more") is True)
+        return True
+
+    def _hold(self, user: str) -> None:
+        if self.delivery.ring.owner(user) == self.delivery.me:
+            self.delivery.mailboxes.hold(user, time.time() + HOLD)
+
+    def _resend(self, node: str, user: str, seqs: list[int], more: bool) -> None:
+        """Send ``seqs`` of ``user`` again to ``node``, which missed them (not counted as
+        attempts); hold the retries while it has ``more`` to ask for."""
+        delivery = self.delivery
+        if delivery.ring.owner(user) != delivery.me:
+            return  # a new owner sends everything to the user's connections anyway
+        now = time.time()
+        delivery.mailboxes.hold(user, now + HOLD if more else 0.0)
+        actions: list[Any] = []
+        for stored in delivery.mailboxes.resend(user, seqs, now):
+            message = stored.to_client()
+            if node == delivery.me:
+                actions.append(DeliverLocal(user, message))
+            else:
+                actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
+        delivery._carry_out(actions)
+
+    def _tried(self, user: str, seqs: list[int]) -> None:
+        if self.delivery.ring.owner(user) == self.delivery.me:
+            self.delivery.mailboxes.tried(user, seqs)
