@@ -64,11 +64,13 @@ class Connection:
         "machine",
         "out",
         "parser",
+        "partial",
         "pending",
         "remote",
         "room",
         "scope",
         "session",
+        "slow",
         "sock",
     )
 
@@ -80,6 +82,10 @@ class Connection:
         self.pending: list[Request | Violation] = []  # decoded, not yet handled
         self.heard = 0.0  # when the client last sent a message (trio's clock)
         self.out = bytearray()  # what the socket did not take yet
+        #: bytes at the start of ``out`` that end a frame the socket has begun: what lies
+        #: beyond them waits behind a write, and is what ``OUT_LIMIT`` bounds
+        self.partial = 0
+        self.slow = False  # closed for not reading (client_server.py, ``_slow``)
         self.draining = False  # a task waits to write ``out``
         self.closed = False
         self.close_sent = False
@@ -91,6 +97,26 @@ class Connection:
         self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
         #: what the reader met that ends the connection: raised by ``_message``
         self.failed: BaseException | None = None
+
+    def release(self) -> None:
+        """The connection has ended: let go of its buffers and of its session. The
+        session's ``notify`` refers back to the connection, a cycle only Python's cyclic
+        collector would free: until it ran (minutes on an idle node), a connection's
+        output (hundreds of MB under a ping flood) stayed with the process."""
+        self.out = bytearray()
+        self.partial = 0
+        self.inbox = []
+        self.pending = []
+        self.parser = ws.FrameParser(self.parser.max_message)
+        if self.session is not None:
+            self.session.notify = _ignore
+            self.session = None
+        self.machine = None
+        self.scope = None
+
+
+def _ignore(_session: ClientSession) -> None:
+    pass
 
 
 class QuietReader:
