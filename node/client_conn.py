@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -66,6 +67,7 @@ class Connection:
         "parser",
         "partial",
         "pending",
+        "pong",
         "remote",
         "room",
         "scope",
@@ -78,7 +80,10 @@ class Connection:
         self.sock = sock
         self.remote = remote
         self.parser = ws.FrameParser(WS_MAX_MESSAGE)
-        self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
+        self.inbox: deque[tuple[int, bytes | str]] = deque()  # parsed, not yet handled
+        #: the payload of the last ping not answered yet: a run of pings read together is
+        #: answered once, for the last (RFC 6455 5.5.3), so pongs grow with reads, not pings
+        self.pong: bytes | None = None
         self.pending: list[Request | Violation] = []  # decoded, not yet handled
         self.heard = 0.0  # when the client last sent a message (trio's clock)
         self.out = bytearray()  # what the socket did not take yet
@@ -105,7 +110,8 @@ class Connection:
         output (hundreds of MB under a ping flood) stayed with the process."""
         self.out = bytearray()
         self.partial = 0
-        self.inbox = []
+        self.inbox = deque()
+        self.pong = None
         self.pending = []
         self.parser = ws.FrameParser(self.parser.max_message)
         if self.session is not None:

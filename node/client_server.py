@@ -32,6 +32,7 @@ import math
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -334,12 +335,19 @@ class ClientServer:
             if opcode in (ws.TEXT, ws.BINARY):
                 client.heard = trio.current_time()
                 client.pending.extend(machine.receive(time.time(), payload))
-            elif opcode == ws.PING:  # a ping is hearing from the client, like any frame
-                client.heard = trio.current_time()
-                self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+            elif opcode in (ws.PING, ws.PONG):
+                try:
+                    self._control(client)
+                except ws.ProtocolError as exc:
+                    client.failed = exc
+                    return False
+                if opcode == ws.PING:
+                    client.pong = payload  # type: ignore[assignment]
             else:  # the closing handshake is the task's
-                client.inbox = frames[index:]
+                client.inbox = deque(frames[index:])
+                self._pong(client)
                 return False
+        self._pong(client)
         return self._handle(client, client.session) is False
 
     def _sent(self, client: Connection, session: ClientSession, answer: Object) -> None:
@@ -393,22 +401,42 @@ class ClientServer:
                 failed, client.failed = client.failed, None
                 raise failed
             while client.inbox:
-                opcode, payload = client.inbox.pop(0)
+                opcode, payload = client.inbox.popleft()
                 if opcode in (ws.TEXT, ws.BINARY):
+                    self._pong(client)
                     return payload
                 if opcode == ws.PING:
-                    client.heard = trio.current_time()
-                    self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+                    self._control(client)
+                    client.pong = payload  # type: ignore[assignment]
                 elif opcode == ws.PONG:
-                    client.heard = trio.current_time()
+                    self._control(client)
                 elif opcode == ws.CLOSE:
                     raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
+            self._pong(client)
             data = await self._receive(client)
             if not data:
                 raise Gone("client_closed")
-            client.inbox = client.parser.feed(data)
+            client.inbox = deque(client.parser.feed(data))
+
+    def _control(self, client: Connection) -> None:
+        """A ping or pong from the client: hearing from it, like any frame, and one
+        object against its rate (each ping costs a pong: a flood of empty pings, 6 bytes
+        each, cost the loop ~50 ms per read, and the kernel's buffers took megabytes of
+        pongs before the output bound saw any). Raises ``ws.ProtocolError`` (1008)
+        beyond the rate."""
+        client.heard = trio.current_time()
+        machine = client.machine
+        if machine is not None and not machine.control(time.time()):
+            self.clients.counters["client_error_rate_limited"] += 1
+            raise ws.ProtocolError(ws.POLICY, f"more than {self.limits.rate:g} pings/s")
 
     # ---- writing ------------------------------------------------------------------------
+
+    def _pong(self, client: Connection) -> None:
+        """Answer the last ping read, if it is not answered yet."""
+        if client.pong is not None:
+            self._send(client, ws.frame(ws.PONG, client.pong))
+            client.pong = None
 
     def _mark(self, client: Connection) -> None:
         """A first object waits in the client's queue: the flusher will write it."""

@@ -4,8 +4,8 @@ Starts a one-node cluster (``grapevine cluster up 1``, as scripts/bench_push.py 
 connects a **neighbour** that sends itself a QoS 0 message every 20 ms and times each
 one's round trip, and runs each attack in turn from a client that never reads its socket:
 
-* ``ping`` — WebSocket pings (125-byte payloads) as fast as the socket takes them,
-  after the hello;
+* ``ping`` — WebSocket pings (``--ping-size`` bytes, 125 by default) as fast as the
+  socket takes them, after the hello;
 * ``ping-before-hello`` — the same before any hello;
 * ``cont`` — a text message opened with one byte, then endless zero-length
   continuation frames.
@@ -15,7 +15,8 @@ For each: the node's RSS before, at its highest during and after the attacker le
 node's log line saying so, ``client_closed_slow`` or ``client_protocol_error``) and
 until its socket ended (``gone``: the attacker's send failed or the node's FIN came;
 a slow client gets the closing handshake's 2 + 2 s in between), the bytes the attacker
-got in, and the neighbour's round-trip p99 during the attack. Prints the machine's line
+got in, and the neighbour's round-trip p99 during the attack (and at least 1 s from its
+start). Prints the machine's line
 first, then one line per attack (``--json``: one JSON object).
 
     python scripts/attack_client.py --seconds 15
@@ -174,14 +175,14 @@ def cut_at(log: Path, local: str) -> float | None:
     return None
 
 
-def attack(kind: str, sock: socket.socket, secret: str, seconds: float
+def attack(kind: str, sock: socket.socket, secret: str, seconds: float, *, ping_size: int
            ) -> tuple[float | None, int]:
     """Run one attack for up to ``seconds``; (seconds until the socket ended or None,
     bytes sent)."""
     if kind != "ping-before-hello":
         sock.sendall(hello(secret, f"attacker-{kind}"))
     if kind in ("ping", "ping-before-hello"):
-        chunk = frame(0x9, b"p" * 125) * 512
+        chunk = frame(0x9, b"p" * ping_size) * 512
     else:
         sock.sendall(frame(0x1, b"x", fin=False))
         chunk = frame(0x0, b"", fin=False) * 8192
@@ -216,6 +217,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds after each attack before the RSS is read again")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--ping-size", type=int, default=125, choices=range(126),
+                        metavar="0..125", help="payload bytes of each ping")
     parser.add_argument("--dir", help="keep the node's folder (and its log) here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -241,7 +244,8 @@ def main() -> None:
             sock = opened(address, rcvbuf=4096)
             local = "{}:{}".format(*sock.getsockname()[:2])
             start, wall = time.monotonic(), time.time()
-            gone, sent = attack(kind, sock, cluster.secret, args.seconds)
+            gone, sent = attack(kind, sock, cluster.secret, args.seconds,
+                                ping_size=args.ping_size)
             end = time.monotonic()
             done.set()
             sampler.join()
@@ -253,7 +257,7 @@ def main() -> None:
                 "cut_after_s": None if cut is None else round(cut - wall, 3),
                 "gone_after_s": None if gone is None else round(gone, 3),
                 "sent_mib": round(sent / 2**20, 1),
-                "neighbour_p99_ms": neighbour.p99_ms(start, end),
+                "neighbour_p99_ms": neighbour.p99_ms(start, max(end, start + 1.0)),
                 "neighbour_p99_quiet_ms": neighbour.p99_ms(start - 1.0, start),
             }
         neighbour.stop.set()

@@ -54,6 +54,7 @@ class Stalled:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.offset = 0  # into the frames being sent: they go whole
+        self.sent = 0  # bytes sent by ``send_some``
 
     @classmethod
     async def open(cls, node: Node, first: bytes = b"") -> Stalled:
@@ -83,7 +84,9 @@ class Stalled:
         """Whatever the socket takes now of an endless repetition of ``chunk`` (whole
         frames), waiting a little if it takes nothing."""
         try:
-            self.offset = (self.offset + self.sock.send(chunk[self.offset:])) % len(chunk)
+            took = self.sock.send(chunk[self.offset:])
+            self.offset = (self.offset + took) % len(chunk)
+            self.sent += took
         except BlockingIOError:
             with trio.move_on_after(0.05):
                 await trio.lowlevel.wait_writable(self.sock)
@@ -302,28 +305,43 @@ async def test_error_frames_to_a_client_that_does_not_read(
         assert node.clients.counters["client_error_bad_request"] > 0
 
 
-# ---- WebSocket pongs: the bytes bound --------------------------------------------------------
+# ---- WebSocket pongs ------------------------------------------------------------------------
 
 PINGS = client_frame(0x9, b"p" * 125) * 64
 
 
+def connection_of(stalled: Stalled) -> Connection:
+    """The node's side of ``stalled`` (the same process)."""
+    local = "{}:{}".format(*stalled.sock.getsockname()[:2])
+    [connection] = [o for o in gc.get_objects()
+                    if isinstance(o, Connection) and o.remote == local]
+    return connection
+
+
 @pytest.mark.parametrize("after_hello", [True, False])
-async def test_websocket_pongs_to_a_client_that_does_not_read_are_bounded(
+async def test_websocket_pongs_to_a_client_that_does_not_read(
         after_hello: bool, caplog: pytest.LogCaptureFixture) -> None:
-    """Found by an attack: pongs were written on the spot, and what the socket did not
-    take waited without limit: +30 MB/s, and still there after the client left (the
+    """Found by an attack: every ping was answered on the spot, and what the socket did
+    not take waited without limit: +30 MB/s, and still there after the client left (the
     connection and its session referred to each other: only the cyclic collector, much
-    later, freed them). Now at most ``OUT_LIMIT`` waits; then the client is closed, and
-    nothing of the connection stays once it has gone."""
+    later, freed them). Now the pings of one read get one pong, for the last; a socket
+    that then takes nothing for the write deadline closes the client; nothing of the
+    connection stays once it has gone. (Pings count against a client's rate: the node's
+    is raised here, as a service token's is not limited; the node's socket buffer is
+    made small, as a slow network's would be, so that pongs alone fill it.)"""
     first = hello_frame("slow") if after_hello else b""
-    async with slow_setup(caplog, first=first) as (node, stalled, served):
+    async with slow_setup(caplog, first=first, client_rate=1e9, client_burst=10**9) as (
+            node, stalled, served):
         if after_hello:
             await welcomed(stalled)
+        connection_of(stalled).sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         await cut_while(node, lambda i: stalled.send_some(PINGS), served)
         gc.disable()  # what is still referenced, not what a collection would free
         try:
             frames = await ends_slow(node, stalled, served, caplog)
-            assert sum(opcode == 0xA for opcode, _ in frames) > OUT_LIMIT // 127
+            pongs = sum(opcode == 0xA for opcode, _ in frames)
+            pings = stalled.sent // (len(PINGS) // 64)
+            assert 0 < pongs < pings // 8  # a pong per read, not per ping
             with trio.fail_after(5):  # its task ends right after the closing handshake
                 await poll(lambda: not any(isinstance(o, Connection) and o.slow and not o.closed
                                            for o in gc.get_objects()))
@@ -332,6 +350,29 @@ async def test_websocket_pongs_to_a_client_that_does_not_read_are_bounded(
             assert kept == [] or all(len(o.out) == 0 and o.session is None for o in kept)
         finally:
             gc.enable()
+
+
+async def test_what_waits_behind_a_socket_is_bounded_in_bytes() -> None:
+    """Whatever is written on the spot (pongs, errors before a hello, the close frame):
+    past ``OUT_LIMIT`` behind the frame the socket is taking, the client is closed at
+    once, without waiting for the write deadline."""
+    async with client_node() as node:
+        server = node.client_server
+        ours, theirs = socket.socketpair()  # theirs is never read
+        with ours, theirs:
+            ours.setblocking(False)
+            connection = Connection(ours, "pair")
+            big = b"\x82\x7f" + (2**20).to_bytes(8, "big") + bytes(2**20)  # one 1 MiB frame
+            server._send(connection, big)
+            assert connection.partial == len(connection.out) > 0  # the kernel took a part
+            pong = client_server.ws.frame(0xA, b"p" * 125)
+            for _ in range(OUT_LIMIT // len(pong) + 1):
+                server._send(connection, pong)
+            assert connection.slow and connection.close_sent
+            assert len(connection.out) - connection.partial <= OUT_LIMIT + 2 + 125
+            assert node.clients.counters["clients_closed_slow"] == 1
+            assert connection.out.endswith(b"not reading: over 262144 bytes waiting")
+            connection.closed = True  # the drain task stops
 
 
 # ---- liveness ------------------------------------------------------------------------------
@@ -352,3 +393,22 @@ async def test_websocket_pings_count_as_hearing_from_the_client() -> None:
             await poll(lambda: not node.clients.sessions_of("pinger"))
         assert trio.current_time() - last_word >= 0.5 * 0.9
         assert node.clients.counters["clients_closed_slow"] == 0
+
+
+async def test_a_ping_flood_is_cut_at_the_clients_rate() -> None:
+    """Each ping costs the node a pong: a flood of empty ones (6 bytes each) held its loop
+    ~50 ms per read and never filled the output bound (the kernel took megabytes of
+    2-byte pongs first), before or after the hello. Pings and pongs count against the
+    connection's rate like objects: the flood is closed with 1008 after the burst."""
+    async with client_node(client_rate=5.0, client_burst=10) as node:
+        for first in (b"", hello_frame("pinger")):
+            stalled = await Stalled.open(node, first)
+            await welcomed(stalled, b"welcome" if first else b"\r\n\r\n")
+            await stalled.send(client_frame(0x9, b"") * 11)
+            frames, code = await stalled.read_to_close()
+            stalled.close()
+            assert code == 1008 and b"pings/s" in frames[-1][1]
+            burst = 10 - (1 if first else 0)  # the hello took one
+            assert frames[-1][0] == 0x8 and len(frames) - 1 <= burst
+            assert all(opcode == 0xA for opcode, _ in frames[:-1])
+        assert node.clients.counters["client_error_rate_limited"] == 2
