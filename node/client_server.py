@@ -399,7 +399,10 @@ class ClientServer:
         while True:
             if client.failed is not None:  # met by the quiet reader: raised once
                 failed, client.failed = client.failed, None
-                raise failed
+                try:
+                    raise failed
+                finally:  # else this frame, in the exception's traceback, holds it: a cycle
+                    del failed
             while client.inbox:
                 opcode, payload = client.inbox.popleft()
                 if opcode in (ws.TEXT, ws.BINARY):
@@ -447,11 +450,14 @@ class ClientServer:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            marked, self._marked = self._marked, []
-            for served, client in enumerate(marked, 1):
-                self._flush(client)
-                if served % FLUSH_SLICE == 0:
-                    await trio.lowlevel.checkpoint()
+            await self._flush_marked()  # its locals go with it: no connection is kept
+
+    async def _flush_marked(self) -> None:
+        marked, self._marked = self._marked, []
+        for served, client in enumerate(marked, 1):
+            self._flush(client)
+            if served % FLUSH_SLICE == 0:
+                await trio.lowlevel.checkpoint()
 
     def _flush(self, client: Connection) -> None:
         """Write what the client's session has queued, a batch per frame, as long as its
