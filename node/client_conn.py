@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -64,11 +65,14 @@ class Connection:
         "machine",
         "out",
         "parser",
+        "partial",
         "pending",
+        "pong",
         "remote",
         "room",
         "scope",
         "session",
+        "slow",
         "sock",
     )
 
@@ -76,10 +80,17 @@ class Connection:
         self.sock = sock
         self.remote = remote
         self.parser = ws.FrameParser(WS_MAX_MESSAGE)
-        self.inbox: list[tuple[int, bytes | str]] = []  # parsed, not yet handled
+        self.inbox: deque[tuple[int, bytes | str]] = deque()  # parsed, not yet handled
+        #: the payload of the last ping not answered yet: a run of pings read together is
+        #: answered once, for the last (RFC 6455 5.5.3), so pongs grow with reads, not pings
+        self.pong: bytes | None = None
         self.pending: list[Request | Violation] = []  # decoded, not yet handled
         self.heard = 0.0  # when the client last sent a message (trio's clock)
         self.out = bytearray()  # what the socket did not take yet
+        #: bytes at the start of ``out`` that end a frame the socket has begun: what lies
+        #: beyond them waits behind a write, and is what ``OUT_LIMIT`` bounds
+        self.partial = 0
+        self.slow = False  # closed for not reading (client_server.py, ``_slow``)
         self.draining = False  # a task waits to write ``out``
         self.closed = False
         self.close_sent = False
@@ -91,6 +102,27 @@ class Connection:
         self.drained: trio.Event | None = None  # set when ``out`` empties (if waited for)
         #: what the reader met that ends the connection: raised by ``_message``
         self.failed: BaseException | None = None
+
+    def release(self) -> None:
+        """The connection has ended: let go of its buffers and of its session. The
+        session's ``notify`` refers back to the connection, a cycle only Python's cyclic
+        collector would free: until it ran (minutes on an idle node), a connection's
+        output (hundreds of MB under a ping flood) stayed with the process."""
+        self.out = bytearray()
+        self.partial = 0
+        self.inbox = deque()
+        self.pong = None
+        self.pending = []
+        self.parser = ws.FrameParser(self.parser.max_message)
+        if self.session is not None:
+            self.session.notify = _ignore
+            self.session = None
+        self.machine = None
+        self.scope = None
+
+
+def _ignore(_session: ClientSession) -> None:
+    pass
 
 
 class QuietReader:

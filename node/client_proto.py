@@ -205,6 +205,13 @@ class ClientConnection:
                 break
         return out
 
+    def control(self, now: float) -> bool:
+        """A WebSocket ping or pong from the client: it counts against the rate like an
+        object, a service token's too (no client needs more than a few a second, and
+        each costs the node a parse and an answer). False when over it: the shell closes
+        the connection (1008)."""
+        return self._bucket.take(now, 1)
+
     def _hello(self, now: float, obj: dict[str, Any], text: bool) -> Request | Violation:
         if obj["t"] != "hello":
             return self._close("unauthorized", "the first frame must be a hello", CLOSE_POLICY)

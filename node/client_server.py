@@ -15,6 +15,11 @@ here 33 KiB and five tasks per idle connection, and a task switch plus a lock pe
   marks the session; one **flusher** task packs each marked session's queue into one
   frame and hands it to the kernel. Only a connection whose socket is full gets a task
   that waits to write more; meanwhile its queue fills, then drops QoS 0 objects (counted).
+* **a client that does not read is closed** (``CLOSE_SLOW``, counted as
+  ``clients_closed_slow``, logged once): when what waits behind the frame its socket
+  is taking (answers written on the spot: WebSocket pongs, refusals) passes
+  ``OUT_LIMIT``, or when its socket has taken nothing for two heartbeats while output
+  waits. Everything else it is sent waits in its session's bounded queue.
 
 The sessions themselves, by user and by topic, live in ``clients.py``.
 """
@@ -23,9 +28,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -46,8 +53,17 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # the opening handshake must be done within this
 CLOSE_TIMEOUT = 2.0  # how long a closing connection waits for the client's close frame
 RECEIVE_BYTES = 65536
-#: bytes a connection may have waiting for its socket before its queue stops draining
+#: bytes a connection may have waiting behind the frame its socket is taking (the queue is
+#: only packed into a frame once the socket took the last one, so only what is written on
+#: the spot lands there: pongs, error frames before a hello, the close frame); beyond it,
+#: the client is not reading and is closed. A reader that is slow but moving never gets
+#: near it: its messages wait in the session's queue, which drops (counted) when full
 OUT_LIMIT = 256 * 1024
+#: heartbeats a connection's socket may take nothing while output waits for it before the
+#: client is closed as not reading (as long as the node waits for a silent client to speak)
+WRITE_STALL_HEARTBEATS = 2
+#: the close code for a client that does not read what it is sent (docs/protocol.md)
+CLOSE_SLOW = 4008
 #: sessions the flusher serves between checkpoints
 FLUSH_SLICE = 256
 #: sessions torn down at once. A mass disconnect (a load balancer restarting, a network
@@ -83,6 +99,7 @@ class ClientServer:
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
             max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
             max_ttl=config.max_ttl, tokens_without_exp=config.allow_tokens_without_exp)
+        self.write_timeout = config.heartbeat * WRITE_STALL_HEARTBEATS
         self._secret = (config.token_secret or "").encode()
         self._ids = itertools.count(1)
         self._marked: list[Connection] = []
@@ -139,6 +156,7 @@ class ClientServer:
                         self._tear_down(session)
             trio.lowlevel.notify_closing(client.sock)
             client.sock.close()
+            client.release()
 
     def _tear_down(self, session: ClientSession) -> None:
         self.clients.counters["client_rewrites_skipped"] += session.rewrites_skipped
@@ -149,6 +167,16 @@ class ClientServer:
     # ---- one conversation ---------------------------------------------------------------
 
     async def _converse(self, client: Connection) -> str:
+        """The conversation, in a scope that ends it early: a kick, or a client closed
+        for not reading (``_slow``); then the closing handshake."""
+        with trio.CancelScope() as client.scope:
+            return await self._converse_in_scope(client)
+        await self._close(client, CLOSE_NORMAL, "kicked")  # sent already if it was ``_slow``
+        if client.slow:
+            return "slow"
+        return (client.session and client.session.closed_reason) or "closed"
+
+    async def _converse_in_scope(self, client: Connection) -> str:
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             if not await self._handshake(client):
                 return "refused"
@@ -196,10 +224,7 @@ class ClientServer:
         self.clients.attach(session)
         logger.info("client_connected user=%s session=%s device=%s remote=%s",
                     session.user, session.session, session.device or "-", client.remote)
-        with trio.CancelScope() as client.scope:
-            return await self._read(client, session, machine, events[1:])
-        await self._close(client, CLOSE_NORMAL, "kicked")  # the scope was cancelled
-        return session.closed_reason or "closed"
+        return await self._read(client, session, machine, events[1:])
 
     async def _handshake(self, client: Connection) -> bool:
         data = b""
@@ -310,11 +335,19 @@ class ClientServer:
             if opcode in (ws.TEXT, ws.BINARY):
                 client.heard = trio.current_time()
                 client.pending.extend(machine.receive(time.time(), payload))
-            elif opcode == ws.PING:
-                self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+            elif opcode in (ws.PING, ws.PONG):
+                try:
+                    self._control(client)
+                except ws.ProtocolError as exc:
+                    client.failed = exc
+                    return False
+                if opcode == ws.PING:
+                    client.pong = payload  # type: ignore[assignment]
             else:  # the closing handshake is the task's
-                client.inbox = frames[index:]
+                client.inbox = deque(frames[index:])
+                self._pong(client)
                 return False
+        self._pong(client)
         return self._handle(client, client.session) is False
 
     def _sent(self, client: Connection, session: ClientSession, answer: Object) -> None:
@@ -355,7 +388,8 @@ class ClientServer:
                 continue
             except OSError:
                 return b""
-            if not waited:
+            if not waited:  # a flood never waits: a kick or ``_slow`` must still end it
+                await trio.lowlevel.checkpoint_if_cancelled()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
@@ -365,21 +399,47 @@ class ClientServer:
         while True:
             if client.failed is not None:  # met by the quiet reader: raised once
                 failed, client.failed = client.failed, None
-                raise failed
+                try:
+                    raise failed
+                finally:  # else this frame, in the exception's traceback, holds it: a cycle
+                    del failed
             while client.inbox:
-                opcode, payload = client.inbox.pop(0)
+                opcode, payload = client.inbox.popleft()
                 if opcode in (ws.TEXT, ws.BINARY):
+                    self._pong(client)
                     return payload
                 if opcode == ws.PING:
-                    self._send(client, ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+                    self._control(client)
+                    client.pong = payload  # type: ignore[assignment]
+                elif opcode == ws.PONG:
+                    self._control(client)
                 elif opcode == ws.CLOSE:
                     raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
+            self._pong(client)
             data = await self._receive(client)
             if not data:
                 raise Gone("client_closed")
-            client.inbox = client.parser.feed(data)
+            client.inbox = deque(client.parser.feed(data))
+
+    def _control(self, client: Connection) -> None:
+        """A ping or pong from the client: hearing from it, like any frame, and one
+        object against its rate (each ping costs a pong: a flood of empty pings, 6 bytes
+        each, cost the loop ~50 ms per read, and the kernel's buffers took megabytes of
+        pongs before the output bound saw any). Raises ``ws.ProtocolError`` (1008)
+        beyond the rate."""
+        client.heard = trio.current_time()
+        machine = client.machine
+        if machine is not None and not machine.control(time.time()):
+            self.clients.counters["client_error_rate_limited"] += 1
+            raise ws.ProtocolError(ws.POLICY, f"more than {self.limits.rate:g} pings/s")
 
     # ---- writing ------------------------------------------------------------------------
+
+    def _pong(self, client: Connection) -> None:
+        """Answer the last ping read, if it is not answered yet."""
+        if client.pong is not None:
+            self._send(client, ws.frame(ws.PONG, client.pong))
+            client.pong = None
 
     def _mark(self, client: Connection) -> None:
         """A first object waits in the client's queue: the flusher will write it."""
@@ -390,11 +450,14 @@ class ClientServer:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            marked, self._marked = self._marked, []
-            for served, client in enumerate(marked, 1):
-                self._flush(client)
-                if served % FLUSH_SLICE == 0:
-                    await trio.lowlevel.checkpoint()
+            await self._flush_marked()  # its locals go with it: no connection is kept
+
+    async def _flush_marked(self) -> None:
+        marked, self._marked = self._marked, []
+        for served, client in enumerate(marked, 1):
+            self._flush(client)
+            if served % FLUSH_SLICE == 0:
+                await trio.lowlevel.checkpoint()
 
     def _flush(self, client: Connection) -> None:
         """Write what the client's session has queued, a batch per frame, as long as its
@@ -423,12 +486,18 @@ class ClientServer:
                 session.queue.clear()
                 return
 
-    def _send(self, client: Connection, data: bytes) -> None:
-        """Hand ``data`` to the socket now; what it does not take waits in ``out``."""
+    def _send(self, client: Connection, data: bytes, *, closing: bool = False) -> None:
+        """Hand ``data`` (whole frames) to the socket now; what it does not take waits in
+        ``out``. More than ``OUT_LIMIT`` waiting behind the frame the socket is taking
+        closes the client as not reading (the close frame alone may go beyond)."""
         if client.closed or client.close_sent:
             return
-        if client.out:
-            client.out += data
+        out = client.out
+        if out:
+            if not closing and len(out) - client.partial + len(data) > OUT_LIMIT:
+                self._slow(client, f"over {OUT_LIMIT} bytes waiting")
+                return
+            out += data
             return
         try:
             sent = client.sock.send(data)
@@ -438,9 +507,8 @@ class ClientServer:
             client.closed = True
             return
         if sent < len(data):
-            client.out += data[sent:]
-            if len(client.out) > OUT_LIMIT:
-                self.clients.counters["client_out_over_limit"] += 1
+            out += data[sent:]
+            client.partial = len(out)
             if not client.draining and self._nursery is not None:
                 client.draining = True
                 self._nursery.start_soon(self._drain, client)
@@ -448,19 +516,48 @@ class ClientServer:
     def _send_close(self, client: Connection, code: int, reason: str = "") -> None:
         """Our close frame, once; nothing is written after it."""
         if not client.close_sent:
-            self._send(client, ws.close_frame(code, reason[:120]))
+            self._send(client, ws.close_frame(code, reason[:120]), closing=True)
             client.close_sent = True
 
+    def _slow(self, client: Connection, why: str) -> None:
+        """The client does not read what it is sent: close it (once), counted and logged.
+        What waits for it stays (it is written if the client reads again before the
+        closing handshake ends), our close frame behind it; nothing is acked or dropped
+        here: its QoS 1 messages stay with their owner until read."""
+        if client.slow or client.closed or client.close_sent:
+            return
+        client.slow = True
+        session = client.session
+        self.clients.counters["clients_closed_slow"] += 1
+        logger.warning("client_closed_slow user=%s session=%s remote=%s buffered=%d "
+                       "queued=%d reason=%r", session.user if session else "-",
+                       session.session if session else "-", client.remote, len(client.out),
+                       len(session.queue) if session else 0, why)
+        if session is not None:
+            session.closed = True  # nothing more is queued for it
+            session.closed_reason = "slow"
+        self._send_close(client, CLOSE_SLOW, f"not reading: {why}")
+        if client.scope is not None:
+            client.scope.cancel()
+
     async def _drain(self, client: Connection) -> None:
-        """Write ``out`` as the socket takes it, then whatever queued meanwhile."""
+        """Write ``out`` as the socket takes it, then whatever queued meanwhile. A socket
+        that takes nothing for ``write_timeout`` closes the client as not reading; any
+        byte taken starts the wait again (a slow reader that moves is never cut)."""
         try:
             while client.out and not client.closed:
-                await trio.lowlevel.wait_writable(client.sock)
+                with trio.move_on_after(math.inf if client.slow else self.write_timeout
+                                        ) as waiting:
+                    await trio.lowlevel.wait_writable(client.sock)
+                if waiting.cancelled_caught:
+                    self._slow(client, f"nothing taken for {self.write_timeout:g} s")
+                    continue
                 try:
                     sent = client.sock.send(client.out)
                 except BlockingIOError:
                     continue
                 del client.out[:sent]
+                client.partial = max(0, client.partial - sent)
                 if not client.out:
                     self._flush(client)
         except (OSError, trio.ClosedResourceError):

@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 #: messages at its full queue: if the connection's word is lost, the retries take over
 #: after this
 HOLD = 300.0
-#: a connection that ended for one of these did not fail to read what it was written:
-#: the node ended it (a kick; the node stopping), so nothing counts as an attempt
-NOT_TRIED = frozenset({"kicked", "closed"})
+#: a connection that ended for one of these is not counted as having failed at what it
+#: was written: the node ended it (a kick; the node stopping), or closed it because its
+#: client did not read (``slow``: a stuck reader must never use up a message's attempts,
+#: which would make an acknowledged message disappear before its TTL)
+NOT_TRIED = frozenset({"kicked", "closed", "slow"})
 Frame = dict[str, Any]
 
 

@@ -27,7 +27,7 @@ from .routing import Parked, Router
 
 logger = logging.getLogger(__name__)
 #: a connection that ended for one of these may come back and resume
-RESUMABLE = ("client_closed", "heartbeat_missed")
+RESUMABLE = ("client_closed", "heartbeat_missed", "slow")
 
 
 class Resumes:

@@ -22,6 +22,10 @@ NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG = (
     1000, 1001, 1002, 1007, 1008, 1009)
 #: largest opening request we read (browsers send well under 2 KiB)
 MAX_REQUEST = 8192
+#: frames one message may come in (browsers send one; libraries that fragment do so in
+#: pieces of KiBs): without a cap, empty continuation frames cost the parser a list
+#: entry and a parse each without ever reaching the size limit
+MAX_FRAGMENTS = 1024
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _SHORT, _LONG = struct.Struct(">BBH"), struct.Struct(">BBQ")
 _CLOSE_CODE = struct.Struct(">H")
@@ -161,7 +165,10 @@ class FrameParser:
     :meth:`feed` returns ``(opcode, payload)`` pairs in order: ``TEXT`` with a str,
     ``BINARY`` with bytes (fragments already joined), and the control frames ``PING``,
     ``PONG`` and ``CLOSE`` with their bytes. A message longer than ``max_message`` is
-    refused from its header, before it is buffered.
+    refused from its header, before it is buffered; a fragmented one counts its frames'
+    headers too, and may come in at most ``MAX_FRAGMENTS`` frames. What the parser holds
+    is so bounded: the frames of one message, and at most one partial frame (a control
+    frame is at most 131 bytes; the frames a ``feed`` completes are returned).
     """
 
     def __init__(self, max_message: int) -> None:
@@ -206,6 +213,8 @@ class FrameParser:
                 raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             elif self._fragment_size + size > self.max_message:
                 raise ProtocolError(TOO_BIG, f"message over {self.max_message} bytes")
+            elif self._fragment_opcode is not None and len(self._fragments) >= MAX_FRAGMENTS:
+                raise ProtocolError(POLICY, f"message in over {MAX_FRAGMENTS} frames")
             end = start + head + 4 + size
             if size_of_buffer < end:
                 break
@@ -219,7 +228,7 @@ class FrameParser:
                 if self._fragment_opcode is None:
                     raise ProtocolError(PROTOCOL_ERROR, "continuation of no message")
                 self._fragments.append(payload)
-                self._fragment_size += size
+                self._fragment_size += head + 4 + size  # an empty frame still costs
                 if not fin:
                     continue
                 opcode, payload = self._fragment_opcode, b"".join(self._fragments)
@@ -228,7 +237,7 @@ class FrameParser:
                 raise ProtocolError(PROTOCOL_ERROR, "a new message inside a fragmented one")
             elif not fin:
                 self._fragment_opcode, self._fragments, self._fragment_size = (
-                    opcode, [payload], size)
+                    opcode, [payload], head + 4 + size)
                 continue
             if opcode == TEXT:
                 try:

@@ -140,6 +140,33 @@ def test_an_oversized_message_is_refused_from_its_header_before_it_is_buffered()
     assert caught.value.code == ws.TOO_BIG
 
 
+def test_empty_continuation_frames_are_capped_per_message_and_their_headers_count() -> None:
+    """Found by an attack: an endless stream of empty continuation frames never reached
+    the size limit (only payload counted): +61 MB for 8 M frames in 10 s, cut after 60 s.
+    Each frame's header now counts against the message, and a message is refused past
+    ``MAX_FRAGMENTS`` frames, from the header of the one too many."""
+    parser = ws.FrameParser(2**20)
+    empty = client_frame(ws.CONT, b"", fin=False)
+    assert parser.feed(client_frame(ws.TEXT, b"x", fin=False)) == []
+    assert parser.feed(empty * (ws.MAX_FRAGMENTS - 1)) == []
+    with pytest.raises(ws.ProtocolError) as caught:
+        parser.feed(empty[:2])  # the header alone of the frame one too many
+    assert caught.value.code == ws.POLICY and "frames" in caught.value.reason
+    small = ws.FrameParser(1000)  # 6 bytes a frame: 1000 bytes before the cap
+    small.feed(client_frame(ws.BINARY, b"", fin=False))
+    with pytest.raises(ws.ProtocolError) as caught:
+        small.feed(empty * 200)
+    assert caught.value.code == ws.TOO_BIG
+
+
+def test_a_message_at_the_cap_of_frames_is_joined() -> None:
+    parser = ws.FrameParser(2**20)
+    wire = (client_frame(ws.BINARY, b"a", fin=False)
+            + client_frame(ws.CONT, b"b", fin=False) * (ws.MAX_FRAGMENTS - 2)
+            + client_frame(ws.CONT, b"c"))
+    assert parser.feed(wire) == [(ws.BINARY, b"a" + b"b" * (ws.MAX_FRAGMENTS - 2) + b"c")]
+
+
 @pytest.mark.parametrize(("payload", "code"), [
     (b"", 1005), (struct.pack(">H", 1000), 1000), (struct.pack(">H", 4000) + b"app", 4000),
 ])
