@@ -6,7 +6,7 @@ import pytest
 
 from node.frames import FrameError, pack
 from node.peer_proto import (
-    HEADER, FrameReader, check_proof, encode_frames, hello, parse_hello, proof, unpacked,
+    FEATURES, HEADER, FrameReader, check_proof, encode_frames, hello, parse_hello, proof, unpacked,
 )
 
 KEYS = [b"k" * 32, b"old" * 8]
@@ -44,7 +44,7 @@ def test_bad_frames_raise_frame_error(data: bytes, code: str) -> None:
 def test_both_sides_prove_they_hold_a_cluster_key() -> None:
     dialer_nonce, acceptor_nonce = b"d" * 16, b"a" * 16
     opening = hello("b", acceptor_nonce, KEYS, answer_to=dialer_nonce)
-    assert parse_hello(opening) == ("b", acceptor_nonce, frozenset({"packed"}))
+    assert parse_hello(opening) == ("b", acceptor_nonce, frozenset(FEATURES))
     # the dialer checks the acceptor's proof over its own nonce ...
     assert check_proof(KEYS, "b", dialer_nonce, acceptor_nonce, opening["proof"])
     # ... with any installed key (rotation), and nothing else passes
