@@ -13,6 +13,7 @@ and described in ``docs/membership.md``.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import Counter
@@ -36,12 +37,20 @@ from node.config import Config
 
 from .awareness import Awareness
 from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
-from .merge import AliveVerdict, compatible, judge_alive
+from .merge import (
+    MAX_INCARNATION, AliveVerdict, compatible, judge_alive, plausible_accusation, refutation,
+)
 from .probe import PROBE, PROBE_END, PROBE_TIMEOUT, RELAY, Prober, reply_address
 from .streams import JOIN_RETRY, PUSH_PULL, RECONNECT, SendStream, Streams
 from .suspicion import Suspicion, suspicion_timeout
 from .table import MemberTable
 from .timers import Deadlines
+
+
+logger = logging.getLogger(__name__)
+
+#: at most one ``incarnation_implausible`` line per member this often (seconds, our clock)
+IMPLAUSIBLE_LOG_EVERY = 60.0
 
 
 class SwimMisuse(RuntimeError):
@@ -110,6 +119,11 @@ class Swim:
         self._events: list[MemberEvent] = [MemberEvent(EventKind.JOINED, me, None)]
         self._counters: Counter[str] = Counter()
         self._seq = 0
+        #: per member, the highest incarnation it has itself announced (an accepted alive)
+        self._announced: dict[NodeName, int] = {}
+        #: per member, when we last logged implausible news or dialed it to check
+        self._implausible_at: dict[NodeName, float] = {}
+        self._checked_at: dict[NodeName, float] = {}
         self.leaving = False
         self._left = False
         self._last_gossip = -math.inf
@@ -168,7 +182,7 @@ class Swim:
         if isinstance(message, PushPull):
             self.count("push_pulls_received")
             reply = self._streams.push_pull_bytes(message.join)
-            self.merge(now, message.states)
+            self.merge(now, message.states, None)
             return reply
         if isinstance(message, User):
             self.count("user_messages_ignored")
@@ -222,7 +236,8 @@ class Swim:
         """Change our metadata; gossiped as an alive with the next incarnation."""
         me = self.table.local
         self._meta = encode_tags(dict(tags))
-        updated = replace(me, incarnation=me.incarnation + 1, meta=self._meta)
+        # at the top the incarnation stays: peers take our own word there (merge.judge_alive)
+        updated = replace(me, incarnation=min(me.incarnation + 1, MAX_INCARNATION), meta=self._meta)
         self._store(now, updated)
         self._queue_alive(now, updated)
 
@@ -280,7 +295,11 @@ class Swim:
 
     def reaped(self, event: MemberEvent) -> None:
         self.count("members_reaped")
-        self._suspicions.pop(event.member.name, None)
+        name = event.member.name
+        self._suspicions.pop(name, None)
+        self._announced.pop(name, None)
+        self._implausible_at.pop(name, None)
+        self._checked_at.pop(name, None)
         self._events.append(event)
 
     # ---- dispatch -------------------------------------------------------------------
@@ -299,11 +318,11 @@ class Swim:
         elif isinstance(message, IndirectPing):
             self._prober.on_indirect_ping(now, src, message)
         elif isinstance(message, Alive):
-            self._on_alive(now, message)
+            self._on_alive(now, message, src)
         elif isinstance(message, Suspect):
-            self._on_suspect(now, message)
+            self._on_suspect(now, message, gossip=True)
         elif isinstance(message, Dead):
-            self._on_dead(now, message)
+            self._on_dead(now, message, gossip=True)
         elif isinstance(message, User):
             self.count("user_messages_ignored")
         else:
@@ -327,22 +346,44 @@ class Swim:
 
     # ---- the merge rules (memberlist-wire.md §7) -----------------------------------
 
-    def _on_alive(self, now: float, alive: Alive) -> None:
-        if self.leaving and alive.node == self.name:
+    def _on_alive(
+        self, now: float, alive: Alive, src: Address | None, *, synced: bool = False
+    ) -> None:
+        """``src``: who sent it (the datagram's source, or the peer we dialed for a
+        push-pull); ``synced``: it came in a push-pull."""
+        is_me = alive.node == self.name
+        if self.leaving and is_me:
             return
         known = self.table.get(alive.node)
         if (
-            known is not None and alive.incarnation <= known.incarnation
-            and alive.node != self.name and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            known is not None and alive.incarnation <= known.incarnation and not is_me
+            and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            and alive.incarnation != MAX_INCARNATION
         ):
             return  # old news, the common case in gossip: decided before decoding anything
         address = (ip_from_bytes(alive.addr), alive.port)
+        name = NodeName(alive.node)
+        # the member's own word: sent from the address we know it by, claiming that address
+        # (an alive claiming its sender's address proves nothing: anyone can send one)
+        direct = src is not None and known is not None and src == address == known.address
         verdict = judge_alive(
-            known, alive, address, is_me=alive.node == self.name, now=now,
+            known, alive, address, is_me=is_me, now=now,
             reclaim_time=self.config.dead_node_reclaim_time,
             local_meta=self._meta, local_vsn=bytes(self.config.vsn),
+            announced=self._announced.get(name), direct=direct, synced=synced,
         )
         if verdict is AliveVerdict.IGNORE:
+            return
+        if verdict is AliveVerdict.IMPLAUSIBLE:
+            assert known is not None
+            self._implausible(now, known, "alive", alive.incarnation, None)
+            if not is_me:
+                self._check(now, known)
+            return
+        if verdict is AliveVerdict.UNPROVEN:
+            assert known is not None
+            self.count("alives_at_max_incarnation_unproven")
+            self._check(now, known)
             return
         if verdict is AliveVerdict.BAD_VERSION:
             self.count("alive_bad_version")
@@ -354,7 +395,8 @@ class Swim:
             self._refute(now, alive.incarnation)
             return
         self._broadcast(now, alive.node, encode(alive))
-        self._cancel_suspicion(NodeName(alive.node))
+        self._cancel_suspicion(name)
+        self._announced[name] = alive.incarnation
         vsn = tuple(alive.vsn) if len(alive.vsn) == 6 else (known.vsn if known else (0,) * 6)
         change = known is None or known.state is not MemberState.ALIVE
         self._store(now, Member(
@@ -362,9 +404,13 @@ class Swim:
             vsn, now if change else known.state_change,  # type: ignore[union-attr, arg-type]
         ))
 
-    def _on_suspect(self, now: float, suspect: Suspect) -> None:
+    def _on_suspect(self, now: float, suspect: Suspect, *, gossip: bool = False) -> None:
         known = self.table.get(suspect.node)
         if known is None or suspect.incarnation < known.incarnation:
+            return
+        if not self._believable(
+            now, known, suspect.incarnation, "suspect", suspect.from_, gossip=gossip
+        ):
             return
         running = self._suspicions.get(known.name)
         if running is not None:
@@ -400,9 +446,11 @@ class Swim:
             return
         self._on_dead(now, Dead(member.incarnation, member.name, self.name))
 
-    def _on_dead(self, now: float, dead: Dead) -> None:
+    def _on_dead(self, now: float, dead: Dead, *, gossip: bool = False) -> None:
         known = self.table.get(dead.node)
         if known is None or dead.incarnation < known.incarnation:
+            return
+        if not self._believable(now, known, dead.incarnation, "dead", dead.from_, gossip=gossip):
             return
         self._cancel_suspicion(known.name)
         if known.dead_or_left:
@@ -420,11 +468,70 @@ class Swim:
 
     def _refute(self, now: float, accused: int) -> None:
         me = self.table.local
-        incarnation = max(me.incarnation + 1, accused + 1)
+        incarnation = refutation(me.incarnation, accused)
+        if incarnation == me.incarnation:
+            self.count("refutations_at_max_incarnation")
         self.awareness.apply_delta(1)
         updated = replace(me, incarnation=incarnation)
         self._store(now, updated)
         self._queue_alive(now, updated)
+        if incarnation == MAX_INCARNATION:
+            # at the top only our own word wins (merge.judge_alive): say it to everyone
+            # ourselves rather than only to the few the epidemic reaches first-hand
+            alive = self._alive_bytes(updated)
+            for member in self.table:
+                if member.name != self.name and not member.dead_or_left:
+                    self.send_messages(member.address, [alive], member)
+
+    # ---- incarnations at their bounds (docs/membership.md) -----------------------------
+
+    def _believable(
+        self, now: float, known: Member, incarnation: int, kind: str, accuser: str, *,
+        gossip: bool,
+    ) -> bool:
+        """Whether an accusation at ``incarnation`` about ``known`` may be believed.
+
+        About another member: not above what it has itself announced plus the slack,
+        whoever says it (gossip or push-pull). About us: gossip beyond our incarnation
+        plus the slack is believed by no peer either, so it is not chased; a push-pull
+        is the cluster's view (after a restart ours starts again at 1) and is answered.
+        """
+        if known.name == self.name:
+            if not gossip or plausible_accusation(incarnation, known.incarnation):
+                return True
+        elif plausible_accusation(
+            incarnation, self._announced.get(known.name, known.incarnation)
+        ):
+            return True
+        self._implausible(now, known, kind, incarnation, accuser)
+        return False
+
+    def _implausible(
+        self, now: float, known: Member, kind: str, incarnation: int, accuser: str | None
+    ) -> None:
+        self.count("implausible_alives" if kind == "alive" else "implausible_accusations")
+        last = self._implausible_at.get(known.name)
+        if last is not None and now - last < IMPLAUSIBLE_LOG_EVERY:
+            return
+        self._implausible_at[known.name] = now
+        announced = (
+            known.incarnation if known.name == self.name
+            else self._announced.get(known.name, known.incarnation)
+        )
+        logger.warning(
+            "incarnation_implausible member=%s news=%s incarnation=%d announced=%d accuser=%s",
+            known.name, kind, incarnation, announced, accuser or "none",
+        )
+
+    def _check(self, now: float, known: Member) -> None:
+        """Ask the member itself (a push-pull to its address): its own entry in the
+        reply is evidence. At most once per member per ``reconnect_interval``."""
+        last = self._checked_at.get(known.name)
+        if last is not None and now - last < self.config.reconnect_interval:
+            return
+        self._checked_at[known.name] = now
+        self.count("implausible_checks")
+        self._streams.check(now, known.address)
 
     def _cancel_suspicion(self, name: NodeName) -> None:
         if self._suspicions.pop(name, None) is not None:
@@ -492,8 +599,14 @@ class Swim:
                 return
             self._emit(target.address, encode_packet(parts, self.envelope, crc))
 
-    def merge(self, now: float, states: Sequence[PushNodeState]) -> bool:
-        """Merge a remote member table (push-pull), after memberlist's version check."""
+    def merge(
+        self, now: float, states: Sequence[PushNodeState], source: Address | None
+    ) -> bool:
+        """Merge a remote member table (push-pull), after memberlist's version check.
+
+        ``source``: the address we dialed for it (None for a push-pull we were sent);
+        the entry of the member at that address is its own word.
+        """
         if not compatible(states, self.table):
             self.count("push_pulls_incompatible")
             return False
@@ -503,7 +616,7 @@ class Swim:
                     self._on_alive(now, Alive(
                         state.incarnation, state.name, state.addr, state.port, state.meta,
                         state.vsn,
-                    ))
+                    ), source, synced=True)
                 elif state.state == MemberState.LEFT:
                     self._on_dead(now, Dead(state.incarnation, state.name, state.name))
                 elif state.state in (MemberState.DEAD, MemberState.SUSPECT):
