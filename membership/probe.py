@@ -192,6 +192,9 @@ class Prober:
 
     def on_indirect_ping(self, now: float, src: Address, request: IndirectPing) -> None:
         host = self._host
+        if request.port == 0:
+            host.count("indirect_pings_malformed")  # nobody can be pinged at port 0
+            return
         target = (ip_from_bytes(request.target), request.port)
         reply_to = reply_address(src, request.source_addr, request.source_port)
         seq = host.next_seq()

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from gossip.codec import (
-    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, decode_packet, encode,
-    encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, META_MAX_SIZE, Envelope,
+    decode_packet, encode, encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
 )
 from gossip.stream import StreamMessage, StreamReader, encode_stream
 
@@ -355,6 +355,10 @@ class Swim:
         if self.leaving and is_me:
             return
         known = self.table.get(alive.node)
+        if alive.port == 0 or len(alive.meta) > META_MAX_SIZE:
+            # nobody can be reached at port 0; memberlist never sends meta above 512 bytes
+            self.count("alives_malformed")
+            return
         if (
             known is not None and alive.incarnation <= known.incarnation and not is_me
             and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
@@ -567,6 +571,10 @@ class Swim:
         an extra round comes at most every quarter interval, and the retransmit limit
         still bounds how often each message is sent.
         """
+        if len(message) > self._largest_part:
+            # it could never leave in a datagram of ours: queued, it would only sit there
+            self.count("broadcasts_too_large")
+            return
         self._queue.queue(subject, message, priority=priority, notify=notify)
         eager = max(now, self._last_gossip + self.config.gossip_interval / 4)
         scheduled = self.timers.when(GOSSIP)
@@ -574,6 +582,14 @@ class Swim:
             self.timers.schedule(GOSSIP, eager)
 
     # ---- gossip, push-pull, join, reconnect -----------------------------------------
+
+    @property
+    def _largest_part(self) -> int:
+        """The largest message a datagram of ours can carry beside the compound framing."""
+        return (
+            self.config.udp_buffer_size - self.envelope.overhead - COMPOUND_HEADER
+            - COMPOUND_PART_OVERHEAD - CRC_OVERHEAD
+        )
 
     def _retransmit_limit(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, len(self.table))
@@ -621,6 +637,8 @@ class Swim:
                     self._on_dead(now, Dead(state.incarnation, state.name, state.name))
                 elif state.state in (MemberState.DEAD, MemberState.SUSPECT):
                     self._on_suspect(now, Suspect(state.incarnation, state.name, self.name))
+                else:
+                    self.count("push_pull_unknown_states")
             except DecodeError:
                 self.count("dropped_malformed")
         return True

@@ -198,3 +198,8 @@ def test_a_member_legitimately_near_the_top_can_still_refute(seed: int) -> None:
     assert victim.swim.local_member.incarnation == MAX_INCARNATION, where(cluster)
     assert set(incarnations_of(cluster, VICTIM).values()) == {MAX_INCARNATION}, where(cluster)
     assert not cluster.events_about(VICTIM, [EventKind.FAILED]), where(cluster)
+    dropped = {
+        f"{node.name}:{name}": value for node in cluster.nodes
+        for name, value in node.swim.statistics().counters.items() if name.startswith("dropped")
+    }
+    assert dropped == {}, f"everything sent must decode: {dropped} ({where(cluster)})"
