@@ -13,7 +13,6 @@ and described in ``docs/membership.md``.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections import Counter
@@ -22,8 +21,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from gossip.codec import (
-    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, META_MAX_SIZE, Envelope,
-    decode_packet, encode, encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
+    COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, Envelope, decode_packet, encode,
+    encode_packet, encode_tags, ip_to_bytes,
 )
 from gossip.stream import StreamMessage, StreamReader, encode_stream
 
@@ -37,20 +36,12 @@ from node.config import Config
 
 from .awareness import Awareness
 from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
-from .merge import (
-    MAX_INCARNATION, AliveVerdict, compatible, judge_alive, plausible_accusation, refutation,
-)
+from .merge import MAX_INCARNATION
+from .news import SUSPICION, News
 from .probe import PROBE, PROBE_END, PROBE_TIMEOUT, RELAY, Prober, reply_address
 from .streams import JOIN_RETRY, PUSH_PULL, RECONNECT, SendStream, Streams
-from .suspicion import Suspicion, suspicion_timeout
 from .table import MemberTable
 from .timers import Deadlines
-
-
-logger = logging.getLogger(__name__)
-
-#: at most one ``incarnation_implausible`` line per member this often (seconds, our clock)
-IMPLAUSIBLE_LOG_EVERY = 60.0
 
 
 class SwimMisuse(RuntimeError):
@@ -83,7 +74,7 @@ class SwimStatistics:
 
 
 _LEAVE = object()
-GOSSIP, LEAVE_TIMEOUT, SUSPICION = "gossip", "leave_timeout", "suspicion"
+GOSSIP, LEAVE_TIMEOUT = "gossip", "leave_timeout"
 
 
 class Swim:
@@ -113,21 +104,16 @@ class Swim:
         self.awareness = Awareness(config.awareness_max_multiplier)
         self._queue = BroadcastQueue()
         self._prober = Prober(self)
-        self._suspicions: dict[NodeName, Suspicion] = {}
+        self._news = News(self)
         self._streams = Streams(self, rng)
         self._outbox: list[Action] = []
         self._events: list[MemberEvent] = [MemberEvent(EventKind.JOINED, me, None)]
         self._counters: Counter[str] = Counter()
         self._seq = 0
-        #: per member, the highest incarnation it has itself announced (an accepted alive)
-        self._announced: dict[NodeName, int] = {}
-        #: per member, when we last logged implausible news or dialed it to check
-        self._implausible_at: dict[NodeName, float] = {}
-        self._checked_at: dict[NodeName, float] = {}
         self.leaving = False
         self._left = False
         self._last_gossip = -math.inf
-        self._queue.queue(me.name, self._alive_bytes(me))
+        self._queue.queue(me.name, self.alive_bytes(me))
         for key, interval in ((PROBE, config.probe_interval), (GOSSIP, config.gossip_interval)):
             self.timers.schedule(key, now + rng.random() * interval)
         self._streams.start_timers(now)
@@ -182,7 +168,7 @@ class Swim:
         if isinstance(message, PushPull):
             self.count("push_pulls_received")
             reply = self._streams.push_pull_bytes(message.join)
-            self.merge(now, message.states, None)
+            self._news.merge(now, message.states, None)
             return reply
         if isinstance(message, User):
             self.count("user_messages_ignored")
@@ -222,8 +208,8 @@ class Swim:
         self.leaving = True
         me = self.table.local
         goodbye = encode(Dead(me.incarnation, me.name, me.name))
-        self._broadcast(now, me.name, goodbye, priority=True, notify=_LEAVE)
-        self._store(now, replace(me, state=MemberState.LEFT, state_change=now))
+        self.broadcast(now, me.name, goodbye, priority=True, notify=_LEAVE)
+        self.store(now, replace(me, state=MemberState.LEFT, state_change=now))
         # beyond memberlist: tell every live member directly, not only by epidemic
         others = [m for m in self.table if m.name != self.name and m.state is MemberState.ALIVE]
         for member in others:
@@ -238,8 +224,8 @@ class Swim:
         self._meta = encode_tags(dict(tags))
         # at the top the incarnation stays: peers take our own word there (merge.judge_alive)
         updated = replace(me, incarnation=min(me.incarnation + 1, MAX_INCARNATION), meta=self._meta)
-        self._store(now, updated)
-        self._queue_alive(now, updated)
+        self.store(now, updated)
+        self.queue_alive(now, updated)
 
     def drain_outbox(self) -> list[Action]:
         self._check_leave()
@@ -291,15 +277,11 @@ class Swim:
         self._outbox.append(stream)
 
     def suspect(self, now: float, target: Member) -> None:
-        self._on_suspect(now, Suspect(target.incarnation, target.name, self.name))
+        self._news.on_suspect(now, Suspect(target.incarnation, target.name, self.name))
 
     def reaped(self, event: MemberEvent) -> None:
         self.count("members_reaped")
-        name = event.member.name
-        self._suspicions.pop(name, None)
-        self._announced.pop(name, None)
-        self._implausible_at.pop(name, None)
-        self._checked_at.pop(name, None)
+        self._news.forget(event.member.name)
         self._events.append(event)
 
     # ---- dispatch -------------------------------------------------------------------
@@ -318,11 +300,11 @@ class Swim:
         elif isinstance(message, IndirectPing):
             self._prober.on_indirect_ping(now, src, message)
         elif isinstance(message, Alive):
-            self._on_alive(now, message, src)
+            self._news.on_alive(now, message, src)
         elif isinstance(message, Suspect):
-            self._on_suspect(now, message, gossip=True)
+            self._news.on_suspect(now, message, gossip=True)
         elif isinstance(message, Dead):
-            self._on_dead(now, message, gossip=True)
+            self._news.on_dead(now, message, gossip=True)
         elif isinstance(message, User):
             self.count("user_messages_ignored")
         else:
@@ -342,206 +324,26 @@ class Swim:
         elif isinstance(key, tuple) and key[0] in (PROBE_TIMEOUT, PROBE_END, RELAY):
             self._prober.fire(now, key, when)  # type: ignore[arg-type]
         elif isinstance(key, tuple) and key[0] == SUSPICION:
-            self._suspicion_expired(now, key[1])
+            self._news.suspicion_expired(now, key[1])
 
-    # ---- the merge rules (memberlist-wire.md §7) -----------------------------------
+    # ---- used by the rules (news.py) -----------------------------------------------
 
-    def _on_alive(
-        self, now: float, alive: Alive, src: Address | None, *, synced: bool = False
-    ) -> None:
-        """``src``: who sent it (the datagram's source, or the peer we dialed for a
-        push-pull); ``synced``: it came in a push-pull."""
-        is_me = alive.node == self.name
-        if self.leaving and is_me:
-            return
-        known = self.table.get(alive.node)
-        if alive.port == 0 or len(alive.meta) > META_MAX_SIZE:
-            # nobody can be reached at port 0; memberlist never sends meta above 512 bytes
-            self.count("alives_malformed")
-            return
-        if (
-            known is not None and alive.incarnation <= known.incarnation and not is_me
-            and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
-            and alive.incarnation != MAX_INCARNATION
-        ):
-            return  # old news, the common case in gossip: decided before decoding anything
-        address = (ip_from_bytes(alive.addr), alive.port)
-        name = NodeName(alive.node)
-        # the member's own word: sent from the address we know it by, claiming that address
-        # (an alive claiming its sender's address proves nothing: anyone can send one)
-        direct = src is not None and known is not None and src == address == known.address
-        verdict = judge_alive(
-            known, alive, address, is_me=is_me, now=now,
-            reclaim_time=self.config.dead_node_reclaim_time,
-            local_meta=self._meta, local_vsn=bytes(self.config.vsn),
-            announced=self._announced.get(name), direct=direct, synced=synced,
-        )
-        if verdict is AliveVerdict.IGNORE:
-            return
-        if verdict is AliveVerdict.IMPLAUSIBLE:
-            assert known is not None
-            self._implausible(now, known, "alive", alive.incarnation, None)
-            if not is_me:
-                self._check(now, known)
-            return
-        if verdict is AliveVerdict.UNPROVEN:
-            assert known is not None
-            self.count("alives_at_max_incarnation_unproven")
-            self._check(now, known)
-            return
-        if verdict is AliveVerdict.BAD_VERSION:
-            self.count("alive_bad_version")
-            return
-        if verdict is AliveVerdict.CONFLICT:
-            self.count("address_conflicts")
-            return
-        if verdict is AliveVerdict.REFUTE:
-            self._refute(now, alive.incarnation)
-            return
-        self._broadcast(now, alive.node, encode(alive))
-        self._cancel_suspicion(name)
-        self._announced[name] = alive.incarnation
-        vsn = tuple(alive.vsn) if len(alive.vsn) == 6 else (known.vsn if known else (0,) * 6)
-        change = known is None or known.state is not MemberState.ALIVE
-        self._store(now, Member(
-            NodeName(alive.node), address, alive.incarnation, MemberState.ALIVE, alive.meta,
-            vsn, now if change else known.state_change,  # type: ignore[union-attr, arg-type]
-        ))
+    @property
+    def local_meta(self) -> bytes:
+        return self._meta
 
-    def _on_suspect(self, now: float, suspect: Suspect, *, gossip: bool = False) -> None:
-        known = self.table.get(suspect.node)
-        if known is None or suspect.incarnation < known.incarnation:
-            return
-        if not self._believable(
-            now, known, suspect.incarnation, "suspect", suspect.from_, gossip=gossip
-        ):
-            return
-        running = self._suspicions.get(known.name)
-        if running is not None:
-            if running.confirm(suspect.from_, now):
-                self.count("suspicion_confirmations")
-                self._broadcast(now, suspect.node, encode(suspect))
-                self.timers.schedule((SUSPICION, known.name), running.deadline)
-            return
-        if known.state is not MemberState.ALIVE:
-            return
-        if known.name == self.name:
-            self.count("refuted_suspicions")
-            self._refute(now, suspect.incarnation)
-            return
-        self._broadcast(now, suspect.node, encode(suspect))
-        self._store(now, replace(
-            known, incarnation=suspect.incarnation, state=MemberState.SUSPECT, state_change=now
-        ), suspect.from_)
-        n = len(self.table)
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
-            k = 0
-        minimum = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
-        maximum = self.config.suspicion_max_timeout_mult * minimum
-        suspicion = Suspicion(suspect.from_, k, minimum, maximum, now)
-        self._suspicions[known.name] = suspicion
-        self.timers.schedule((SUSPICION, known.name), suspicion.deadline)
-
-    def _suspicion_expired(self, now: float, name: NodeName) -> None:
-        suspicion = self._suspicions.pop(name, None)
-        member = self.table.get(name)
-        if suspicion is None or member is None or member.state is not MemberState.SUSPECT:
-            return
-        self._on_dead(now, Dead(member.incarnation, member.name, self.name))
-
-    def _on_dead(self, now: float, dead: Dead, *, gossip: bool = False) -> None:
-        known = self.table.get(dead.node)
-        if known is None or dead.incarnation < known.incarnation:
-            return
-        if not self._believable(now, known, dead.incarnation, "dead", dead.from_, gossip=gossip):
-            return
-        self._cancel_suspicion(known.name)
-        if known.dead_or_left:
-            return
-        if known.name == self.name:
-            if not self.leaving:
-                self.count("refuted_deaths")
-                self._refute(now, dead.incarnation)
-            return
-        self._broadcast(now, dead.node, encode(dead))
-        state = MemberState.LEFT if dead.from_ == dead.node else MemberState.DEAD
-        self._store(now, replace(
-            known, incarnation=dead.incarnation, state=state, state_change=now
-        ), dead.from_)
-
-    def _refute(self, now: float, accused: int) -> None:
-        me = self.table.local
-        incarnation = refutation(me.incarnation, accused)
-        if incarnation == me.incarnation:
-            self.count("refutations_at_max_incarnation")
-        self.awareness.apply_delta(1)
-        updated = replace(me, incarnation=incarnation)
-        self._store(now, updated)
-        self._queue_alive(now, updated)
-        if incarnation == MAX_INCARNATION:
-            # at the top only our own word wins (merge.judge_alive): say it to everyone
-            # ourselves rather than only to the few the epidemic reaches first-hand
-            alive = self._alive_bytes(updated)
-            for member in self.table:
-                if member.name != self.name and not member.dead_or_left:
-                    self.send_messages(member.address, [alive], member)
-
-    # ---- incarnations at their bounds (docs/membership.md) -----------------------------
-
-    def _believable(
-        self, now: float, known: Member, incarnation: int, kind: str, accuser: str, *,
-        gossip: bool,
+    def merge(
+        self, now: float, states: Sequence[PushNodeState], source: Address | None
     ) -> bool:
-        """Whether an accusation at ``incarnation`` about ``known`` may be believed.
+        """Merge a remote member table (push-pull reply from ``source``, the address we
+        dialed); False if memberlist's version check refuses it."""
+        return self._news.merge(now, states, source)
 
-        About another member: not above what it has itself announced plus the slack,
-        whoever says it (gossip or push-pull). About us: gossip beyond our incarnation
-        plus the slack is believed by no peer either, so it is not chased; a push-pull
-        is the cluster's view (after a restart ours starts again at 1) and is answered.
-        """
-        if known.name == self.name:
-            if not gossip or plausible_accusation(incarnation, known.incarnation):
-                return True
-        elif plausible_accusation(
-            incarnation, self._announced.get(known.name, known.incarnation)
-        ):
-            return True
-        self._implausible(now, known, kind, incarnation, accuser)
-        return False
+    def check_with(self, now: float, address: Address) -> None:
+        """A push-pull with the member at ``address``, to hear its own word."""
+        self._streams.check(now, address)
 
-    def _implausible(
-        self, now: float, known: Member, kind: str, incarnation: int, accuser: str | None
-    ) -> None:
-        self.count("implausible_alives" if kind == "alive" else "implausible_accusations")
-        last = self._implausible_at.get(known.name)
-        if last is not None and now - last < IMPLAUSIBLE_LOG_EVERY:
-            return
-        self._implausible_at[known.name] = now
-        announced = (
-            known.incarnation if known.name == self.name
-            else self._announced.get(known.name, known.incarnation)
-        )
-        logger.warning(
-            "incarnation_implausible member=%s news=%s incarnation=%d announced=%d accuser=%s",
-            known.name, kind, incarnation, announced, accuser or "none",
-        )
-
-    def _check(self, now: float, known: Member) -> None:
-        """Ask the member itself (a push-pull to its address): its own entry in the
-        reply is evidence. At most once per member per ``reconnect_interval``."""
-        last = self._checked_at.get(known.name)
-        if last is not None and now - last < self.config.reconnect_interval:
-            return
-        self._checked_at[known.name] = now
-        self.count("implausible_checks")
-        self._streams.check(now, known.address)
-
-    def _cancel_suspicion(self, name: NodeName) -> None:
-        if self._suspicions.pop(name, None) is not None:
-            self.timers.cancel((SUSPICION, name))
-
-    def _store(self, now: float, member: Member, accuser: str | None = None) -> None:
+    def store(self, now: float, member: Member, accuser: str | None = None) -> None:
         event = self.table.apply(member, accuser)
         if event is None:
             return
@@ -551,17 +353,17 @@ class Swim:
             self._streams.member_back(member)
         self._events.append(event)
 
-    def _queue_alive(self, now: float, member: Member) -> None:
-        self._broadcast(now, member.name, self._alive_bytes(member))
+    def queue_alive(self, now: float, member: Member) -> None:
+        self.broadcast(now, member.name, self.alive_bytes(member))
 
     @staticmethod
-    def _alive_bytes(member: Member) -> bytes:
+    def alive_bytes(member: Member) -> bytes:
         return encode(Alive(
             member.incarnation, member.name, ip_to_bytes(member.address[0]),
             member.address[1], member.meta, bytes(member.vsn),
         ))
 
-    def _broadcast(
+    def broadcast(
         self, now: float, subject: str, message: bytes, *, priority: bool = False,
         notify: object = None,
     ) -> None:
@@ -614,34 +416,6 @@ class Swim:
             if not parts:
                 return
             self._emit(target.address, encode_packet(parts, self.envelope, crc))
-
-    def merge(
-        self, now: float, states: Sequence[PushNodeState], source: Address | None
-    ) -> bool:
-        """Merge a remote member table (push-pull), after memberlist's version check.
-
-        ``source``: the address we dialed for it (None for a push-pull we were sent);
-        the entry of the member at that address is its own word.
-        """
-        if not compatible(states, self.table):
-            self.count("push_pulls_incompatible")
-            return False
-        for state in states:
-            try:
-                if state.state == MemberState.ALIVE:
-                    self._on_alive(now, Alive(
-                        state.incarnation, state.name, state.addr, state.port, state.meta,
-                        state.vsn,
-                    ), source, synced=True)
-                elif state.state == MemberState.LEFT:
-                    self._on_dead(now, Dead(state.incarnation, state.name, state.name))
-                elif state.state in (MemberState.DEAD, MemberState.SUSPECT):
-                    self._on_suspect(now, Suspect(state.incarnation, state.name, self.name))
-                else:
-                    self.count("push_pull_unknown_states")
-            except DecodeError:
-                self.count("dropped_malformed")
-        return True
 
     def _check_leave(self) -> None:
         if _LEAVE in self._queue.drain_finished():
