@@ -30,12 +30,14 @@ def test_an_alive_at_port_zero_or_with_meta_above_memberlists_limit_is_not_taken
     assert _counters(swim)["alives_malformed"] == 2
 
 
-def test_an_indirect_ping_to_port_zero_is_not_relayed() -> None:
+def test_an_indirect_ping_to_port_zero_or_a_giant_name_is_not_relayed() -> None:
     swim = Wires(1).swims[0]
-    request = IndirectPing(9, ip_to_bytes("10.0.0.8"), 0, "target", True)
-    swim.receive_packet(1.0, PEER, encode(request))
+    target = ip_to_bytes("10.0.0.8")
+    swim.receive_packet(1.0, PEER, encode(IndirectPing(9, target, 0, "target", True)))
+    giant = "t" * 60_000  # fits the 64 KiB datagram it came in, not one of ours
+    swim.receive_packet(1.0, PEER, encode(IndirectPing(9, target, 7946, giant, True)))
     assert swim.drain_outbox() == []
-    assert _counters(swim)["indirect_pings_malformed"] == 1
+    assert _counters(swim)["indirect_pings_malformed"] == 2
 
 
 def test_news_too_large_for_our_datagrams_is_not_queued() -> None:
