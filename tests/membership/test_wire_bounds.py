@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from gossip.codec import META_MAX_SIZE, encode, ip_to_bytes
-from gossip.wire import Alive, IndirectPing, PushNodeState, PushPull, Suspect
+import random
+
+from gossip.codec import META_MAX_SIZE, Envelope, decode_packet, encode, ip_to_bytes
+from gossip.wire import (
+    Ack, Alive, Dead, IndirectPing, Nack, Ping, PushNodeState, PushPull, Suspect,
+)
 from membership.member import MemberState
+from membership.merge import MAX_INCARNATION
 from membership.swim import Swim
 
 from .harness import Wires
@@ -58,3 +63,70 @@ def test_a_push_pull_state_outside_memberlists_states_is_counted() -> None:
     swim.receive_stream(1.0, PEER, PushPull(False, (state,)))
     assert "odd" not in {m.name for m in swim.members()}
     assert _counters(swim)["push_pull_unknown_states"] == 1
+
+
+# ---- a seeded fuzz of the gossip fields at their bounds ------------------------------
+
+U32S = (0, 1, 2, 3, 16, 17, 18, 19, 1000, 2**31, MAX_INCARNATION - 1, MAX_INCARNATION)
+PORTS = (0, 1, 7946, 65535)
+NAMES = ("n0", "n1", "n2", "ghost", "g" * 300)
+ADDRESSES = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", b"\x0a\x00\x00\x03",
+             b"\x0a\x09\x09\x09", bytes(16), b"\x0a\x00")
+METAS = (b"", b"\xff\x80", b"m" * META_MAX_SIZE, b"m" * (META_MAX_SIZE + 1))
+VSNS = (VSN, b"", bytes((0, 5, 2, 2, 5, 5)), bytes((1, 5, 2)), bytes((1, 255, 255, 2, 5, 5)))
+SOURCES = (PEER, ("10.0.0.1", 7946), ("10.0.0.2", 7946), ("10.0.0.3", 7946))
+
+
+def _draw(rng: random.Random) -> object:
+    c = rng.choice
+    kind = rng.randrange(8)
+    if kind == 0:
+        return Alive(c(U32S), c(NAMES), c(ADDRESSES), c(PORTS), c(METAS), c(VSNS))
+    if kind == 1:
+        return Suspect(c(U32S), c(NAMES), c(NAMES))
+    if kind == 2:
+        return Dead(c(U32S), c(NAMES), c(NAMES))
+    if kind == 3:
+        return Ping(c(U32S), c(NAMES), c(ADDRESSES), c(PORTS), c(NAMES))
+    if kind == 4:
+        return IndirectPing(c(U32S), c(ADDRESSES), c(PORTS), c(NAMES), c((True, False)))
+    if kind == 5:
+        return Ack(c(U32S))
+    if kind == 6:
+        return Nack(c(U32S))
+    states = tuple(
+        PushNodeState(c(NAMES), c(ADDRESSES), c(PORTS), c(METAS), c(U32S), c((0, 1, 2, 3, 9)),
+                      c(VSNS))
+        for _ in range(rng.randrange(1, 4))
+    )
+    return PushPull(c((True, False)), states)
+
+
+def test_gossip_at_every_bound_leaves_all_we_send_decodable_and_nobody_excluded(
+    seed: int,
+) -> None:
+    """600 messages with each field at its edges, by UDP and push-pull, to every node;
+    meanwhile every datagram we send must decode whole and no incarnation leave the u32;
+    after the noise stops, the three real nodes must see each other alive again."""
+    rng = random.Random(seed)
+    wires = Wires(3)
+    wires.join_all()
+    for step in range(600):
+        target = rng.choice(wires.swims)
+        message = _draw(rng)
+        if isinstance(message, PushPull):
+            target.receive_stream(wires.now, rng.choice(SOURCES), message)
+        else:
+            target.receive_packet(wires.now, rng.choice(SOURCES), encode(message))
+        wires.deliver()
+        if step % 20 == 0:
+            wires.advance(wires.now + 0.5)
+    for swim in wires.swims:
+        assert swim.local_member.incarnation <= MAX_INCARNATION
+    for _src, _dst, data in wires.sent:
+        decoded = decode_packet(data, Envelope())
+        assert decoded.dropped == 0, decoded
+    wires.advance(wires.now + 120.0)
+    for observer in range(3):
+        views = {name: wires.state(observer, name) for name in ("n0", "n1", "n2")}
+        assert set(views.values()) == {MemberState.ALIVE}, (seed, observer, views)
