@@ -74,8 +74,9 @@ def judge_alive(
 
     ``announced`` is the highest incarnation the member has itself announced (default:
     ``known.incarnation``); ``direct`` says the member itself sent it (a datagram from
-    its address, or its own entry in a push-pull we dialed it for); ``synced`` says it
-    came in a push-pull (the cluster's view, which an alive about us must follow).
+    the address we know it by, naming that address, or its own entry in a push-pull we
+    dialed it at); ``synced`` says it came in a push-pull (the cluster's view, which an
+    alive about us must follow).
     """
     vsn = alive.vsn
     if len(vsn) >= 3 and (vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1]):
@@ -91,7 +92,7 @@ def judge_alive(
         )
         if same:
             return AliveVerdict.IGNORE
-        if not synced and not plausible_accusation(alive.incarnation, known.incarnation):
+        if not synced and not plausible_alive(alive.incarnation, known.incarnation):
             return AliveVerdict.IMPLAUSIBLE  # no peer believes it either: not worth chasing
         return AliveVerdict.REFUTE
     if announced is None:

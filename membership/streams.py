@@ -185,7 +185,7 @@ class Streams:
             )
 
     def check(self, now: float, address: Address) -> None:
-        """A push-pull with the member at ``address``, to hear its own word (swim._check)."""
+        """A push-pull with the member at ``address``, to hear its own word (news.News._check)."""
         self._open_stream(
             _Stream(StreamPurpose.PUSH_PULL, address), self.push_pull_bytes(False), now
         )

@@ -75,8 +75,8 @@ def test_judge_alive_about_others(known, alive, flags, verdict) -> None:
 
 
 @pytest.mark.parametrize(("alive", "synced", "verdict"), [
-    (_alive(3 + INCARNATION_SLACK), False, AliveVerdict.REFUTE),
-    (_alive(4 + INCARNATION_SLACK), False, AliveVerdict.IMPLAUSIBLE),
+    (_alive(4 + INCARNATION_SLACK), False, AliveVerdict.REFUTE),  # peers may believe it
+    (_alive(5 + INCARNATION_SLACK), False, AliveVerdict.IMPLAUSIBLE),
     (_alive(TOP), False, AliveVerdict.IMPLAUSIBLE),
     (_alive(TOP), True, AliveVerdict.REFUTE),  # the cluster's view: answered
 ])
