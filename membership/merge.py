@@ -33,6 +33,13 @@ def plausible_alive(incarnation: int, announced: int) -> bool:
     return incarnation <= announced + INCARNATION_SLACK + 1
 
 
+def plausible_about_me(incarnation: int, mine: int) -> bool:
+    """Whether gossip about us at ``incarnation`` may be believed by some peer, so that we
+    must refute it: a peer may hold an alive about us we never heard (up to ``mine`` + 17)
+    and believe news up to 17 above that."""
+    return incarnation <= mine + 2 * (INCARNATION_SLACK + 1)
+
+
 def refutation(current: int, accused: int) -> int:
     """Our incarnation after refuting an accusation at ``accused``: above both, but never
     above :data:`MAX_INCARNATION` (at the top, the rule for the top lets us win)."""
@@ -92,7 +99,7 @@ def judge_alive(
         )
         if same:
             return AliveVerdict.IGNORE
-        if not synced and not plausible_alive(alive.incarnation, known.incarnation):
+        if not synced and not plausible_about_me(alive.incarnation, known.incarnation):
             return AliveVerdict.IMPLAUSIBLE  # no peer believes it either: not worth chasing
         return AliveVerdict.REFUTE
     if announced is None:

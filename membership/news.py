@@ -24,7 +24,8 @@ from node.config import Config
 from .awareness import Awareness
 from .member import Address, Member, MemberState, NodeName
 from .merge import (
-    MAX_INCARNATION, AliveVerdict, compatible, judge_alive, plausible_accusation, refutation,
+    MAX_INCARNATION, AliveVerdict, compatible, judge_alive, plausible_about_me,
+    plausible_accusation, refutation,
 )
 from .suspicion import Suspicion, suspicion_timeout
 from .table import MemberTable
@@ -228,12 +229,12 @@ class News:
         """Whether an accusation at ``incarnation`` about ``known`` may be believed.
 
         About another member: not above what it has itself announced plus the slack,
-        whoever says it (gossip or push-pull). About us: gossip beyond our incarnation
-        plus the slack is believed by no peer either, so it is not chased; a push-pull
-        is the cluster's view (after a restart ours starts again at 1) and is answered.
+        whoever says it (gossip or push-pull). About us: gossip beyond what any peer may
+        believe (``plausible_about_me``) is not chased; a push-pull is the cluster's view
+        (after a restart ours starts again at 1) and is answered whatever it says.
         """
         if known.name == self._host.name:
-            if not gossip or plausible_accusation(incarnation, known.incarnation):
+            if not gossip or plausible_about_me(incarnation, known.incarnation):
                 return True
         elif plausible_accusation(
             incarnation, self._announced.get(known.name, known.incarnation)

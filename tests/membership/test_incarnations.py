@@ -8,8 +8,8 @@ from gossip.codec import Envelope, decode_packet, encode, ip_to_bytes
 from gossip.wire import Alive, Dead, PushNodeState, PushPull, Suspect
 from membership.member import Member, MemberState, NodeName
 from membership.merge import (
-    INCARNATION_SLACK, MAX_INCARNATION, AliveVerdict, judge_alive, plausible_accusation,
-    plausible_alive, refutation,
+    INCARNATION_SLACK, MAX_INCARNATION, AliveVerdict, judge_alive, plausible_about_me,
+    plausible_accusation, plausible_alive, refutation,
 )
 from membership.swim import SendPacket, SendStream, Swim
 
@@ -37,6 +37,9 @@ def test_plausibility_bounds() -> None:
     assert plausible_alive(8 + INCARNATION_SLACK, 7)  # the refutation of the above
     assert not plausible_alive(9 + INCARNATION_SLACK, 7)
     assert not plausible_accusation(MAX_INCARNATION, 1) and not plausible_alive(2**31, 1)
+    # about us: a peer may hold an alive we missed (7 + 17) and believe 17 above it
+    assert plausible_about_me(7 + 2 * (INCARNATION_SLACK + 1), 7)
+    assert not plausible_about_me(8 + 2 * (INCARNATION_SLACK + 1), 7)
 
 
 def _member(state: MemberState = A, incarnation: int = 3) -> Member:
@@ -75,8 +78,8 @@ def test_judge_alive_about_others(known, alive, flags, verdict) -> None:
 
 
 @pytest.mark.parametrize(("alive", "synced", "verdict"), [
-    (_alive(4 + INCARNATION_SLACK), False, AliveVerdict.REFUTE),  # peers may believe it
-    (_alive(5 + INCARNATION_SLACK), False, AliveVerdict.IMPLAUSIBLE),
+    (_alive(3 + 2 * (INCARNATION_SLACK + 1)), False, AliveVerdict.REFUTE),  # believable
+    (_alive(4 + 2 * (INCARNATION_SLACK + 1)), False, AliveVerdict.IMPLAUSIBLE),
     (_alive(TOP), False, AliveVerdict.IMPLAUSIBLE),
     (_alive(TOP), True, AliveVerdict.REFUTE),  # the cluster's view: answered
 ])
@@ -214,3 +217,24 @@ def test_update_tags_at_the_top_keeps_the_incarnation_and_is_taken() -> None:
     wires.advance(wires.now + 2.0)
     from gossip.codec import decode_tags
     assert decode_tags(wires.swims[0].table.get("n1").meta) == {"zone": "z9"}
+
+
+def test_an_accusation_resting_on_an_alive_about_us_we_missed_is_refuted() -> None:
+    """Peers took a forged alive about n1 (plausible to them) that n1 never heard; an
+    honest suspicion at that incarnation must still be refuted by n1."""
+    wires, observer = _observer()
+    n1 = wires.swims[1]
+    forged = 1 + INCARNATION_SLACK + 1
+    meta = n1.local_member.meta
+    wires.cut.add(N1)
+    for index in (0, 2):
+        wires.swims[index].receive_packet(wires.now, OUTSIDER, encode(
+            Alive(forged, "n1", ip_to_bytes(N1[0]), N1[1], meta, VSN)
+        ))
+    wires.deliver()
+    wires.cut.clear()
+    assert observer.table.get("n1").incarnation == forged and n1.local_member.incarnation == 1
+    n1.receive_packet(wires.now, ("10.0.0.1", 7946), encode(Suspect(forged, "n1", "n0")))
+    assert n1.local_member.incarnation == forged + 1
+    wires.advance(wires.now + 1.0)
+    assert observer.table.get("n1").incarnation == forged + 1
