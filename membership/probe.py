@@ -195,11 +195,16 @@ class Prober:
         target = (ip_from_bytes(request.target), request.port)
         reply_to = reply_address(src, request.source_addr, request.source_port)
         seq = host.next_seq()
+        ping = encode(Ping(seq, request.node, *host.source_fields))
+        if request.port == 0 or len(ping) > host.config.udp_buffer_size // 2:
+            # nobody can be pinged at port 0; a name that fills half a datagram is no
+            # member's (ours are at most 128 characters): never send what we cannot
+            host.count("indirect_pings_malformed")
+            return
         self._relays[seq] = _Relay(reply_to, request.seq_no, request.nack)
         host.timers.schedule((RELAY, seq), now + host.config.probe_timeout)
-        ping = Ping(seq, request.node, *host.source_fields)
         host.count("relayed_probes")
-        host.send_messages(target, [encode(ping)], host.table.get(request.node))
+        host.send_messages(target, [ping], host.table.get(request.node))
 
     def fire(self, now: float, key: tuple[str, int], when: float) -> None:
         kind, seq = key

@@ -149,6 +149,16 @@ class SimCluster:
     def pause(self, index: int, seconds: float) -> None:
         self.network.pause(self.nodes[index].address, self.now + seconds)
 
+    def deliver(self, index: int, src: Address, data: bytes) -> None:
+        """A datagram from outside the cluster (a forgery, a fuzz input) reaches node
+        ``index`` now, through the same path as any other."""
+        self._push(self.now, _PACKET, self.nodes[index], (src, data))
+
+    def call(self, index: int, action: Callable[[Swim, float], None]) -> None:
+        """Run ``action(swim, now)`` on node ``index`` now, as the shell runs a command."""
+        node = self.nodes[index]
+        self._push(self.now, _CALL, node, lambda: action(node.swim, self.now))
+
     def at(self, t: float, action: Callable[[], None]) -> None:
         """Run ``action`` at virtual time ``t`` (a fault, a leave, a check)."""
         self._seq += 1

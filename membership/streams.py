@@ -66,7 +66,9 @@ class StreamHost(Protocol):
     source_fields: tuple[bytes, int, str]
 
     def emit_stream(self, stream: SendStream) -> None: ...
-    def merge(self, now: float, states: Sequence[PushNodeState]) -> bool: ...
+    def merge(
+        self, now: float, states: Sequence[PushNodeState], source: Address | None
+    ) -> bool: ...
     def tcp_ping_answered(self, seq: int) -> None: ...
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -186,6 +188,12 @@ class Streams:
                 self.push_pull_bytes(True), now,
             )
 
+    def check(self, now: float, address: Address) -> None:
+        """A push-pull with the member at ``address``, to hear its own word (news.News._check)."""
+        self._open_stream(
+            _Stream(StreamPurpose.PUSH_PULL, address), self.push_pull_bytes(False), now
+        )
+
     def member_failed(self, member: Member, now: float) -> None:
         self._failed[member.name] = (member.address, now)
 
@@ -203,7 +211,7 @@ class Streams:
             if isinstance(message, Ack) and message.seq_no == stream.seq:
                 self._host.tcp_ping_answered(stream.seq)
             return
-        ok = isinstance(message, PushPull) and self._host.merge(now, message.states)
+        ok = isinstance(message, PushPull) and self._host.merge(now, message.states, stream.dst)
         self._done(now, token, stream, ok)
 
     def failed(self, now: float, token: int) -> None:

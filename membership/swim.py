@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from gossip.codec import (
     COMPOUND_HEADER, COMPOUND_PART_OVERHEAD, CRC_OVERHEAD, MAX_PACKET_INFLATE, Envelope,
-    decode_packet, encode, encode_packet, encode_tags, ip_from_bytes, ip_to_bytes,
+    decode_packet, encode, encode_packet, encode_tags, ip_to_bytes,
 )
 from gossip.stream import StreamMessage, StreamReader, encode_stream
 
@@ -36,10 +36,10 @@ from node.config import Config
 
 from .awareness import Awareness
 from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
-from .merge import AliveVerdict, compatible, judge_alive
+from .merge import MAX_INCARNATION
+from .news import SUSPICION, News
 from .probe import PROBE, PROBE_END, PROBE_TIMEOUT, RELAY, Prober, reply_address
 from .streams import JOIN_RETRY, PUSH_PULL, RECONNECT, SendStream, Streams
-from .suspicion import Suspicion, suspicion_timeout
 from .table import MemberTable
 from .timers import Deadlines
 
@@ -74,7 +74,7 @@ class SwimStatistics:
 
 
 _LEAVE = object()
-GOSSIP, LEAVE_TIMEOUT, SUSPICION = "gossip", "leave_timeout", "suspicion"
+GOSSIP, LEAVE_TIMEOUT = "gossip", "leave_timeout"
 
 
 class Swim:
@@ -105,7 +105,7 @@ class Swim:
         self.awareness = Awareness(config.awareness_max_multiplier)
         self._queue = BroadcastQueue()
         self._prober = Prober(self)
-        self._suspicions: dict[NodeName, Suspicion] = {}
+        self._news = News(self)
         self._streams = Streams(self, rng)
         self._outbox: list[Action] = []
         self._events: list[MemberEvent] = [MemberEvent(EventKind.JOINED, me, None)]
@@ -114,7 +114,7 @@ class Swim:
         self.leaving = False
         self._left = False
         self._last_gossip = -math.inf
-        self._queue.queue(me.name, self._alive_bytes(me))
+        self._queue.queue(me.name, self.alive_bytes(me))
         for key, interval in ((PROBE, config.probe_interval), (GOSSIP, config.gossip_interval)):
             self.timers.schedule(key, now + rng.random() * interval)
         self._streams.start_timers(now)
@@ -171,7 +171,7 @@ class Swim:
         if isinstance(message, PushPull):
             self.count("push_pulls_received")
             reply = self._streams.push_pull_bytes(message.join)
-            self.merge(now, message.states)
+            self._news.merge(now, message.states, None)
             return reply
         if isinstance(message, User):
             self.count("user_messages_ignored")
@@ -211,8 +211,8 @@ class Swim:
         self.leaving = True
         me = self.table.local
         goodbye = encode(Dead(me.incarnation, me.name, me.name))
-        self._broadcast(now, me.name, goodbye, priority=True, notify=_LEAVE)
-        self._store(now, replace(me, state=MemberState.LEFT, state_change=now))
+        self.broadcast(now, me.name, goodbye, priority=True, notify=_LEAVE)
+        self.store(now, replace(me, state=MemberState.LEFT, state_change=now))
         # beyond memberlist: tell every live member directly, not only by epidemic
         others = [m for m in self.table if m.name != self.name and m.state is MemberState.ALIVE]
         for member in others:
@@ -225,9 +225,10 @@ class Swim:
         """Change our metadata; gossiped as an alive with the next incarnation."""
         me = self.table.local
         self._meta = encode_tags(dict(tags))
-        updated = replace(me, incarnation=me.incarnation + 1, meta=self._meta)
-        self._store(now, updated)
-        self._queue_alive(now, updated)
+        # at the top the incarnation stays: peers take our own word there (merge.judge_alive)
+        updated = replace(me, incarnation=min(me.incarnation + 1, MAX_INCARNATION), meta=self._meta)
+        self.store(now, updated)
+        self.queue_alive(now, updated)
 
     def drain_outbox(self) -> list[Action]:
         self._check_leave()
@@ -279,11 +280,11 @@ class Swim:
         self._outbox.append(stream)
 
     def suspect(self, now: float, target: Member) -> None:
-        self._on_suspect(now, Suspect(target.incarnation, target.name, self.name))
+        self._news.on_suspect(now, Suspect(target.incarnation, target.name, self.name))
 
     def reaped(self, event: MemberEvent) -> None:
         self.count("members_reaped")
-        self._suspicions.pop(event.member.name, None)
+        self._news.forget(event.member.name)
         self._events.append(event)
 
     # ---- dispatch -------------------------------------------------------------------
@@ -302,11 +303,11 @@ class Swim:
         elif isinstance(message, IndirectPing):
             self._prober.on_indirect_ping(now, src, message)
         elif isinstance(message, Alive):
-            self._on_alive(now, message)
+            self._news.on_alive(now, message, src)
         elif isinstance(message, Suspect):
-            self._on_suspect(now, message)
+            self._news.on_suspect(now, message, gossip=True)
         elif isinstance(message, Dead):
-            self._on_dead(now, message)
+            self._news.on_dead(now, message, gossip=True)
         elif isinstance(message, User):
             self.count("user_messages_ignored")
         else:
@@ -326,114 +327,26 @@ class Swim:
         elif isinstance(key, tuple) and key[0] in (PROBE_TIMEOUT, PROBE_END, RELAY):
             self._prober.fire(now, key, when)  # type: ignore[arg-type]
         elif isinstance(key, tuple) and key[0] == SUSPICION:
-            self._suspicion_expired(now, key[1])
+            self._news.suspicion_expired(now, key[1])
 
-    # ---- the merge rules (memberlist-wire.md §7) -----------------------------------
+    # ---- used by the rules (news.py) -----------------------------------------------
 
-    def _on_alive(self, now: float, alive: Alive) -> None:
-        if self.leaving and alive.node == self.name:
-            return
-        known = self.table.get(alive.node)
-        if (
-            known is not None and alive.incarnation <= known.incarnation
-            and alive.node != self.name and known.state in (MemberState.ALIVE, MemberState.SUSPECT)
-        ):
-            return  # old news, the common case in gossip: decided before decoding anything
-        address = (ip_from_bytes(alive.addr), alive.port)
-        verdict = judge_alive(
-            known, alive, address, is_me=alive.node == self.name, now=now,
-            reclaim_time=self.config.dead_node_reclaim_time,
-            local_meta=self._meta, local_vsn=bytes(self.config.vsn),
-        )
-        if verdict is AliveVerdict.IGNORE:
-            return
-        if verdict is AliveVerdict.BAD_VERSION:
-            self.count("alive_bad_version")
-            return
-        if verdict is AliveVerdict.CONFLICT:
-            self.count("address_conflicts")
-            return
-        if verdict is AliveVerdict.REFUTE:
-            self._refute(now, alive.incarnation)
-            return
-        self._broadcast(now, alive.node, encode(alive))
-        self._cancel_suspicion(NodeName(alive.node))
-        vsn = tuple(alive.vsn) if len(alive.vsn) == 6 else (known.vsn if known else (0,) * 6)
-        change = known is None or known.state is not MemberState.ALIVE
-        self._store(now, Member(
-            NodeName(alive.node), address, alive.incarnation, MemberState.ALIVE, alive.meta,
-            vsn, now if change else known.state_change,  # type: ignore[union-attr, arg-type]
-        ))
+    @property
+    def local_meta(self) -> bytes:
+        return self._meta
 
-    def _on_suspect(self, now: float, suspect: Suspect) -> None:
-        known = self.table.get(suspect.node)
-        if known is None or suspect.incarnation < known.incarnation:
-            return
-        running = self._suspicions.get(known.name)
-        if running is not None:
-            if running.confirm(suspect.from_, now):
-                self.count("suspicion_confirmations")
-                self._broadcast(now, suspect.node, encode(suspect))
-                self.timers.schedule((SUSPICION, known.name), running.deadline)
-            return
-        if known.state is not MemberState.ALIVE:
-            return
-        if known.name == self.name:
-            self.count("refuted_suspicions")
-            self._refute(now, suspect.incarnation)
-            return
-        self._broadcast(now, suspect.node, encode(suspect))
-        self._store(now, replace(
-            known, incarnation=suspect.incarnation, state=MemberState.SUSPECT, state_change=now
-        ), suspect.from_)
-        n = len(self.table)
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
-            k = 0
-        minimum = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
-        maximum = self.config.suspicion_max_timeout_mult * minimum
-        suspicion = Suspicion(suspect.from_, k, minimum, maximum, now)
-        self._suspicions[known.name] = suspicion
-        self.timers.schedule((SUSPICION, known.name), suspicion.deadline)
+    def merge(
+        self, now: float, states: Sequence[PushNodeState], source: Address | None
+    ) -> bool:
+        """Merge a remote member table (push-pull reply from ``source``, the address we
+        dialed); False if memberlist's version check refuses it."""
+        return self._news.merge(now, states, source)
 
-    def _suspicion_expired(self, now: float, name: NodeName) -> None:
-        suspicion = self._suspicions.pop(name, None)
-        member = self.table.get(name)
-        if suspicion is None or member is None or member.state is not MemberState.SUSPECT:
-            return
-        self._on_dead(now, Dead(member.incarnation, member.name, self.name))
+    def check_with(self, now: float, address: Address) -> None:
+        """A push-pull with the member at ``address``, to hear its own word."""
+        self._streams.check(now, address)
 
-    def _on_dead(self, now: float, dead: Dead) -> None:
-        known = self.table.get(dead.node)
-        if known is None or dead.incarnation < known.incarnation:
-            return
-        self._cancel_suspicion(known.name)
-        if known.dead_or_left:
-            return
-        if known.name == self.name:
-            if not self.leaving:
-                self.count("refuted_deaths")
-                self._refute(now, dead.incarnation)
-            return
-        self._broadcast(now, dead.node, encode(dead))
-        state = MemberState.LEFT if dead.from_ == dead.node else MemberState.DEAD
-        self._store(now, replace(
-            known, incarnation=dead.incarnation, state=state, state_change=now
-        ), dead.from_)
-
-    def _refute(self, now: float, accused: int) -> None:
-        me = self.table.local
-        incarnation = max(me.incarnation + 1, accused + 1)
-        self.awareness.apply_delta(1)
-        updated = replace(me, incarnation=incarnation)
-        self._store(now, updated)
-        self._queue_alive(now, updated)
-
-    def _cancel_suspicion(self, name: NodeName) -> None:
-        if self._suspicions.pop(name, None) is not None:
-            self.timers.cancel((SUSPICION, name))
-
-    def _store(self, now: float, member: Member, accuser: str | None = None) -> None:
+    def store(self, now: float, member: Member, accuser: str | None = None) -> None:
         event = self.table.apply(member, accuser)
         if event is None:
             return
@@ -443,17 +356,17 @@ class Swim:
             self._streams.member_back(member)
         self._events.append(event)
 
-    def _queue_alive(self, now: float, member: Member) -> None:
-        self._broadcast(now, member.name, self._alive_bytes(member))
+    def queue_alive(self, now: float, member: Member) -> None:
+        self.broadcast(now, member.name, self.alive_bytes(member))
 
     @staticmethod
-    def _alive_bytes(member: Member) -> bytes:
+    def alive_bytes(member: Member) -> bytes:
         return encode(Alive(
             member.incarnation, member.name, ip_to_bytes(member.address[0]),
             member.address[1], member.meta, bytes(member.vsn),
         ))
 
-    def _broadcast(
+    def broadcast(
         self, now: float, subject: str, message: bytes, *, priority: bool = False,
         notify: object = None,
     ) -> None:
@@ -463,6 +376,10 @@ class Swim:
         an extra round comes at most every quarter interval, and the retransmit limit
         still bounds how often each message is sent.
         """
+        if len(message) > self._largest_part:
+            # it could never leave in a datagram of ours: queued, it would only sit there
+            self.count("broadcasts_too_large")
+            return
         self._queue.queue(subject, message, priority=priority, notify=notify)
         eager = max(now, self._last_gossip + self.config.gossip_interval / 4)
         scheduled = self.timers.when(GOSSIP)
@@ -470,6 +387,14 @@ class Swim:
             self.timers.schedule(GOSSIP, eager)
 
     # ---- gossip, push-pull, join, reconnect -----------------------------------------
+
+    @property
+    def _largest_part(self) -> int:
+        """The largest message a datagram of ours can carry beside the compound framing."""
+        return (
+            self.config.udp_buffer_size - self.envelope.overhead - COMPOUND_HEADER
+            - COMPOUND_PART_OVERHEAD - CRC_OVERHEAD
+        )
 
     def _retransmit_limit(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, len(self.table))
@@ -494,26 +419,6 @@ class Swim:
             if not parts:
                 return
             self._emit(target.address, encode_packet(parts, self.envelope, crc))
-
-    def merge(self, now: float, states: Sequence[PushNodeState]) -> bool:
-        """Merge a remote member table (push-pull), after memberlist's version check."""
-        if not compatible(states, self.table):
-            self.count("push_pulls_incompatible")
-            return False
-        for state in states:
-            try:
-                if state.state == MemberState.ALIVE:
-                    self._on_alive(now, Alive(
-                        state.incarnation, state.name, state.addr, state.port, state.meta,
-                        state.vsn,
-                    ))
-                elif state.state == MemberState.LEFT:
-                    self._on_dead(now, Dead(state.incarnation, state.name, state.name))
-                elif state.state in (MemberState.DEAD, MemberState.SUSPECT):
-                    self._on_suspect(now, Suspect(state.incarnation, state.name, self.name))
-            except DecodeError:
-                self.count("dropped_malformed")
-        return True
 
     def _check_leave(self) -> None:
         if _LEAVE in self._queue.drain_finished():

@@ -51,7 +51,9 @@ class Wires:
             request = target.stream_reader().feed(action.data)
             assert request is not None
             reply = target.receive_stream(self.now, swim.address, request)
-            assert reply is not None
+            if reply is None:  # e.g. a TCP ping for another node: the shell closes it
+                swim.stream_failed(self.now, action.token)
+                return
             message = swim.stream_reader().feed(reply)
             assert message is not None
         except DecodeError:
