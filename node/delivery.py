@@ -5,9 +5,9 @@ The send path of a QoS 1 message (``docs/push.md`` draws it):
 1. any node asks the user's owner to ``store`` it (over the peer link, or itself);
 2. the owner numbers it (``mailbox.py``), writes it to its own disk and asks the next
    R-1 nodes of the ring to ``replicate`` it — all at once; each replica writes it to
-   disk before it answers. Messages with the same replicas go together: while one
-   group is being written and copied, the next gathers (one disk write and one
-   ``replicate`` request per replica for the whole group);
+   disk before it answers (``replication.py``). Messages with the same replicas go
+   together: while one group is being written and copied, the next gathers (one disk
+   write and one ``replicate`` request per replica for the whole group);
 3. only when R copies are durable (or every node there is, in a cluster smaller than R)
    does the owner answer ``{"id", "seq"}``, and only then is the sender acknowledged;
 4. the owner sends it to every node holding a session of the user; a client's ``ack``
@@ -27,7 +27,6 @@ longer holds once the new holders have them on disk.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -39,8 +38,8 @@ from .frames import seqs_of
 from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
-from .names import is_device, is_user
 from .redelivery import Redelivery
+from .replication import Replication, note_copy
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
 from .store import Store
@@ -55,10 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: replicate requests served at once: each waits on the disk, so many are in flight
-#: while group commit shares each fsync among them
-WORKERS = 256
-REQUESTS = 1024
 #: messages an owner may be storing for other nodes at once; a stores request beyond it
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
@@ -66,8 +61,6 @@ STORING = 65536
 #: a body is at most 64 KiB of characters by default, 256 KiB of UTF-8)
 REPLICATE_BYTES = 1 << 20
 TICK = 1.0
-#: messages a replica remembers as gone (withdrawn or acked before their copy came)
-GONE = 4096
 Frame = dict[str, Any]
 
 
@@ -99,19 +92,17 @@ class Delivery:
             ack_timeout=config.ack_timeout, max_attempts=config.max_attempts,
             default_ttl=config.default_ttl, max_pending_per_user=config.max_pending,
         ))
-        # replicate requests wait only on the disk (stores wait on replicas but hold no
-        # task: their senders are called back), so nodes storing through each other can
-        # never hold each other's workers
-        self._copies_in, self._copies = trio.open_memory_channel[tuple[str, Frame]](REQUESTS)
         self._storing = 0  # messages of stores requests not answered yet
         #: by replicas: the group gathering while the one before is stored (a replica
         #: that does not answer holds up only the messages it is to copy)
         self._groups: dict[tuple[str, ...], _Group | None] = {}
-        #: (user, seq) the owner said are gone before their copy arrived here
-        self._gone_recently: dict[tuple[str, int], None] = {}
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
         self.handover = Handover(self)
+        #: the copies on the replicas: asked for here, and kept here for other owners
+        self.replication = Replication(config, ring=ring, links=links, store=store,
+                                       mailboxes=self.mailboxes, push=self.push,
+                                       ring_changed=self.ring_changed)
         #: what the connections of users wrote and missed (at their nodes and owners)
         self.redelivery = Redelivery(self)
         #: None when this node may store as owner, else why not (the node sets it)
@@ -139,8 +130,7 @@ class Delivery:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.store.run)
-            for _ in range(WORKERS):
-                nursery.start_soon(self._serve_requests, self._copies)
+            nursery.start_soon(self.replication.run)
             nursery.start_soon(self._tick)
             nursery.start_soon(self.handover.run)
             task_status.started()
@@ -309,7 +299,7 @@ class Delivery:
 
         def replied(node: str, count: int, reply: Frame | None) -> None:
             got: list[str] = []
-            _note_copy(node, reply, count, got)
+            note_copy(node, reply, count, got)
             if not got:
                 failed.add(node)
             copying[node] -= 1
@@ -320,7 +310,7 @@ class Delivery:
             if not copying:
                 copied.set()
         for chunk in chunks:
-            frame = self._replicate_frame(chunk)
+            frame = self.replication.frame(chunk)
             for node in group.replicas:
                 self.links.request_soon(node, frame, partial(replied, node, len(chunk)),
                                         self.config.replicate_timeout)
@@ -333,27 +323,6 @@ class Delivery:
             confirmed.append(self.me)
         if copying:
             await copied.wait()
-
-    def _replicate_frame(self, messages: list[Stored], users: set[str] | None = None
-                         ) -> Frame:
-        """A request to copy ``messages`` and the devices of their users (or of
-        ``users``)."""
-        devices = self._devices_of(users if users is not None else {s.user for s in messages})
-        return {"t": "replicate", "msgs": [s.to_wire() for s in messages],
-                "devices": [list(d) for d in devices]}
-
-    async def _replicate(self, node: str, messages: list[Stored], confirmed: list[str],
-                         users: set[str] | None = None) -> None:
-        """Copy ``messages`` and the devices of their users (or of ``users``) to ``node``;
-        on its disk, it is added to ``confirmed``."""
-        reply = None
-        with trio.move_on_after(self.config.replicate_timeout):
-            reply = await self.links.request(node, self._replicate_frame(messages, users))
-        _note_copy(node, reply, len(messages), confirmed)
-
-    def _devices_of(self, users: set[str]) -> list[tuple[str, str, float]]:
-        return [(user, device, seen) for user in sorted(users)
-                for device, seen in self.mailboxes.devices(user).items()]
 
     # ---- delivering ---------------------------------------------------------------------
 
@@ -420,12 +389,6 @@ class Delivery:
         if kind in ("store", "stores"):
             self._store_for(node, frame)
             return True
-        if kind == "replicate":
-            try:
-                self._copies_in.send_nowait((node, frame))
-            except trio.WouldBlock:
-                self.links.reply(node, frame, {"error": f"{self.me} is overloaded; try again"})
-            return True
         user = frame.get("user")
         if kind == "ack" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             device = frame.get("device") if isinstance(frame.get("device"), str) else ""
@@ -433,78 +396,7 @@ class Delivery:
             return True
         if kind in ("resend", "tried", "hold"):
             return self.redelivery.from_peer(node, frame)
-        if kind == "devices" and isinstance(frame.get("devices"), list):
-            self.store.write_soon(devices=self._see_devices(frame["devices"]))
-            return True
-        if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
-            seqs = seqs_of(frame["seqs"])
-            removed = self.mailboxes.remove(user, seqs)
-            if len(removed) < len(seqs):  # not here (yet): a copy on its way is not kept
-                self._gone(user, seqs)
-            logger.debug("copies_acked user=%s by=%s seqs=%s", user, node,
-                         [s.seq for s in removed])
-            self.store.write_soon(deletes=[(user, s.seq) for s in removed])
-            return True
-        return False
-
-    def _gone(self, user: str, seqs: list[int]) -> None:
-        """Remember (the last ``GONE`` of them) messages the owner said are gone."""
-        for seq in seqs:
-            self._gone_recently[(user, seq)] = None
-        while len(self._gone_recently) > GONE:
-            del self._gone_recently[next(iter(self._gone_recently))]
-
-    async def _serve_requests(self, requests: trio.MemoryReceiveChannel[tuple[str, Frame]]
-                              ) -> None:
-        async for node, frame in requests:
-            try:
-                answer = await self._answer(frame)
-            except Unavailable as exc:
-                answer = {"error": str(exc)}
-            except ValueError as exc:
-                answer = {"error": f"bad request: {exc}"}
-            except Exception as exc:  # the request's boundary: one never stops the node
-                logger.exception("replicate_failed_here peer=%s", node)
-                answer = {"error": f"{self.me} could not store the copies: {exc}"}
-            self.links.reply(node, frame, answer)
-
-    async def _answer(self, frame: Frame) -> Frame:
-        """A ``replicate`` request: the copies on disk here."""
-        raw, raw_devices = frame.get("msgs"), frame.get("devices", [])
-        if not isinstance(raw, list) or not isinstance(raw_devices, list):
-            raise ValueError("replicate needs msgs and devices lists")
-        messages = [Stored.from_wire(item) for item in raw]
-        devices = self._see_devices(raw_devices)
-        try:
-            await self.store.write(messages, devices=devices)
-        except Exception as exc:  # not on this disk (logged by the store): not kept
-            raise Unavailable(f"{self.me} could not store the copies: {exc}") from None
-        gone = [s for s in messages if (s.user, s.seq) in self._gone_recently]
-        if gone:  # withdrawn (or acked) while on their way here
-            self.store.write_soon(deletes=[(s.user, s.seq) for s in gone])
-            messages = [s for s in messages if (s.user, s.seq) not in self._gone_recently]
-        fresh = [stored for stored in messages if self.mailboxes.put(stored)]
-        if fresh:
-            logger.debug("copies_stored users=%s seqs=%s", sorted({s.user for s in fresh}),
-                         [s.seq for s in fresh])
-        for user in {stored.user for stored in fresh}:
-            self.push(user)  # a handover to the owner: deliver now, not at the next message
-            if self.me not in self.ring.replicas(user, self.config.replicas):
-                self.handover.ring_changed()  # sent by a node with an older ring: pass it on
-        return {"ok": True}
-
-    def _see_devices(self, raw: list[Any]) -> list[tuple[str, str, float]]:
-        """Device records from a peer, noted in the mailboxes; returns those to store
-        (new here, or stored long ago). Malformed ones are skipped."""
-        records = []
-        for item in raw:
-            if (isinstance(item, list) and len(item) == 3 and is_user(item[0])
-                    and is_device(item[1]) and isinstance(item[2], int | float)
-                    and not isinstance(item[2], bool) and math.isfinite(item[2])):
-                user, device, seen = item[0], item[1], float(item[2])
-                if self.mailboxes.see_device(user, device, seen):
-                    records.append((user, device, seen))
-        return records
+        return self.replication.from_peer(node, frame)
 
     # ---- time and ring changes ----------------------------------------------------------
 
@@ -545,11 +437,3 @@ def _chunks(messages: list[Stored], most: int) -> list[list[Stored]]:
         size += length
     return chunks
 
-
-def _note_copy(node: str, reply: Frame | None, count: int, confirmed: list[str]) -> None:
-    """A replicate request's outcome: ``node`` is added to ``confirmed`` if it has the
-    copies on disk; anything else (an error, no answer in time) is logged."""
-    if reply is not None and reply.get("ok"):
-        confirmed.append(node)
-    else:
-        logger.warning("replicate_failed peer=%s messages=%d", node, count)

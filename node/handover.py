@@ -148,5 +148,5 @@ class Handover:
     async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
         ok: list[str] = []
         self.delivery.mailboxes.counters["handover_requests"] += 1
-        await self.delivery._replicate(node, messages, ok, users=users)
+        await self.delivery.replication.copy(node, messages, ok, users=users)
         return bool(ok)
