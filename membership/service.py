@@ -38,6 +38,7 @@ from gossip.wire import Err
 from node.config import Config
 
 from .member import Address, EventKind, Member, MemberEvent
+from .refusals import HINTS, Hold, Inbound, JoinRound, Refusals
 from .streams import StreamPurpose
 from .swim import SendPacket, SendStream, Swim, SwimStatistics
 
@@ -52,12 +53,6 @@ READ_SIZE = 65536
 MAX_INBOUND_STREAMS = 32
 #: bytes all inbound streams may hold at once, received or inflated
 INBOUND_STREAM_BYTES = 64 * 1024 * 1024
-#: a refusal's cause is logged at most once per this many seconds
-REFUSAL_LOG_EVERY = 60.0
-_HINTS = {
-    "key": "no key of ours opens it: the peer's --encrypt key differs?",
-    "label": "the peer's --label differs?",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,107 +155,6 @@ class Membership:
                 self._subscribers.remove(subscriber)
 
 
-class Refusals:
-    """Counts what the node refuses and logs the first of each cause per interval.
-
-    A log line says the peer of the first refusal and how many were not logged since
-    the last line (``suppressed=``); config mismatches say what to check (``hint=``)."""
-
-    def __init__(self, counters: Counter[str], every: float = REFUSAL_LOG_EVERY) -> None:
-        self._counters = counters
-        self._every = every
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: Counter[tuple[str, str]] = Counter()
-
-    def note(self, event: str, reason: str, peer: Address, *, counter: str = "",
-             detail: str = "", log: bool = True) -> None:
-        """Count ``counter_reason`` (if ``counter``) and log ``event`` once an interval."""
-        if counter:
-            self._counters[f"{counter}_{reason}"] += 1
-        if not log:
-            return
-        key = (event, reason)
-        now = trio.current_time()
-        last = self._last.get(key)
-        if last is not None and now - last < self._every:
-            self._suppressed[key] += 1
-            return
-        self._last[key] = now
-        hint = _HINTS.get(reason)
-        logger.warning(
-            "%s reason=%s peer=%s:%d suppressed=%d%s%s", event, reason, peer[0], peer[1],
-            self._suppressed.pop(key, 0), f" {detail}" if detail else "",
-            f' hint="{hint}"' if hint else "",
-        )
-
-
-class _Inbound:
-    """Inbound streams being served, and the bytes they hold."""
-
-    def __init__(self, max_streams: int, max_bytes: int) -> None:
-        self.max_streams = max_streams
-        self.max_bytes = max_bytes
-        self.active = 0
-        self.held = 0
-
-
-class _Hold:
-    """One stream's share of :class:`_Inbound`'s bytes; released when it ends."""
-
-    def __init__(self, inbound: _Inbound) -> None:
-        self._inbound = inbound
-        self.bytes = 0
-
-    def take(self, n: int) -> None:
-        if self._inbound.held + n > self._inbound.max_bytes:
-            raise DecodeError(
-                f"inbound streams hold {self._inbound.held} bytes already", "memory"
-            )
-        self._inbound.held += n
-        self.bytes += n
-
-    def release(self) -> None:
-        self._inbound.held -= self.bytes
-        self.bytes = 0
-
-
-class _JoinRound:
-    """Outcomes of the join streams under way: when all failed, says why once."""
-
-    def __init__(self, refusals: Refusals) -> None:
-        self.refusals = refusals
-        self._pending = 0
-        self._answered = False
-        self._failures: dict[Address, str] = {}
-
-    def started(self) -> None:
-        self._pending += 1
-
-    def finished(self, seed: Address, failure: str | None) -> None:
-        self._pending -= 1
-        if failure is None:
-            self._answered = True
-        else:
-            self._failures[seed] = failure
-        if self._pending > 0:
-            return
-        if not self._answered and self._failures:
-            reasons = sorted(set(self._failures.values()))
-            seeds = ",".join(f"{host}:{port}" for host, port in self._failures)
-            if reasons == ["key"]:
-                error = ("no seed's reply opens with our --encrypt key: "
-                         "the seed's key differs?")
-            else:
-                error = "no seed answered; retrying with backoff"
-            first = next(iter(self._failures))
-            self.refusals.note(
-                "join_failed", "+".join(reasons), first,
-                detail=f'seeds={seeds} error="{error}"',
-            )
-        self._answered = False
-        self._failures = {}
-
-
 async def resolve_all(addresses: Sequence[str]) -> tuple[list[Address], list[str]]:
     resolved: list[Address] = []
     failed: list[str] = []
@@ -301,7 +195,7 @@ async def serve_membership(
         swim = Swim(config, (host, port), keyring, rng or random.Random(), trio.current_time())
         send, receive = trio.open_memory_channel[_Input](INBOX_SIZE)
         membership = Membership(swim, send, transport)
-        inbound = _Inbound(MAX_INBOUND_STREAMS, INBOUND_STREAM_BYTES)
+        inbound = Inbound(MAX_INBOUND_STREAMS, INBOUND_STREAM_BYTES)
         logger.info(
             "gossip_listening bind=%s:%d advertise=%s:%d encrypted=%s profile=%s",
             transport.bound[0], transport.bound[1], host, port, keyring is not None,
@@ -341,7 +235,7 @@ async def _read_packets(
 
 
 def _stream_handler(
-    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config, inbound: _Inbound,
+    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config, inbound: Inbound,
     refusals: Refusals,
 ) -> Callable[[trio.SocketStream], object]:
     async def handle_stream(stream: trio.SocketStream) -> None:
@@ -356,7 +250,7 @@ def _stream_handler(
                               detail=f"streams={inbound.active}")
                 return
             inbound.active += 1
-            hold = _Hold(inbound)
+            hold = Hold(inbound)
             try:
                 await _serve_one(stream, src, hold)
             except OSError:
@@ -367,7 +261,7 @@ def _stream_handler(
                 inbound.active -= 1
                 hold.release()
 
-    async def _serve_one(stream: trio.SocketStream, src: Address, hold: _Hold) -> None:
+    async def _serve_one(stream: trio.SocketStream, src: Address, hold: Hold) -> None:
         with trio.move_on_after(config.tcp_timeout) as deadline:
             reader = StreamReader(swim.envelope, limits=StreamLimits.for_cluster(len(swim.table)))
             try:
@@ -402,7 +296,7 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
 
 
 async def _read_message(
-    stream: trio.SocketStream, reader: StreamReader, hold: _Hold | None = None
+    stream: trio.SocketStream, reader: StreamReader, hold: Hold | None = None
 ) -> object:
     charged = 0
     while True:
@@ -421,7 +315,7 @@ async def _read_message(
 
 async def _dial(
     action: SendStream, swim: Swim, inbox: trio.MemorySendChannel[_Input],
-    limiter: trio.CapacityLimiter, joins: _JoinRound,
+    limiter: trio.CapacityLimiter, joins: JoinRound,
 ) -> None:
     message: object | None = None
     failure: str | None = "timeout"
@@ -455,7 +349,7 @@ async def _run_owner(
 ) -> None:
     limiter = trio.CapacityLimiter(MAX_STREAMS)
     refusals = membership.refusals
-    joins = _JoinRound(refusals)
+    joins = JoinRound(refusals)
     async with trio.open_nursery() as dialers:
         while True:
             batch: list[_Input] = []
@@ -488,7 +382,7 @@ async def _run_owner(
 def _feed(swim: Swim, item: _Input, now: float, refusals: Refusals) -> None:
     if isinstance(item, _Packet):
         refused = swim.receive_packet(now, item.src, item.data)
-        if refused in _HINTS:  # a config mismatch: say it (swim counts dropped_<reason>)
+        if refused in HINTS:  # a config mismatch: say it (swim counts dropped_<reason>)
             refusals.note("packet_refused", refused, item.src)
     elif isinstance(item, _StreamRequest):
         reply = swim.receive_stream(now, item.src, item.message)  # type: ignore[arg-type]
