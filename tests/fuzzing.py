@@ -4,12 +4,24 @@ levels. Each test says what its pools are; the shape of the draw is the same for
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+
+#: seeds for every fuzzer instead of its own, comma-separated (``.ci/run`` runs the
+#: fuzzers once more with others than the suite's: a new input each time CI runs)
+SEEDS_VARIABLE = "GRAPEVINE_FUZZ_SEEDS"
+
+
+def fuzz_seeds(*default: int) -> list[int]:
+    """The seeds a fuzzer runs with: ``default``, or those of ``$GRAPEVINE_FUZZ_SEEDS``."""
+    chosen = os.environ.get(SEEDS_VARIABLE, "").strip()
+    return [int(seed) for seed in chosen.split(",")] if chosen else list(default)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import msgpack
 import pytest
 import trio
 
+from tests.fuzzing import fuzz_seeds
+
 from gossip import codec
 from gossip.codec import Envelope, encode
 from gossip.errors import DecodeError
@@ -108,7 +110,8 @@ def receiver(rng: random.Random) -> Envelope:
                        Envelope(Keyring([KEY]), label="blue")])
 
 
-@pytest.mark.parametrize("fuzz_seed", [1, 2])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1, 2))
 def test_random_stream_bodies_end_in_a_message_or_a_refusal(fuzz_seed: int) -> None:
     rng = random.Random(fuzz_seed)
     outcomes: dict[str, int] = {}
@@ -139,12 +142,13 @@ def test_random_stream_bodies_end_in_a_message_or_a_refusal(fuzz_seed: int) -> N
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     finally:
         tracemalloc.stop()
-    # the fuzz got both far and nowhere
-    assert outcomes.get("message") and outcomes.get("key") and outcomes.get("oversized")
+    # the fuzz got both far and nowhere (which refusals a seed reaches is its luck)
+    assert outcomes.get("message") and len(set(outcomes) - {"message"}) >= 3, outcomes
     assert "incomplete" not in outcomes
 
 
-@pytest.mark.parametrize("fuzz_seed", [1])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1))
 async def test_random_streams_at_a_node_leave_it_answering(fuzz_seed: int) -> None:
     rng = random.Random(fuzz_seed)
     async with gossip_node("fuzzed", keys=(KEY,)) as node:

@@ -12,7 +12,7 @@ import random
 import pytest
 import trio
 
-from tests.fuzzing import Values
+from tests.fuzzing import Values, fuzz_seeds
 from tests.node.helpers import http
 from tests.push.test_client_server import client_node
 
@@ -50,7 +50,8 @@ def body(rng: random.Random) -> bytes:
     return json.dumps(fields).encode()
 
 
-@pytest.mark.parametrize("fuzz_seed", [1, 2])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1, 2))
 async def test_random_requests_get_a_reason_and_never_stop_the_node(fuzz_seed: int) -> None:
     rng = random.Random(fuzz_seed)
     async with client_node() as node:

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from node import http_api
-from tests.fuzzing import Budget
+from tests.fuzzing import Budget, fuzz_seeds
 from tests.node.helpers import http
 from tests.push.test_client_server import client_node
 
@@ -221,7 +221,9 @@ def raw_request(rng: random.Random) -> tuple[bytes, bool]:
     return data, framed
 
 
-@pytest.mark.parametrize(("fuzz_seed", "key"), [(1, None), (2, KEY), (3, None)])
+@pytest.mark.fuzz
+@pytest.mark.parametrize(("fuzz_seed", "key"), [  # every other seed with an API key
+    (seed, KEY if n % 2 else None) for n, seed in enumerate(fuzz_seeds(1, 2, 3))])
 async def test_raw_requests_get_a_clean_answer_and_the_node_goes_on(
         fuzz_seed: int, key: str | None, quick: None) -> None:
     rng = random.Random(fuzz_seed)

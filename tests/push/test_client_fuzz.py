@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from tests.fuzzing import Values
+from tests.fuzzing import Values, fuzz_seeds
 from tests.push.test_client_server import client_node, connect, token
 
 ROUNDS, REQUESTS = 8, 30
@@ -58,7 +58,8 @@ async def answered(ws: WebSocketConnection, ref: str, binary: bool) -> bool:
                     return True
 
 
-@pytest.mark.parametrize("fuzz_seed", [1, 2])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1, 2))
 async def test_random_requests_never_stop_the_node(fuzz_seed: int) -> None:
     rng = random.Random(fuzz_seed)
     async with client_node() as node:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fuzzing import Values
+from tests.fuzzing import Values, fuzz_seeds
 from tests.push.test_push_nodes import cluster
 
 GOOD = {"user": "u1", "seq": 1, "id": "a.1", "body": "x", "ts": 1.0, "expires": 4e9}
@@ -77,7 +77,8 @@ def frame(rng: random.Random) -> dict[str, Any]:
     return obj
 
 
-@pytest.mark.parametrize("fuzz_seed", [1, 2, 3])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1, 2, 3))
 async def test_random_frames_from_a_peer_never_stop_the_node(
         fuzz_seed: int, caplog: pytest.LogCaptureFixture) -> None:
     """Whatever an authenticated peer sends, the node answers its requests (or not) and

@@ -19,7 +19,7 @@ import trio
 from node import peer_link
 from node.app import Node
 from node.peer_proto import MAX_PEER_FRAME, FrameReader, encode_frames, hello, proof
-from tests.fuzzing import Budget, Values
+from tests.fuzzing import Budget, Values, fuzz_seeds
 from tests.push.test_peer_input import FIELDS, GOOD, KINDS, NUMBERS, TEXTS
 from tests.push.test_push_nodes import KEY, cluster, device, next_message, owner_of
 
@@ -153,7 +153,8 @@ async def send_one(node: Node, rng: random.Random, opened: bool) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("fuzz_seed", [1, 2, 3])
+@pytest.mark.fuzz
+@pytest.mark.parametrize("fuzz_seed", fuzz_seeds(1, 2, 3))
 async def test_raw_bytes_at_the_peer_port_never_stop_the_node(fuzz_seed: int) -> None:
     rng = random.Random(fuzz_seed)
     async with cluster(["a", "b"]) as nodes:
