@@ -22,7 +22,7 @@ SHELLS = {
     "node/store.py", "node/http_api.py", "node/delivery.py", "node/clients.py",
     "node/fanout.py", "node/webhook.py", "node/store_requests.py", "node/handover.py",
     "node/resume.py", "node/slices.py", "node/stalls.py", "node/client_accept.py",
-    "node/client_conn.py", "node/redelivery.py", "node/client_out.py",
+    "node/client_conn.py", "node/redelivery.py", "node/client_out.py", "node/peer_opening.py",
 }
 SHELL_PATTERNS = ("node/", "cli/")  # node/*_server.py and everything in cli/
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "asyncio", "sqlite3"}
