@@ -51,7 +51,8 @@ class Gone(Exception):
 
 class Connection:
     """One accepted client TCP connection: its socket, parser, what it sent that is not
-    handled yet and what waits to be written (``client_server.py`` serves it)."""
+    handled yet and what waits to be written (``client_server.py`` serves it,
+    ``client_out.py`` writes to it)."""
 
     __slots__ = (
         "close_sent",
@@ -90,7 +91,7 @@ class Connection:
         #: bytes at the start of ``out`` that end a frame the socket has begun: what lies
         #: beyond them waits behind a write, and is what ``OUT_LIMIT`` bounds
         self.partial = 0
-        self.slow = False  # closed for not reading (client_server.py, ``_slow``)
+        self.slow = False  # closed for not reading (client_out.py, ``_slow``)
         self.draining = False  # a task waits to write ``out``
         self.closed = False
         self.close_sent = False

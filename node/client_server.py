@@ -11,15 +11,9 @@ here 33 KiB and five tasks per idle connection, and a task switch plus a lock pe
   and handles on the spot what needs no waiting (acks, pings, QoS 0 sends), and hands
   the rest (the closing handshake, the end of the stream, a violation that ends the
   connection) back to the connection's task;
-* **writes do not wait**: :meth:`ClientSession.offer` queues an object and, on the first,
-  marks the session; one **flusher** task packs each marked session's queue into one
-  frame and hands it to the kernel. Only a connection whose socket is full gets a task
-  that waits to write more; meanwhile its queue fills, then drops QoS 0 objects (counted).
-* **a client that does not read is closed** (``CLOSE_SLOW``, counted as
-  ``clients_closed_slow``, logged once): when what waits behind the frame its socket
-  is taking (answers written on the spot: WebSocket pongs, refusals) passes
-  ``OUT_LIMIT``, or when its socket has taken nothing for two heartbeats while output
-  waits. Everything else it is sent waits in its session's bounded queue.
+* **writes do not wait**: one flusher for the node packs each session's queue into a
+  frame and hands it to the kernel, and **a client that does not read is closed**
+  (4008): the output side, in ``client_out.py``.
 
 The sessions themselves, by user and by topic, live in ``clients.py``.
 """
@@ -28,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 import socket
 import time
@@ -41,6 +34,7 @@ import trio
 from . import websocket as ws
 from .client_accept import accept_loop, listen
 from .client_conn import Connection, Gone, QuietReader
+from .client_out import ClientOutput
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
     Unsubscribe, Violation,
@@ -53,19 +47,6 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # the opening handshake must be done within this
 CLOSE_TIMEOUT = 2.0  # how long a closing connection waits for the client's close frame
 RECEIVE_BYTES = 65536
-#: bytes a connection may have waiting behind the frame its socket is taking (the queue is
-#: only packed into a frame once the socket took the last one, so only what is written on
-#: the spot lands there: pongs, error frames before a hello, the close frame); beyond it,
-#: the client is not reading and is closed. A reader that is slow but moving never gets
-#: near it: its messages wait in the session's queue, which drops (counted) when full
-OUT_LIMIT = 256 * 1024
-#: heartbeats a connection's socket may take nothing while output waits for it before the
-#: client is closed as not reading (as long as the node waits for a silent client to speak)
-WRITE_STALL_HEARTBEATS = 2
-#: the close code for a client that does not read what it is sent (docs/protocol.md)
-CLOSE_SLOW = 4008
-#: sessions the flusher serves between checkpoints
-FLUSH_SLICE = 256
 #: sessions torn down at once. A mass disconnect (a load balancer restarting, a network
 #: blip, a load generator exiting) ends thousands of connections in one pass of the event
 #: loop, and each teardown (detach, presence, resume parking, its log line: ~70 µs) ran
@@ -99,13 +80,11 @@ class ClientServer:
             max_frame=config.max_frame, rate=config.client_rate, burst=config.client_burst,
             max_subscriptions=config.max_subscriptions, heartbeat=config.heartbeat,
             max_ttl=config.max_ttl, tokens_without_exp=config.allow_tokens_without_exp)
-        self.write_timeout = config.heartbeat * WRITE_STALL_HEARTBEATS
         self._secret = (config.token_secret or "").encode()
         self._ids = itertools.count(1)
-        self._marked: list[Connection] = []
-        self._wake = trio.Event()
         self._teardowns = trio.CapacityLimiter(TEARDOWNS)
-        self._nursery: trio.Nursery | None = None
+        #: what is written to the connections, bounded (``client_out.py``)
+        self.output = ClientOutput(self.limits, clients.counters)
         #: connections with nothing to do wait here; its set closes when ``serve`` ends
         self.reader = QuietReader(self._parked_readable)
 
@@ -116,9 +95,8 @@ class ClientServer:
         with listener, self.reader:  # the reader's set closes after every connection
             address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 nursery.start_soon(self.reader.run)
-                nursery.start_soon(self._flusher)
+                await nursery.start(self.output.run)
                 nursery.start_soon(accept_loop, listener, self.clients.counters, partial(
                     self._start, nursery))
                 logger.info("client_listening address=%s:%d", *address)
@@ -135,7 +113,7 @@ class ClientServer:
         except Gone as gone:
             reason = gone.reason
             if gone.code is not None:  # answer the client's close frame
-                self._send_close(client, ws.NORMAL if gone.code == 1005 else gone.code)
+                self.output.send_close(client, ws.NORMAL if gone.code == 1005 else gone.code)
         except ws.ProtocolError as exc:
             reason = "protocol_error"
             self.clients.counters["client_protocol_errors"] += 1
@@ -168,10 +146,10 @@ class ClientServer:
 
     async def _converse(self, client: Connection) -> str:
         """The conversation, in a scope that ends it early: a kick, or a client closed
-        for not reading (``_slow``); then the closing handshake."""
+        for not reading (``client_out``); then the closing handshake."""
         with trio.CancelScope() as client.scope:
             return await self._converse_in_scope(client)
-        await self._close(client, CLOSE_NORMAL, "kicked")  # sent already if it was ``_slow``
+        await self._close(client, CLOSE_NORMAL, "kicked")  # sent already if it was slow
         if client.slow:
             return "slow"
         return (client.session and client.session.closed_reason) or "closed"
@@ -211,7 +189,7 @@ class ClientServer:
         session_id = hello.session if topics is not None else (
             f"{self.node_name}.{next(self._ids)}.{secrets.token_urlsafe(6)}")
         session = ClientSession(session_id, hello.user, hello.device, client.remote,
-                                machine.subscriptions, notify=lambda _: self._mark(client),
+                                machine.subscriptions, notify=lambda _: self.output.mark(client),
                                 limit=self.config.client_queue,
                                 read_before=[hello.last_seq] if resumed is None else resumed.read)
         welcome = {"t": "welcome", "session": session.session, "user": session.user,
@@ -219,7 +197,7 @@ class ClientServer:
                    "resumed": topics is not None}
         if topics is not None:
             welcome["topics"] = sorted(machine.subscriptions)
-        self._send(client, ws.message(machine.encode([welcome]) or ""))
+        self.output.send(client, ws.message(machine.encode([welcome]) or ""))
         client.session = session
         self.clients.attach(session)
         logger.info("client_connected user=%s session=%s device=%s remote=%s",
@@ -241,9 +219,9 @@ class ClientServer:
                 self.clients.counters["handshakes_refused"] += 1
                 logger.info("client_handshake_refused remote=%s status=%d reason=%r",
                             client.remote, request.status, request.reason)
-                self._send(client, request.response())
+                self.output.send(client, request.response())
                 return False
-            self._send(client, ws.accept_response(request.key))
+            self.output.send(client, ws.accept_response(request.key))
             client.machine = ClientConnection(self._secret, time.time(), self.limits)
             if request.rest:
                 client.inbox.extend(client.parser.feed(request.rest))
@@ -345,9 +323,9 @@ class ClientServer:
                     client.pong = payload  # type: ignore[assignment]
             else:  # the closing handshake is the task's
                 client.inbox = deque(frames[index:])
-                self._pong(client)
+                self.output.pong(client)
                 return False
-        self._pong(client)
+        self.output.pong(client)
         return self._handle(client, client.session) is False
 
     def _sent(self, client: Connection, session: ClientSession, answer: Object) -> None:
@@ -388,7 +366,7 @@ class ClientServer:
                 continue
             except OSError:
                 return b""
-            if not waited:  # a flood never waits: a kick or ``_slow`` must still end it
+            if not waited:  # a flood never waits: a kick or a slow close must still end it
                 await trio.lowlevel.checkpoint_if_cancelled()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
@@ -406,7 +384,7 @@ class ClientServer:
             while client.inbox:
                 opcode, payload = client.inbox.popleft()
                 if opcode in (ws.TEXT, ws.BINARY):
-                    self._pong(client)
+                    self.output.pong(client)
                     return payload
                 if opcode == ws.PING:
                     self._control(client)
@@ -415,7 +393,7 @@ class ClientServer:
                     self._control(client)
                 elif opcode == ws.CLOSE:
                     raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
-            self._pong(client)
+            self.output.pong(client)
             data = await self._receive(client)
             if not data:
                 raise Gone("client_closed")
@@ -433,165 +411,23 @@ class ClientServer:
             self.clients.counters["client_error_rate_limited"] += 1
             raise ws.ProtocolError(ws.POLICY, f"more than {self.limits.rate:g} pings/s")
 
-    # ---- writing ------------------------------------------------------------------------
-
-    def _pong(self, client: Connection) -> None:
-        """Answer the last ping read, if it is not answered yet."""
-        if client.pong is not None:
-            self._send(client, ws.frame(ws.PONG, client.pong))
-            client.pong = None
-
-    def _mark(self, client: Connection) -> None:
-        """A first object waits in the client's queue: the flusher will write it."""
-        self._marked.append(client)
-        self._wake.set()
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self._flush_marked()  # its locals go with it: no connection is kept
-
-    async def _flush_marked(self) -> None:
-        marked, self._marked = self._marked, []
-        for served, client in enumerate(marked, 1):
-            self._flush(client)
-            if served % FLUSH_SLICE == 0:
-                await trio.lowlevel.checkpoint()
-
-    def _flush(self, client: Connection) -> None:
-        """Write what the client's session has queued, a batch per frame, as long as its
-        socket takes it."""
-        session, machine = client.session, client.machine
-        if session is None or machine is None:
-            return
-        while session.queue and not client.out and not client.closed and not client.close_sent:
-            # noted before the write: an ack may be read before it returns
-            batch = session.wrote(session.take(self.limits.max_batch))
-            if not batch:
-                continue
-            frames = machine.frames(batch)  # bounded in bytes too (client_proto.OUT_FRAME)
-            if frames is None:  # logged; noted as written: end it, so no later ack covers it
-                batch = [{"t": "kick", "reason": "a message could not be encoded"}]
-                frames = [machine.encode(batch) or ""]
-            for data in frames:
-                self._send(client, ws.message(data))
-            kick = next((obj for obj in batch if type(obj) is dict and obj.get("t") == "kick"),
-                        None)
-            if kick is not None:
-                session.closed_reason = "kicked"
-                self._send_close(client, CLOSE_NORMAL, str(kick.get("reason", "kicked")))
-                if client.scope is not None:
-                    client.scope.cancel()
-                session.queue.clear()
-                return
-
-    def _send(self, client: Connection, data: bytes, *, closing: bool = False) -> None:
-        """Hand ``data`` (whole frames) to the socket now; what it does not take waits in
-        ``out``. More than ``OUT_LIMIT`` waiting behind the frame the socket is taking
-        closes the client as not reading (the close frame alone may go beyond)."""
-        if client.closed or client.close_sent:
-            return
-        out = client.out
-        if out:
-            if not closing and len(out) - client.partial + len(data) > OUT_LIMIT:
-                self._slow(client, f"over {OUT_LIMIT} bytes waiting")
-                return
-            out += data
-            return
-        try:
-            sent = client.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # reset: the reading task finds out and ends the connection
-            client.closed = True
-            return
-        if sent < len(data):
-            out += data[sent:]
-            client.partial = len(out)
-            if not client.draining and self._nursery is not None:
-                client.draining = True
-                self._nursery.start_soon(self._drain, client)
-
-    def _send_close(self, client: Connection, code: int, reason: str = "") -> None:
-        """Our close frame, once; nothing is written after it."""
-        if not client.close_sent:
-            self._send(client, ws.close_frame(code, reason[:120]), closing=True)
-            client.close_sent = True
-
-    def _slow(self, client: Connection, why: str) -> None:
-        """The client does not read what it is sent: close it (once), counted and logged.
-        What waits for it stays (it is written if the client reads again before the
-        closing handshake ends), our close frame behind it; nothing is acked or dropped
-        here: its QoS 1 messages stay with their owner until read."""
-        if client.slow or client.closed or client.close_sent:
-            return
-        client.slow = True
-        session = client.session
-        self.clients.counters["clients_closed_slow"] += 1
-        logger.warning("client_closed_slow user=%s session=%s remote=%s buffered=%d "
-                       "queued=%d reason=%r", session.user if session else "-",
-                       session.session if session else "-", client.remote, len(client.out),
-                       len(session.queue) if session else 0, why)
-        if session is not None:
-            session.closed = True  # nothing more is queued for it
-            session.closed_reason = "slow"
-        self._send_close(client, CLOSE_SLOW, f"not reading: {why}")
-        if client.scope is not None:
-            client.scope.cancel()
-
-    async def _drain(self, client: Connection) -> None:
-        """Write ``out`` as the socket takes it, then whatever queued meanwhile. A socket
-        that takes nothing for ``write_timeout`` closes the client as not reading; any
-        byte taken starts the wait again (a slow reader that moves is never cut)."""
-        try:
-            while client.out and not client.closed:
-                with trio.move_on_after(math.inf if client.slow else self.write_timeout
-                                        ) as waiting:
-                    await trio.lowlevel.wait_writable(client.sock)
-                if waiting.cancelled_caught:
-                    self._slow(client, f"nothing taken for {self.write_timeout:g} s")
-                    continue
-                try:
-                    sent = client.sock.send(client.out)
-                except BlockingIOError:
-                    continue
-                del client.out[:sent]
-                client.partial = max(0, client.partial - sent)
-                if not client.out:
-                    self._flush(client)
-        except (OSError, trio.ClosedResourceError):
-            client.closed = True
-        finally:
-            client.draining = False
-            if client.drained is not None:
-                client.drained.set()
-
-    async def _written(self, client: Connection) -> None:
-        """Wait until everything queued for the client is on its socket (the caller
-        bounds it)."""
-        self._flush(client)
-        if client.out and not client.closed:
-            client.drained = trio.Event()
-            await client.drained.wait()
-
     # ---- closing ------------------------------------------------------------------------
 
     async def _refuse(self, client: Connection, violation: Violation) -> None:
         """An error frame after everything already queued, then the close."""
         if client.session is not None:
             client.session.offer(violation.frame())
-            self._flush(client)
+            self.output.flush(client)
         elif client.machine is not None:
-            self._send(client, ws.message(client.machine.encode([violation.frame()]) or ""))
+            self.output.send(client, ws.message(client.machine.encode([violation.frame()]) or ""))
         await self._close(client, violation.close or 1008, violation.reason)
 
     async def _close(self, client: Connection, code: int, reason: str) -> None:
         """The closing handshake: our close frame once all before it is written, then
         (bounded) the client's, after which the caller closes the socket."""
         with trio.move_on_after(CLOSE_TIMEOUT):
-            await self._written(client)
-        self._send_close(client, code, reason)
+            await self.output.written(client)
+        self.output.send_close(client, code, reason)
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 while True:  # what the client still sends is dropped

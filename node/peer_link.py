@@ -4,7 +4,7 @@ Of two nodes, the one with the smaller name dials, as soon as it sees the other 
 and dials again with backoff while the other stays alive; the other only accepts. Frames
 for a peer wait in its bounded queue while the link is down (the oldest are dropped and
 counted when it overflows) and go out packed, everything queued in one write. The
-opening is ``peer_proto``'s hello/auth exchange.
+opening (the hello/auth exchange, and its bounds) is ``peer_opening.py``'s.
 
 **Writes happen once per scheduler pass**, not by a task per write: whatever the tasks of
 one pass queued for a link goes out in one ``write`` just before trio waits for I/O (an
@@ -35,31 +35,16 @@ import os
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
 
 import trio
 
 from .frames import FrameError
-from .peer_proto import (
-    FEATURES, HEADER, NONCE_SIZE, PACKED, FrameReader, check_proof, encode_frames, hello,
-    parse_hello, proof, unpacked,
-)
+from .peer_opening import Address, Frame, Inbound, Openings
+from .peer_proto import FEATURES, PACKED, encode_frames, unpacked
 
 logger = logging.getLogger(__name__)
 
-Frame = dict[str, Any]
-Address = tuple[str, int]
-HANDSHAKE_TIMEOUT = 5.0
-#: the longest frame of the opening (a hello is ~100 bytes with a 128-byte name): the
-#: bytes of a connection nobody has authenticated yet are bounded by it, not by the
-#: 4 MiB of a link's frames
-OPENING_FRAME = 4096
-#: openings (accepted connections not yet authenticated) at once; one more is closed
-#: at once (``peer_handshakes_shed``): junk connections hold at most this many
-#: sockets, for at most HANDSHAKE_TIMEOUT each
-OPENINGS = 128
-#: a refused opening is logged at most this often (the counter has them all)
-REFUSED_LOG_INTERVAL = 60.0
 QUEUE_LIMIT = 100_000
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
 STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without backoff
@@ -98,8 +83,6 @@ class PeerLinks:
         features: Sequence[str] = FEATURES,
     ) -> None:
         self.me = me
-        self.features = tuple(features)  # what our hello lists (tests play older nodes)
-        self._keys = keys
         self._on_frame = on_frame
         self._on_connected = on_connected
         self._peers: dict[str, _Peer] = {}
@@ -112,8 +95,9 @@ class PeerLinks:
         self._later: list[_Peer] = []  # peers with frames that may wait up to LATER
         self._later_timer: trio.CancelScope | None = None
         self.counters: Counter[str] = Counter()
-        self._openings = 0  # accepted connections in their opening
-        self._refused_logged = -math.inf  # when a refused opening was last logged
+        #: both sides of a link's opening; ``features``: what our hello lists (tests play
+        #: older nodes)
+        self.openings = Openings(me, keys, tuple(features), self.counters)
 
     def _peer(self, name: str) -> _Peer:
         peer = self._peers.get(name)
@@ -299,57 +283,26 @@ class PeerLinks:
                 peer.kick()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
-        if self._openings >= OPENINGS:
-            self.counters["peer_handshakes_shed"] += 1
-            if self.counters["peer_handshakes_shed"] == 1:
-                logger.warning("peer_handshakes_shed limit=%d", OPENINGS)
-            await stream.aclose()
-            return
         async with stream:
-            self._openings += 1
-            try:
-                opened = await self._opening(stream)
-            finally:
-                self._openings -= 1
+            opened = await self.openings.accept(stream)
             if opened is not None:
-                peer, reader = opened
+                name, features, reader = opened
+                peer = self._peer(name)
+                self._listed(peer, features)
                 await self._run(peer, stream, reader)
 
-    async def _opening(self, stream: trio.SocketStream) -> tuple[_Peer, _Inbound] | None:
-        """The acceptor's side of the opening: the peer and its reader, or None (refused:
-        counted, and logged at most every ``REFUSED_LOG_INTERVAL``)."""
-        keys = list(self._keys())
-        reader = _Inbound()
-        try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                name, theirs, features = parse_hello(await _next(stream, reader))
-                mine = os.urandom(NONCE_SIZE)
-                await stream.send_all(encode_frames([
-                    hello(self.me, mine, keys, theirs, self.features)]))
-                auth = await _next(stream, reader)
-                if auth.get("t") != "auth" or not check_proof(
-                    keys, name, mine, theirs, auth.get("proof")
-                ):
-                    raise FrameError("peer did not prove it holds a cluster key")
-        except (FrameError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            self.counters["peer_handshakes_refused"] += 1
-            now = trio.current_time()
-            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
-                self._refused_logged = now
-                logger.warning("peer_refused reason=%r refused=%d",
-                               str(exc) or type(exc).__name__,
-                               self.counters["peer_handshakes_refused"])
-            return None
-        peer = self._peer(name)
-        peer.packed, peer.features = PACKED in features, frozenset(features)
-        return peer, reader
+    def _listed(self, peer: _Peer, features: frozenset[str]) -> None:
+        """What the peer's hello listed."""
+        peer.packed, peer.features = PACKED in features, features
 
     async def _dial_loop(self, peer: _Peer) -> None:
         delay = BACKOFF_MIN
         try:
             while peer.wanted:
                 try:
-                    stream, reader = await self._dial(peer)
+                    assert peer.address is not None
+                    stream, reader = await self.openings.dial(
+                        peer.name, peer.address, partial(self._listed, peer))
                 except (FrameError, trio.TooSlowError, trio.BrokenResourceError,
                         OSError) as exc:
                     self.counters["peer_dial_failures"] += 1
@@ -367,31 +320,7 @@ class PeerLinks:
         finally:
             peer.dialing = False
 
-    async def _dial(self, peer: _Peer) -> tuple[trio.SocketStream, _Inbound]:
-        assert peer.address is not None
-        keys = list(self._keys())
-        reader = _Inbound()
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            stream = await trio.open_tcp_stream(*peer.address)
-            try:
-                mine = os.urandom(NONCE_SIZE)
-                await stream.send_all(encode_frames([
-                    hello(self.me, mine, keys, features=self.features)]))
-                reply = await _next(stream, reader)
-                name, theirs, features = parse_hello(reply)
-                if name != peer.name:
-                    raise FrameError(f"dialled {peer.name} but {name} answered")
-                peer.packed, peer.features = PACKED in features, frozenset(features)
-                if not check_proof(keys, name, mine, theirs, reply.get("proof")):
-                    raise FrameError("peer did not prove it holds a cluster key")
-                auth = proof(keys[0], self.me, theirs, mine) if keys else b""
-                await stream.send_all(encode_frames([{"t": "auth", "proof": auth}]))
-            except BaseException:
-                await stream.aclose()
-                raise
-        return stream, reader
-
-    async def _run(self, peer: _Peer, stream: trio.SocketStream, reader: _Inbound) -> None:
+    async def _run(self, peer: _Peer, stream: trio.SocketStream, reader: Inbound) -> None:
         """Carry frames both ways until the connection breaks or a newer one replaces it."""
         if peer.stream is not None:
             self.counters["peer_links_replaced"] += 1
@@ -422,7 +351,7 @@ class PeerLinks:
                 peer.unsent, peer.out = [], bytearray()
             self.counters["peer_links_closed"] += 1
 
-    async def _read(self, peer: _Peer, stream: trio.SocketStream, inbound: _Inbound) -> None:
+    async def _read(self, peer: _Peer, stream: trio.SocketStream, inbound: Inbound) -> None:
         if inbound.opening:  # read past the opening: framed with the link's limit now
             inbound.pending.extend(inbound.reader.feed(bytes(inbound.opening)))
             inbound.opening = bytearray()
@@ -490,36 +419,3 @@ class _EachPass(trio.abc.Instrument):
             self._flush()
         except Exception:  # an instrument that raises is removed by trio: never raise
             logger.exception("peer_flush_failed")
-
-
-class _Inbound:
-    """Frames read from one connection: the opening's one at a time from ``opening``
-    (each at most ``OPENING_FRAME`` bytes); what it read past them is framed with the
-    link's own limit once the link runs."""
-
-    def __init__(self) -> None:
-        self.reader = FrameReader()
-        self.pending: deque[Frame] = deque()
-        self.opening = bytearray()
-
-
-async def _next(stream: trio.SocketStream, inbound: _Inbound) -> Frame:
-    """The next frame of the opening: refused (``FrameError``) as soon as its header
-    says it is longer than ``OPENING_FRAME``, so a connection that has proved nothing
-    is never buffered beyond that."""
-    buffer = inbound.opening
-    while True:
-        if len(buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer)
-            if size > OPENING_FRAME:
-                raise FrameError(f"opening frame of {size} bytes is over {OPENING_FRAME}",
-                                 "too_large")
-            end = HEADER.size + size
-            if len(buffer) >= end:
-                [frame] = FrameReader(OPENING_FRAME).feed(bytes(buffer[:end]))
-                del buffer[:end]
-                return frame
-        data = await stream.receive_some(OPENING_FRAME)
-        if not data:
-            raise trio.BrokenResourceError("peer closed during the opening")
-        buffer += data

@@ -24,6 +24,7 @@ SHELLS = {
     "node/fanout.py", "node/webhook.py", "node/store_requests.py", "node/handover.py",
     "node/resume.py", "node/slices.py", "node/stalls.py", "node/client_accept.py",
     "node/client_conn.py", "node/redelivery.py", "node/replication.py",
+    "node/client_out.py", "node/peer_opening.py",
 }
 SHELL_PATTERNS = ("node/", "cli/")  # node/*_server.py and everything in cli/
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "asyncio", "sqlite3"}

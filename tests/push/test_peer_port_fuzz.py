@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from node import peer_link
+from node import peer_opening
 from node.app import Node
 from node.peer_proto import MAX_PEER_FRAME, FrameReader, encode_frames, hello, proof
 from tests.fuzzing import Budget, Values, fuzz_seeds
@@ -67,8 +67,8 @@ async def test_an_opening_frame_longer_than_an_opening_is_refused_at_its_header(
 
 async def test_openings_beyond_the_cap_are_closed_at_once_and_links_still_open(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peer_link, "OPENINGS", 3, raising=False)
-    monkeypatch.setattr(peer_link, "HANDSHAKE_TIMEOUT", 60.0)  # the three silent ones wait
+    monkeypatch.setattr(peer_opening, "OPENINGS", 3)
+    monkeypatch.setattr(peer_opening, "HANDSHAKE_TIMEOUT", 60.0)  # the three silent ones wait
     async with cluster(["a", "b"]) as (a, b):
         silent = [await trio.open_tcp_stream(*b.peer_address) for _ in range(3)]
         with trio.fail_after(5):

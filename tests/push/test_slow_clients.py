@@ -25,10 +25,10 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
-from node import client_server
+from node import client_out
 from node.app import Node
 from node.client_conn import Connection
-from node.client_server import CLOSE_SLOW, OUT_LIMIT
+from node.client_out import CLOSE_SLOW, OUT_LIMIT
 from node.fanout import Unavailable
 from node.token import mint
 from tests.push.test_client_server import SECRET, client_node, connect, hello, receive, token
@@ -44,7 +44,7 @@ MOST = 3000
 
 @pytest.fixture(autouse=True)
 def short_write_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_server, "WRITE_STALL_HEARTBEATS", WRITE_TIMEOUT / 30.0)
+    monkeypatch.setattr(client_out, "WRITE_STALL_HEARTBEATS", WRITE_TIMEOUT / 30.0)
 
 
 class Stalled:
@@ -208,7 +208,7 @@ async def ends_slow(node: Node, stalled: Stalled, served: Callable[[str], Awaita
 @asynccontextmanager
 async def slow_setup(caplog: pytest.LogCaptureFixture, *, first: bytes | None = None,
                      **overrides: Any) -> AsyncIterator[tuple[Node, Stalled, Any]]:
-    caplog.set_level(logging.INFO, logger="node.client_server")
+    caplog.set_level(logging.INFO, logger="node.client_out")
     async with client_node(**overrides) as node, neighbour_of(node) as served:
         stalled = await Stalled.open(node, hello_frame("slow") if first is None else first)
         if first is None:
@@ -353,17 +353,17 @@ async def test_what_waits_behind_a_socket_is_bounded_in_bytes() -> None:
     past ``OUT_LIMIT`` behind the frame the socket is taking, the client is closed at
     once, without waiting for the write deadline."""
     async with client_node() as node:
-        server = node.client_server
+        output = node.client_server.output
         ours, theirs = socket.socketpair()  # theirs is never read
         with ours, theirs:
             ours.setblocking(False)
             connection = Connection(ours, "pair")
             big = b"\x82\x7f" + (2**20).to_bytes(8, "big") + bytes(2**20)  # one 1 MiB frame
-            server._send(connection, big)
+            output.send(connection, big)
             assert connection.partial == len(connection.out) > 0  # the kernel took a part
-            pong = client_server.ws.frame(0xA, b"p" * 125)
+            pong = client_out.ws.frame(0xA, b"p" * 125)
             for _ in range(OUT_LIMIT // len(pong) + 1):
-                server._send(connection, pong)
+                output.send(connection, pong)
             assert connection.slow and connection.close_sent
             assert len(connection.out) - connection.partial <= OUT_LIMIT + 2 + 125
             assert node.clients.counters["clients_closed_slow"] == 1
