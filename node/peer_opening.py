@@ -113,8 +113,9 @@ class Openings:
     async def dial(self, name: str, address: Address,
                    listed: Callable[[frozenset[str]], None]) -> tuple[trio.SocketStream, Inbound]:
         """The dialler's side: the open, authenticated stream to ``name`` and its reader.
-        ``listed`` gets the features of the peer's hello as soon as it is read (before
-        its proof is checked). Raises ``FrameError``, ``trio.TooSlowError``,
+        ``listed`` gets the features of the peer's hello once its proof holds (a peer
+        that cannot prove a key changes nothing of what we know).
+        Raises ``FrameError``, ``trio.TooSlowError``,
         ``trio.BrokenResourceError`` or ``OSError`` when the opening fails."""
         keys = list(self._keys())
         reader = Inbound()
@@ -128,9 +129,9 @@ class Openings:
                 answered, theirs, features = parse_hello(reply)
                 if answered != name:
                     raise FrameError(f"dialled {name} but {answered} answered")
-                listed(features)
                 if not check_proof(keys, answered, mine, theirs, reply.get("proof")):
                     raise FrameError("peer did not prove it holds a cluster key")
+                listed(features)
                 auth = proof(keys[0], self.me, theirs, mine) if keys else b""
                 await stream.send_all(encode_frames([{"t": "auth", "proof": auth}]))
             except BaseException:
