@@ -236,7 +236,8 @@ async def test_qos0_to_a_client_that_does_not_read(caplog: pytest.LogCaptureFixt
 async def test_qos1_to_a_client_that_does_not_read_stays_pending(
         caplog: pytest.LogCaptureFixture) -> None:
     """Nothing is acked or dropped on the node's side when it closes the client: what
-    it did not read waits for it with the owner."""
+    it did not read waits for it with the owner, and counts no attempt (a client stuck
+    again on every connection would otherwise dead-letter acknowledged messages)."""
     async with slow_setup(caplog, client_queue=64) as (node, stalled, served):
         sent = []
 
@@ -244,7 +245,12 @@ async def test_qos1_to_a_client_that_does_not_read_stays_pending(
             sent.append((await node.send("slow", BODY, qos=1))["seq"])
         await cut_while(node, step, served)
         await ends_slow(node, stalled, served, caplog)
-        assert node.delivery.mailboxes.pending_count("slow") == len(sent)
+        boxes = node.delivery.mailboxes
+        with trio.fail_after(5):  # its session is gone, and the owner told what it wrote
+            await poll(lambda: not node.clients.sessions_of("slow"))
+        assert boxes.pending_count("slow") == len(sent)
+        assert boxes.counters["attempts"] == 0
+        assert all(stored.attempts == 0 for stored in boxes.pending("slow"))
 
 
 async def test_topic_publishes_to_a_client_that_does_not_read(
