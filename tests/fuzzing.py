@@ -14,7 +14,7 @@ from typing import Any
 
 
 #: seeds for every fuzzer instead of its own, comma-separated (``.ci/run`` runs the
-#: fuzzers once more with others than the suite's: a new input each time CI runs)
+#: fuzzers once more with seeds the suite does not use; try others by hand)
 SEEDS_VARIABLE = "GRAPEVINE_FUZZ_SEEDS"
 
 
