@@ -5,7 +5,7 @@ msgpack spec (``WriteExt=false``): strings and ``[]byte`` both travel as *raw*, 
 pack with ``use_bin_type=False`` and unpack with ``raw=True``, decoding string fields
 ourselves. Struct fields are maps keyed by Go field names in alphabetical order.
 
-Packet layers, outermost first (``memberlist-wire.md`` §3): label, encryption, CRC,
+Packet layers, outermost first (``docs/gossip-wire.md`` §3): label, encryption, CRC,
 compress, compound, message. :func:`decode_packet` peels them in that order and never
 raises anything but :class:`DecodeError`; one bad part of a compound is counted and the
 other parts still count.

@@ -1,4 +1,4 @@
-"""memberlist's packet security: AES-GCM with a ring of keys (``memberlist-wire.md`` §3, §8).
+"""memberlist's packet security: AES-GCM with a ring of keys (``docs/gossip-wire.md`` §3, §8).
 
 A sealed message is ``version(1) nonce(12) ciphertext tag(16)``. Version 1 means no
 padding (every peer speaking protocol >= 2); version 0 means the plaintext was PKCS#7

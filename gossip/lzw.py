@@ -5,7 +5,7 @@ when compression is enabled (serf's default), so a peer must decode them.
 
 Codes 0-255 are literals, 256 is CLEAR, 257 is EOF, new codes start at 258, codes grow
 from 9 to 12 bits. When the table is full the decoder freezes it until the next CLEAR;
-the encoder emits CLEAR and starts over (``memberlist-wire.md`` §5).
+the encoder emits CLEAR and starts over (``docs/gossip-wire.md`` §5).
 """
 
 from __future__ import annotations

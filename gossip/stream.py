@@ -1,4 +1,4 @@
-"""memberlist's TCP stream framing (``memberlist-wire.md`` §6).
+"""memberlist's TCP stream framing (``docs/gossip-wire.md`` §6).
 
 A stream carries one request and at most one reply, in layers: an optional label
 prefix, an optional encryption frame (``0A`` + u32 length), an optional compress

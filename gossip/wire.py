@@ -1,4 +1,4 @@
-"""memberlist's wire messages as immutable values (``../shared/memberlist-wire.md`` §2).
+"""memberlist's wire messages as immutable values (``docs/gossip-wire.md`` §2).
 
 Each message is a frozen, slotted dataclass whose fields are snake_case versions of the
 Go struct fields. ``FIELDS`` maps every class to its wire table: the Go field name, the

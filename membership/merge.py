@@ -1,4 +1,4 @@
-"""memberlist's rules for news about a member, as pure verdicts (``memberlist-wire.md`` §7).
+"""memberlist's rules for news about a member, as pure verdicts (``docs/gossip-wire.md`` §7).
 
 Kept apart from the machine so that each rule is a case table in the tests, as
 memberlist tests ``suspicion.go``'s maths.

@@ -1,6 +1,6 @@
 """News about members: memberlist's merge rules acting on the machine.
 
-The rules of ``memberlist-wire.md`` §7 (alive, suspect, dead, refutation, the push-pull
+The rules of ``docs/gossip-wire.md`` §7 (alive, suspect, dead, refutation, the push-pull
 merge) and, beyond memberlist, the bounds on incarnations argued in
 ``docs/membership.md`` ("Incarnations at their bounds"): an accusation or a relayed
 alive far above what a member has itself announced is not believed, the member's own

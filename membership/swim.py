@@ -7,7 +7,7 @@ only from the ``rng`` it is given, so a simulator can run hundreds of them
 deterministically and a trio shell can run one for real.
 
 The merge rules (alive / suspect / dead, refutation, push-pull merge and its version
-check) follow ``memberlist-wire.md`` §7. Our additions are marked "beyond memberlist"
+check) follow ``docs/gossip-wire.md`` §7. Our additions are marked "beyond memberlist"
 and described in ``docs/membership.md``.
 """
 

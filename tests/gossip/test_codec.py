@@ -1,4 +1,4 @@
-"""The wire codec: round trips, golden bytes from memberlist-wire.md and captured from serf."""
+"""The wire codec: round trips, golden bytes from docs/gossip-wire.md and captured from serf."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_every_message_type_round_trips(message: object) -> None:
     assert codec.decode_message(data) == message
 
 
-# Golden bytes from memberlist-wire.md §11 (captured from serf 0.9.4 / memberlist 0.2.2).
+# Golden bytes from docs/gossip-wire.md §11 (captured from serf 0.9.4 / memberlist 0.2.2).
 GOLDEN_PING = bytes.fromhex(
     "0085a44e6f6465a5616c706861a55365714e6f01aa536f7572636541646472a47f000001aa536f75726365"
     "4e6f6465a462657461aa536f75726365506f7274cd1f0b"
