@@ -71,6 +71,8 @@ SOON_LIMIT = 4096
 #: a failing disk is logged once per cause and then at most once per this many seconds,
 #: with the writes that failed meanwhile (every commit fails while the disk is full)
 FAILURE_LOG_INTERVAL = 60.0
+#: causes remembered for that (SQLite's error texts: a handful in practice)
+FAILURE_CAUSES = 16
 
 
 class StoreUnreadable(OSError):
@@ -100,8 +102,9 @@ class Store:
         self.commit_seconds = Histogram(time.monotonic)  # each commit, its fsync included
         #: ``store_write_failures``: writes that could not be committed (status, metrics)
         self.counters: dict[str, int] = {"store_write_failures": 0}
-        self._failure_logged: tuple[str, float] | None = None  # cause, when
-        self._failures_unlogged = 0
+        #: when each cause of a failed write was last logged, and the writes not logged
+        #: since (a few causes at most: SQLite's errors)
+        self._failure_logged: dict[str, tuple[float, int]] = {}
         self._committed = trio.Event()  # set (and replaced) after every commit
         self._soon: list[_Write] = []
         self._soon_at = math.inf  # when held writes must go
@@ -269,17 +272,21 @@ class Store:
         self._committed = trio.Event()
 
     def _failed(self, cause: str, count: int) -> None:
-        """``count`` writes failed with ``cause``: counted; logged when the cause is new,
-        else once per ``FAILURE_LOG_INTERVAL`` with how many failed since the last line."""
+        """``count`` writes failed with ``cause``: counted; logged the first time of each
+        cause, then once per ``FAILURE_LOG_INTERVAL`` per cause with how many failed with
+        it since its last line (two causes taking turns do not log every commit)."""
         self.counters["store_write_failures"] += count
-        self._failures_unlogged += count
         now = time.monotonic()
-        last = self._failure_logged
-        if last is not None and last[0] == cause and now - last[1] < FAILURE_LOG_INTERVAL:
+        when, unlogged = self._failure_logged.get(cause, (None, 0))
+        unlogged += count
+        if when is not None and now - when < FAILURE_LOG_INTERVAL:
+            self._failure_logged[cause] = (when, unlogged)
             return
-        logger.error("store_write_failed error=%r writes=%d total=%d", cause,
-                     self._failures_unlogged, self.counters["store_write_failures"])
-        self._failure_logged, self._failures_unlogged = (cause, now), 0
+        logger.error("store_write_failed error=%r writes=%d total=%d", cause, unlogged,
+                     self.counters["store_write_failures"])
+        if len(self._failure_logged) >= FAILURE_CAUSES:
+            self._failure_logged.clear()  # a stream of ever new messages: start again
+        self._failure_logged[cause] = (now, 0)
 
     def _commit(self, batch: list[_Write]) -> None:
         assert self._db is not None, "Store.open() first"

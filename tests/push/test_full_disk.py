@@ -57,6 +57,20 @@ async def test_a_full_disk_is_logged_with_its_cause_once_and_counted(
     assert store.writes == 2
 
 
+def test_two_causes_taking_turns_are_logged_once_each_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A disk failing with two errors in turn (full, then an I/O error, and again) logs
+    each cause once per interval, not every commit; every failed write is counted."""
+    store = Store(None)
+    caplog.set_level(logging.ERROR, "node.store")
+    for _ in range(20):
+        store._failed("database or disk is full", 3)
+        store._failed("disk I/O error", 1)
+    lines = [r.getMessage() for r in caplog.records if "store_write_failed" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert store.counters["store_write_failures"] == 80
+
+
 async def send_all(node: Node, user: str, count: int, tag: str) -> list[int]:
     statuses = []
     for i in range(count):
