@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .frames import MAX_SEQ, FrameError, dump_json, load_json, pack, unpack, unpack_message
-from .names import check_device, check_topic, check_user
+from .names import check_device, check_name, check_topic, check_user
 from .token import TokenError, verify
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+#: the longest session id a hello may name (the node's own are ~40 bytes)
+MAX_SESSION_SIZE = 128
 #: WebSocket close codes the shell uses after a violation
 CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1003, 1008, 1009
 #: bytes a frame from the node holds at most, unless it holds one object alone: a
@@ -223,7 +225,7 @@ class ClientConnection:
             claims = verify(self.secret, obj.get("token"), now,
                             without_exp=self.limits.tokens_without_exp)
             device = _device(obj.get("device"))
-            session = _optional_str(obj, "session", 128)
+            session = _session(obj.get("session"))
             last_seq = _optional_int(obj, "last_seq")
         except TokenError as exc:
             return self._close("unauthorized", str(exc), CLOSE_POLICY)
@@ -386,6 +388,16 @@ def _str(obj: dict[str, Any], name: str, limit: int) -> str:
 
 def _optional_str(obj: dict[str, Any], name: str, limit: int) -> str | None:
     return None if obj.get(name) is None else _str(obj, name, limit)
+
+
+def _session(value: object) -> str | None:
+    """A hello's session id to resume: a name as any other (it reaches log lines)."""
+    if value is None:
+        return None
+    try:
+        return check_name(value, "hello: session", MAX_SESSION_SIZE)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _optional_int(obj: dict[str, Any], name: str) -> int | None:

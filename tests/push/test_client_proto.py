@@ -87,6 +87,11 @@ def test_packed_messages_go_out_as_they_came_beside_other_objects(text: bool, si
     ({"t": "hello", "token": mint(SECRET, "alice", NOW), "v": 9}, "version"),
     ({"t": "hello", "token": mint(SECRET, "alice", NOW), "session": "s", "last_seq": 10**30},
      "below 2**63"),
+    # a session id is a name like any other: it reaches log lines when resumed
+    ({"t": "hello", "token": mint(SECRET, "alice", NOW), "session": "a\nforged=1"},
+     "control characters"),
+    ({"t": "hello", "token": mint(SECRET, "alice", NOW), "session": "s\u2028"},
+     "line separators"),
 ])
 def test_nothing_before_a_good_hello(first: dict, reason: str) -> None:
     connection = ClientConnection(SECRET, NOW)
