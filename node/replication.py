@@ -14,8 +14,9 @@ withdraws it with an ``acked`` to each replica, answered or not; that frame leav
 the same link, in the same queue, after the ``replicate`` request it withdraws, so it
 arrives after it (a resent batch is resent in order; a request dropped or refused on
 the way never arrives). A replica counts the (user, seq) of every request from its
-arrival until it is answered; an ``acked`` for one of those it does not hold yet marks
-it gone, and the request drops it (from the disk too) once written. The marks live as
+arrival until it is answered; an ``acked`` for one of those marks it gone (held here
+already or not: a link that broke may deliver a request twice), and the request drops
+it (from the disk too) once written. The marks live as
 long as the requests that carry them: bounded by ``REQUESTS`` + ``WORKERS`` requests of
 at most ``peer_proto.REQUEST_BYTES`` each, whatever the rate of withdrawals and however
 slow the disk. Besides, the last ``GONE`` (user, seq) acked before their copy came are
@@ -142,22 +143,23 @@ class Replication:
         if kind == "acked" and isinstance(user, str) and isinstance(frame.get("seqs"), list):
             seqs = seqs_of(frame["seqs"])
             removed = self.mailboxes.remove(user, seqs)
-            if len(removed) < len(seqs):  # not here (yet): a copy on its way is not kept
-                self._gone(user, seqs)
+            self._gone(user, seqs, {s.seq for s in removed})
             logger.debug("copies_acked user=%s by=%s seqs=%s", user, node,
                          [s.seq for s in removed])
             self.store.write_soon(deletes=[(user, s.seq) for s in removed])
             return True
         return False
 
-    def _gone(self, user: str, seqs: list[int]) -> None:
-        """Remember messages the owner said are gone: those of requests here until they
-        are answered, and the last ``GONE`` of them all."""
+    def _gone(self, user: str, seqs: list[int], held: set[int]) -> None:
+        """Remember messages the owner said are gone: those a request here carries until
+        it is answered (held here already or not: a request resent by a link that broke
+        may carry one again), and the last ``GONE`` of those not held here."""
         for seq in seqs:
             key = (user, seq)
             if key in self._in_flight:
                 self._gone_in_flight.add(key)
-            self._gone_recently[key] = None
+            if seq not in held:
+                self._gone_recently[key] = None
         while len(self._gone_recently) > GONE:
             del self._gone_recently[next(iter(self._gone_recently))]
 

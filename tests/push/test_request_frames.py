@@ -175,6 +175,41 @@ async def test_a_copy_withdrawn_while_its_request_waits_is_not_kept() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_request_resent_by_a_broken_link_does_not_bring_a_withdrawn_copy_back(
+) -> None:
+    """A link that broke in the middle of a write sends its batch again: the replica got
+    the request twice. The first copy was written and then withdrawn (found and removed);
+    the second, still waiting for the disk, must not put it back."""
+    links = Links()
+    store = GatedStore()
+    delivery = delivery_of("replica", HashRing(nodes={"owner": 1.0, "replica": 1.0}),
+                           links, store)
+    replication = delivery.replication
+    kept = message("user1", 7, "withdrawn")
+    request = {"t": "replicate", "rid": 1, "msgs": [kept.to_wire()], "devices": []}
+    async with trio.open_nursery() as nursery:
+        await store.open()
+        await nursery.start(store.run)
+        nursery.start_soon(replication.run)
+        store.gate.set()
+        assert replication.from_peer("owner", request)
+        with trio.fail_after(10):
+            await links.replied.wait()
+        assert delivery.mailboxes.pending_count("user1") == 1
+        store.gate, store.waiting, links.replied = trio.Event(), trio.Event(), trio.Event()
+        assert replication.from_peer("owner", request)  # again, on the new link
+        with trio.fail_after(10):
+            await store.waiting.wait()
+        assert replication.from_peer("owner", {"t": "acked", "user": "user1", "seqs": [7]})
+        assert delivery.mailboxes.pending_count("user1") == 0
+        store.gate.set()
+        with trio.fail_after(10):
+            await links.replied.wait()
+        assert delivery.mailboxes.pending_count("user1") == 0
+        assert not replication._in_flight and not replication._gone_in_flight
+        nursery.cancel_scope.cancel()
+
+
 def test_the_withdrawn_copies_a_replica_remembers_are_only_those_on_their_way() -> None:
     """An ``acked`` for messages no request here carries leaves nothing behind but the
     bounded ``GONE`` of recent ones."""
