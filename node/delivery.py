@@ -39,7 +39,8 @@ from .handover import Handover
 from .latency import Histogram
 from .mailbox import Limits, Mailboxes, Stored
 from .redelivery import Redelivery
-from .replication import Replication, note_copy
+from .peer_proto import Budget
+from .replication import Replication, note_copy, stored_bytes
 from .routing import DeliverLocal, MessageIds, SendPeer, Unavailable
 from .slices import in_slices
 from .store import Store
@@ -57,9 +58,6 @@ logger = logging.getLogger(__name__)
 #: messages an owner may be storing for other nodes at once; a stores request beyond it
 #: is refused as overloaded (its senders are told, not held)
 STORING = 65536
-#: message data per replicate request of a group, about (peer frames are at most 4 MiB;
-#: a body is at most 64 KiB of characters by default, 256 KiB of UTF-8)
-REPLICATE_BYTES = 1 << 20
 TICK = 1.0
 Frame = dict[str, Any]
 
@@ -289,10 +287,10 @@ class Delivery:
         """Write the group here and have its replicas copy it, all at once; each node
         that has it on disk is added to ``confirmed``. The copies are requests with
         callbacks, not tasks: one wait for the disk, one for the last replica. A group
-        larger than ``REPLICATE_BYTES`` goes to each replica in several requests (a peer
-        frame holds at most 4 MiB: one larger broke the link); a replica has the group
-        once it has confirmed them all."""
-        chunks = _chunks(group.items, REPLICATE_BYTES)
+        larger than a request's budget (``peer_proto.Budget``: its packed bytes, devices
+        included) goes to each replica in several requests; a replica has the group once
+        it has confirmed them all."""
+        chunks = _chunks(group.items, self.replication.devices_bytes)
         copying = dict.fromkeys(group.replicas, len(chunks))  # requests not answered
         failed: set[str] = set()
         copied = trio.Event()
@@ -424,16 +422,22 @@ class Delivery:
         self.handover.ring_changed()
 
 
-def _chunks(messages: list[Stored], most: int) -> list[list[Stored]]:
-    """``messages`` in slices of about ``most`` bytes of message data each (one at least)."""
+def _chunks(messages: list[Stored], devices_bytes: Callable[[str], int]
+            ) -> list[list[Stored]]:
+    """``messages`` in the replicate requests of a ``Budget`` each (one at least): the
+    packed bytes of each message, and of its user's devices once per request (a request
+    carries the devices of its users)."""
     chunks: list[list[Stored]] = [[]]
-    size = 0
+    budget, users = Budget(), set[str]()
     for stored in messages:
-        length = len(stored.body) + 200
-        if chunks[-1] and size + length > most:
+        size = stored_bytes(stored)
+        devices = 0 if stored.user in users else devices_bytes(stored.user)
+        if not budget.room(size + devices):
             chunks.append([])
-            size = 0
+            budget, users = Budget(), set()
+            devices = devices_bytes(stored.user)
         chunks[-1].append(stored)
-        size += length
+        users.add(stored.user)
+        budget.add(size + devices)
     return chunks
 

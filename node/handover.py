@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .mailbox import Stored, as_stored
+from .peer_proto import Budget
+from .replication import stored_bytes
 from .slices import in_slices
 
 if TYPE_CHECKING:
@@ -21,8 +23,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HANDOVER_USERS = 500  # users per handover request (their messages and devices) ...
-HANDOVER_BYTES = 1 << 20  # ... and about this much message data at most (frames <= 4 MiB)
+#: users per handover request (their messages and devices), and a ``peer_proto.Budget``
+#: of packed bytes at most
+HANDOVER_USERS = 500
 RETRY = 1.0  # seconds before a round that a holder did not confirm is tried again
 
 
@@ -123,27 +126,38 @@ class Handover:
                          snapshot: dict[str, tuple[Any, ...]],
                          confirmed: dict[str, set[str]]) -> None:
         """Copy ``users``' mailboxes and devices to ``node`` in requests of a bounded size
-        (a user's messages may span several); a user is confirmed once all of its are."""
+        (a ``Budget`` each, the devices of each user in it counted: a user's messages may
+        span several); a user is confirmed once all of its are."""
         done = confirmed.setdefault(node, set())
+        devices_bytes = self.delivery.replication.devices_bytes
         messages: list[Stored] = []
         batch: set[str] = set()
-        size = 0
+        budget = Budget()
         for index, user in enumerate(users):
+            devices = devices_bytes(user)
+            if not budget.room(devices):
+                if not await self._copy(node, messages, batch):
+                    return
+                done.update(batch)
+                messages, batch, budget = [], set(), Budget()
             batch.add(user)
+            budget.add(devices)
             for plain in snapshot[user]:
                 stored = as_stored(plain)
-                messages.append(stored)
-                size += len(stored.body) + 200
-                if size >= HANDOVER_BYTES:
+                size = stored_bytes(stored)
+                if not budget.room(size) and (messages or len(batch) > 1):
                     if not await self._copy(node, messages, batch):
                         return
                     done.update(batch - {user})  # the user at hand may have more to come
-                    messages, batch, size = [], {user}, 0
+                    messages, batch, budget = [], {user}, Budget()
+                    budget.add(devices)
+                messages.append(stored)
+                budget.add(size)
             if index + 1 == len(users) or len(batch) >= HANDOVER_USERS:
                 if not await self._copy(node, messages, batch):
                     return
                 done.update(batch)
-                messages, batch, size = [], set(), 0
+                messages, batch, budget = [], set(), Budget()
 
     async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
         ok: list[str] = []

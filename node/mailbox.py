@@ -24,8 +24,9 @@ increasing when ownership moves to another node that has not yet heard of the la
 
 **Every device gets every message.** A user's devices are named by their clients (the
 hello's ``device``; one unnamed device per user otherwise). The mailbox knows the
-devices it has seen (for ``default_ttl`` after they were last seen) and keeps a message
-until *each* of them has acked it. Acks name exact messages: a client's cumulative ack
+devices it has seen (for ``default_ttl`` after they were last seen, ``MAX_DEVICES`` at
+most: the least recently seen goes when one more comes) and keeps a message until
+*each* of them has acked it. Acks name exact messages: a client's cumulative ack
 is turned into the list of messages written *on that same connection* before the acked
 one, by the node that holds the connection (``ClientSession.acked_through``). Frames
 take many paths to a client (a peer link that broke after a write, a new owner, a full
@@ -102,6 +103,15 @@ SWEEP = 10_000
 #: a device's record is stored again when it was last stored this long before: the time
 #: it was last seen only decides when it is forgotten (``default_ttl``, days)
 DEVICE_REWRITE = 3600.0
+#: devices a user has at most (those most recently seen). Every replicate request and
+#: handover carries its users' devices: without a bound, one client naming thousands of
+#: devices in its hellos made those frames larger than a link carries. One more device
+#: evicts the least recently seen rather than being refused: only the owner knows the
+#: count, not the node answering the hello, and a refusal would lock a user who lost
+#: old devices out for ``default_ttl``. An evicted device that comes back is a new one
+#: (like one forgotten after ``default_ttl``): messages acked by all the others while it
+#: was gone are not kept for it.
+MAX_DEVICES = 64
 
 
 #: a mailbox keeps its messages as plain tuples of ``Stored``'s fields, and gives them
@@ -257,10 +267,23 @@ class Mailboxes:
         replicate request brings its users' devices: writing them each time was a row
         per user in every commit of a replica)."""
         box = self._box(user)
-        box.devices[device] = max(now, box.devices.get(device, now))
+        if not self._note_device(box, device, max(now, box.devices.get(device, now))):
+            return False
         if now - box.written.get(device, -math.inf) < DEVICE_REWRITE:
             return False
         box.written[device] = now
+        return True
+
+    def _note_device(self, box: _Box, device: str, seen: float) -> bool:
+        """``device`` was seen at ``seen``; False if it is not kept (``MAX_DEVICES`` seen
+        more recently). One beyond ``MAX_DEVICES`` evicts the least recently seen."""
+        box.devices[device] = seen
+        if len(box.devices) > MAX_DEVICES:
+            oldest = min(box.devices, key=box.devices.__getitem__)
+            del box.devices[oldest]
+            box.written.pop(oldest, None)
+            self.counters["devices_evicted"] += 1
+            return oldest != device
         return True
 
     def devices(self, user: str) -> dict[str, float]:
@@ -277,7 +300,7 @@ class Mailboxes:
         box = self._boxes.get(user)
         if box is None:
             return []
-        box.devices[device] = now
+        self._note_device(box, device, now)
         removed = []
         for number in seqs:
             if number not in box.pending:

@@ -20,6 +20,11 @@ peer's ``{"t": "reply", "rid": ...}`` frame; the caller bounds the wait.
 ``on_reply`` gets the reply, or None once ``timeout`` has passed without one (one timer
 task serves every request of the node).
 
+A frame that packs to more than ``MAX_PEER_FRAME`` is never written (the peer would end
+the link, and everything queued on it, at its reader): it is counted
+(``peer_frames_too_large``) and logged once a minute; a request of ours gets an error
+reply at once, a reply of ours is replaced by an error reply. The link goes on.
+
 ``send`` and ``request_soon`` return a ticket: while ``queued(node, ticket)`` holds, the
 frame has not been packed yet, so a caller may still add to it (``stores`` requests
 gather their messages that way, for free, until the writer takes them).
@@ -33,6 +38,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -41,7 +47,7 @@ import trio
 
 from .frames import FrameError
 from .peer_opening import Address, Frame, Inbound, Openings
-from .peer_proto import FEATURES, PACKED, encode_frames, unpacked
+from .peer_proto import FEATURES, MAX_PEER_FRAME, PACKED, encode_frames, unpacked
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ STABLE_LINK = 1.0  # seconds a link must last for the next dial to go without ba
 TIMER_SLACK = 0.1  # request_soon's timeouts fire up to this late
 #: how long a frame sent with ``send_later`` may wait for other frames to the same peer
 LATER = 0.02
+#: seconds between two log lines of frames refused as too large (each is counted)
+TOO_LARGE_LOG = 60.0
 
 
 class _Peer:
@@ -95,6 +103,7 @@ class PeerLinks:
         self._later: list[_Peer] = []  # peers with frames that may wait up to LATER
         self._later_timer: trio.CancelScope | None = None
         self.counters: Counter[str] = Counter()
+        self._too_large_logged = -math.inf  # when peer_frame_too_large was last logged
         #: both sides of a link's opening; ``features``: what our hello lists (tests play
         #: older nodes)
         self.openings = Openings(me, keys, tuple(features), self.counters)
@@ -404,7 +413,35 @@ class PeerLinks:
         peer.taken += 1
         self.counters["peer_frames_out"] += len(batch)
         self.counters["peer_writes"] += 1
-        return batch, encode_frames(batch)
+        return batch, encode_frames(batch, partial(self._too_large, peer))
+
+    def _too_large(self, peer: _Peer, frame: Frame, size: int) -> None:
+        """``frame`` packed to more than a link carries and was left out (``encode_frames``
+        answers a peer's request with an error instead): counted, logged once a
+        ``TOO_LARGE_LOG`` interval, and a request of ours fails at once with why. The
+        link goes on."""
+        self.counters["peer_frames_too_large"] += 1
+        now = time.monotonic()
+        if now - self._too_large_logged >= TOO_LARGE_LOG:
+            self._too_large_logged = now
+            logger.error("peer_frame_too_large peer=%s kind=%s bytes=%d limit=%d count=%d",
+                         peer.name, frame.get("t"), size, MAX_PEER_FRAME,
+                         self.counters["peer_frames_too_large"])
+        rid = frame.get("rid")
+        on_reply = (self._waiting.pop(rid, None)
+                    if frame.get("t") != "reply" and type(rid) is int else None)
+        if on_reply is not None:  # called soon: this runs while frames are being written
+            error = {"t": "reply", "rid": rid,
+                     "error": f"the request of {size} bytes is over the peer frame limit "
+                              f"of {MAX_PEER_FRAME}; not sent"}
+            trio.lowlevel.current_trio_token().run_sync_soon(self._refused, on_reply, error)
+
+    @staticmethod
+    def _refused(on_reply: Callable[[Frame | None], None], error: Frame) -> None:
+        try:
+            on_reply(error)
+        except Exception:  # run by trio itself: one that raises would end the node
+            logger.exception("peer_reply_failed")
 
 
 class _EachPass(trio.abc.Instrument):

@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import is_node_name
@@ -43,17 +43,65 @@ REDELIVERY = "redelivery"
 #: what this node takes beyond protocol 1 (see above)
 FEATURES = (PACKED, REDELIVERY)
 HEADER = struct.Struct(">I")
+#: the largest frame a link carries (a reader refuses a longer one and ends the link;
+#: a writer refuses to pack one, see ``encode_frames``)
 MAX_PEER_FRAME = 4 * 1024 * 1024
 NONCE_SIZE = 16
+#: what a request that carries messages (``replicate`` of a group or a handover,
+#: ``stores``) packs into one frame, about (``Budget``): a quarter of ``MAX_PEER_FRAME``,
+#: so that one item over it (a body of up to ``--max-frame`` bytes) still fits
+REQUEST_BYTES = 1 << 20
+#: what one entry of such a request packs to besides its strings, at most (msgpack map
+#: keys, numbers and the headers of its strings: a stored message is 67-114 bytes)
+ENTRY_BYTES = 128
 
 logger = logging.getLogger(__name__)
 
+#: called with a frame ``encode_frames`` refused as too large, and its packed size
+TooLarge = Callable[[dict[str, Any], int], None]
 
-def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
+
+def text_bytes(*texts: str | None) -> int:
+    """What an entry holding ``texts`` packs to, at most: their UTF-8 bytes (a
+    character may be up to 4: counting characters let a frame grow past the limit)
+    and ``ENTRY_BYTES``."""
+    size = ENTRY_BYTES
+    for text in texts:
+        if text:
+            size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size
+
+
+class Budget:
+    """The bytes of one request frame being filled: an entry goes in while there is
+    ``room`` for it, and always into an empty frame (an entry alone is bounded by the
+    input limits, far below ``MAX_PEER_FRAME``). The one rule by which ``replicate``
+    (of a group or a handover) and ``stores`` requests are cut."""
+
+    __slots__ = ("most", "used")
+
+    def __init__(self, most: int | None = None) -> None:
+        self.most = REQUEST_BYTES if most is None else most
+        self.used = 0
+
+    def room(self, size: int) -> bool:
+        return not self.used or self.used + size <= self.most
+
+    def add(self, size: int) -> None:
+        self.used += size
+
+
+def encode_frames(objects: Sequence[dict[str, Any]], too_large: TooLarge | None = None
+                  ) -> bytes:
     """The frames, each behind its length. One that cannot be packed (a value msgpack
     cannot carry: input checks should have refused it) is logged and left out, never the
     others written with it (they were taken off the link's queue already: an error here
-    would lose them all)."""
+    would lose them all).
+
+    A frame that packs to more than ``MAX_PEER_FRAME`` is never written (the peer's
+    reader would end the link, and everything queued on it): it is handed to
+    ``too_large`` (or logged) and left out; a reply is replaced by an error reply, so
+    the request it answers fails at once and clearly, not by its timeout."""
     out = bytearray()
     for obj in objects:
         try:
@@ -61,6 +109,16 @@ def encode_frames(objects: Sequence[dict[str, Any]]) -> bytes:
         except (TypeError, ValueError, OverflowError) as exc:  # an int beyond 64 bits
             logger.error("peer_frame_unpackable kind=%s error=%r", obj.get("t"), str(exc))
             continue
+        if len(body) > MAX_PEER_FRAME:
+            if too_large is None:
+                logger.error("peer_frame_too_large kind=%s bytes=%d", obj.get("t"), len(body))
+            else:
+                too_large(obj, len(body))
+            if obj.get("t") != "reply":
+                continue
+            body = pack({"t": "reply", "rid": obj.get("rid"),
+                         "error": f"the answer of {len(body)} bytes is over the peer frame "
+                                  f"limit of {MAX_PEER_FRAME}"})
         out += HEADER.pack(len(body))
         out += body
     return bytes(out)

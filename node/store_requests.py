@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from .frames import is_seq
 from .names import check_user
+from .peer_proto import Budget, text_bytes
 from .routing import Unavailable
 
 if TYPE_CHECKING:
     from .peer_link import PeerLinks
 
-#: message data per request, about (peer frames are at most 4 MiB)
-STORES_BYTES = 1 << 20
+#: messages per request at most (besides its ``peer_proto.Budget`` of packed bytes): the
+#: answer lists a result for each, an error of up to a few hundred bytes
+STORES_ITEMS = 4096
 Frame = dict[str, Any]
 
 
@@ -37,7 +39,7 @@ class _Batch:
     def __init__(self) -> None:
         self.items: list[list[Any]] = []  # [user, body, ttl, sender]
         self.replies: list[Reply] = []  # one per item
-        self.bytes = 0
+        self.budget = Budget()
         self.ticket = -1  # of its frame in the owner's link queue
 
 
@@ -55,7 +57,8 @@ class StoreRequests:
         queue, unpacked (so no task and no timer of its own); if there is none, it starts
         one."""
         batch = self._gathering.get(owner)
-        if (batch is None or batch.bytes >= STORES_BYTES
+        size = text_bytes(*(part for part in item if isinstance(part, str)))
+        if (batch is None or not batch.budget.room(size) or len(batch.items) >= STORES_ITEMS
                 or not self.links.queued(owner, batch.ticket)):
             batch = self._gathering[owner] = _Batch()
             batch.ticket = self.links.request_soon(
@@ -63,7 +66,7 @@ class StoreRequests:
                 partial(self._answered, owner, batch), self.timeout)
         batch.items.append(item)
         batch.replies.append(reply)
-        batch.bytes += len(item[0]) + len(item[1])
+        batch.budget.add(size)
 
     def _answered(self, owner: str, batch: _Batch, reply: Frame | None) -> None:
         if self._gathering.get(owner) is batch:

@@ -10,7 +10,7 @@ import pytest
 from node.clients import (
     READ_KEPT, WRITTEN_KEPT, ClientSession, LocalClients, Written, take_through,
 )
-from node.mailbox import DEVICE_REWRITE, Limits, Mailboxes, Stored, as_stored
+from node.mailbox import DEVICE_REWRITE, MAX_DEVICES, Limits, Mailboxes, Stored, as_stored
 
 NOW = 1_800_000_000.0
 
@@ -431,3 +431,23 @@ def test_what_a_connection_missed_beyond_its_limit_is_counted_and_left_to_retrie
     assert session.missed is not None and list(session.missed.seqs) == [2, 3, 4]
     clients.detach(session)
     assert clients.counters["client_missed_over_limit"] == 2
+
+
+def test_a_user_keeps_its_most_recently_seen_devices_up_to_the_bound() -> None:
+    """Every replicate request and handover carries the devices of its users: one client
+    naming thousands in its hellos made those frames larger than a link carries."""
+    boxes = Mailboxes()
+    for i in range(MAX_DEVICES + 10):
+        assert boxes.see_device("u", f"d{i}", NOW + i)
+    kept = boxes.devices("u")
+    assert set(kept) == {f"d{i}" for i in range(10, MAX_DEVICES + 10)}
+    assert boxes.counters["devices_evicted"] == 10
+    # a record from a peer older than all of them is not kept (nor to be stored)
+    assert not boxes.see_device("u", "stale", NOW - 1)
+    assert "stale" not in boxes.devices("u")
+    # an ack names a device too: a new one evicts the least recently seen
+    boxes.ack("u", [], "acker", NOW + 1000)
+    assert len(boxes.devices("u")) == MAX_DEVICES and "d10" not in boxes.devices("u")
+    # an evicted device that comes back is a device again
+    assert boxes.see_device("u", "d0", NOW + 2000)
+    assert "d0" in boxes.devices("u") and len(boxes.devices("u")) == MAX_DEVICES

@@ -19,7 +19,7 @@ import trio
 
 from node.frames import pack
 from node.peer_link import LATER, Frame, PeerLinks
-from node.peer_proto import FEATURES, REDELIVERY
+from node.peer_proto import FEATURES, MAX_PEER_FRAME, REDELIVERY
 
 KEY = b"k" * 32
 
@@ -210,3 +210,39 @@ async def test_a_link_knows_which_features_its_peer_listed_both_ways() -> None:
             await a.next_frame()
             assert a.links.lists("node-b", REDELIVERY) == (old != "node-b")
             assert b.links.lists("node-a", REDELIVERY) == (old != "node-a")
+
+
+async def test_a_frame_over_the_limit_fails_its_request_not_the_link() -> None:
+    """A frame larger than a peer's reader takes ended the link (and every frame queued
+    on it) at the peer. It is refused where it is packed: a request of ours fails at once
+    with why, a reply too large is an error reply, and the link goes on."""
+    async with pair() as (a, b):
+        a.links.send("node-b", {"t": "x", "n": 0})
+        assert (await b.next_frame())["n"] == 0  # the link is up
+        answers: list[Frame | None] = []
+        got = trio.Event()
+
+        def on_reply(reply: Frame | None) -> None:
+            answers.append(reply)
+            got.set()
+        huge = "z" * (MAX_PEER_FRAME + 1)
+        a.links.request_soon("node-b", {"t": "q", "blob": huge}, on_reply, timeout=60.0)
+        a.links.send("node-b", {"t": "x", "n": 1})  # sent in the same write
+        with trio.fail_after(10):
+            await got.wait()
+        assert answers[0] is not None and "over the peer frame limit" in answers[0]["error"]
+        assert a.links.counters["peer_frames_too_large"] == 1
+        assert (await b.next_frame())["n"] == 1
+        # a peer's request whose answer is too large: it gets an error answer instead
+        got = trio.Event()
+        a.links.request_soon("node-b", {"t": "q", "n": 2}, on_reply, timeout=60.0)
+        asked = await b.next_frame()
+        b.links.reply("node-a", asked, {"blob": huge})
+        with trio.fail_after(10):
+            await got.wait()
+        assert "over the peer frame limit" in answers[1]["error"]  # type: ignore[index]
+        assert b.links.counters["peer_frames_too_large"] == 1
+        a.links.send("node-b", {"t": "x", "n": 3})
+        assert (await b.next_frame())["n"] == 3
+        for side in (a, b):
+            assert side.links.counters["peer_links_opened"] == 1

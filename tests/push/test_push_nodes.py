@@ -353,7 +353,7 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
     chunked: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if chunked:  # the handover to the new replica takes several requests
-        monkeypatch.setattr("node.handover.HANDOVER_BYTES", 700)
+        monkeypatch.setattr("node.peer_proto.REQUEST_BYTES", 700)
     keyring = Keyring([KEY])
     scopes: dict[str, trio.CancelScope] = {}
 
@@ -383,7 +383,7 @@ async def test_the_replica_delivers_everything_acknowledged_when_the_owner_dies(
         if chunked:
             requests = max(n.delivery.mailboxes.counters["handover_requests"]
                            for n in survivors)
-            assert requests >= 3  # 10 messages, 4 to a request
+            assert requests >= 3  # 10 messages, 3 to a request (their device too)
         async with device(nodes[1], user) as ws:
             got = [await next_message(ws) for _ in range(10)]
         assert [m["id"] for m in got] == acked
