@@ -215,14 +215,13 @@ class Node:
         self.resumes.read_already(session, seqs)
 
     def _missing(self, session: ClientSession) -> None:
-        self.delivery.redelivery.full(session.user)
+        self.delivery.redelivery.full(session)
 
     def _room_for(self, session: ClientSession, seqs: list[int], more: bool) -> None:
-        self.delivery.redelivery.room(session.user, seqs, more)
+        self.delivery.redelivery.room(session, seqs, more)
 
     def _session_closed(self, session: ClientSession) -> None:
-        self.delivery.redelivery.closed(session.user, list(session.written or ()),
-                                        session.closed_reason)
+        self.delivery.redelivery.closed(session, list(session.written or ()))
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
         self.resumes.park(session)

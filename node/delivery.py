@@ -17,7 +17,7 @@ Unacked messages are sent again after ``ack_timeout`` and whenever a session of 
 registers (a reconnect, or a new owner after a death or a join). What counts as an
 attempt is a write that its client did not ack before the connection ended (``tried``,
 from the node holding it); a connection whose queue was full asks for what it missed
-(``resend``), and the owner holds its retries for the user meanwhile (``hold``): a
+(``resend``), and the owner holds its retries to that node meanwhile (``hold``): a
 slow reader is neither offered the same messages every ``ack_timeout`` nor loses any
 (``redelivery.py``). When the ring changes,
 every node copies its mailboxes to the users' new replica sets and drops the ones it no
@@ -334,27 +334,53 @@ class Delivery:
             for node in self.ring.replicas(user, self.config.replicas):
                 if node != self.me:  # a replica that takes over must wait for it too
                     self.links.send(node, {"t": "devices", "devices": [list(record[0])]})
-        self.mailboxes.hold(user, 0.0)  # a new connection takes what waits, and retries
         self.push(user, reconnect=True)
 
     def push(self, user: str, *, reconnect: bool = False) -> None:
-        """Send what waits for ``user`` to the nodes holding its sessions (owner only)."""
+        """Send what waits for ``user`` to the nodes holding its sessions (owner only):
+        to a node whose retries are held (``hold``), only what was never sent."""
         if self.ring.owner(user) != self.me:
             return
         holders = self.router.holders(user)
         if not holders:
             return
         now = time.time()
+        held = self._held(user, now) if not reconnect else ()
+        retried = holders  # the nodes that get the due retries
+        fresh: set[int] | None = None  # when some are held: the seqs never sent
+        if held:
+            retried = [node for node in holders if node not in held]
+            if retried:
+                fresh = {s.seq for s in self.mailboxes.to_send(user, now, held=True)}
         actions: list[Any] = []
-        for stored in self.mailboxes.to_send(user, now, reconnect=reconnect):
+        for stored in self.mailboxes.to_send(user, now, reconnect=reconnect,
+                                             held=not retried):
             self.mailboxes.sent(stored, now)
             message = stored.to_client()
-            for node in holders:
+            for node in (retried if fresh is not None and stored.seq not in fresh
+                         else holders):
                 if node == self.me:
                     actions.append(DeliverLocal(user, message))
                 else:
                     actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
         self._carry_out(actions)
+
+    def _held(self, user: str, now: float) -> set[str] | tuple[()]:
+        """The nodes whose retries of ``user``'s messages are held: a connection there
+        missed messages and will ask for them. A hold of a connection no longer registered
+        (its word lost, its node restarted) is forgotten."""
+        holders = self.mailboxes.held(user, now)
+        if not holders:
+            return ()
+        sessions = self.router.register.get(user, {})
+        nodes = set()
+        for holder in holders:
+            node, session = holder
+            if session in sessions.get(node, ()):
+                nodes.add(node)
+            else:
+                self.mailboxes.hold(user, holder, 0.0)
+        return nodes
 
     def client_ack(self, user: str, seqs: list[int], device: str) -> None:
         """A client here has these messages (``ClientSession.acked_through``): tell the
@@ -415,6 +441,7 @@ class Delivery:
                 if len(removed) > len(dead):
                     logger.info("messages_expired count=%d", len(removed) - len(dead))
                 self.store.write_soon(deletes=[(s.user, s.seq) for s in removed])
+            self.mailboxes.expire_holds(now)
             for user in self.mailboxes.retry_users(now, online):
                 self.push(user)
 

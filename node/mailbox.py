@@ -14,8 +14,9 @@ wrote that its client did not ack (``tried``). A slow or stuck reader therefore 
 uses up a message's attempts: what it was not given is not counted, and what it was
 given counts once, when its connection ends. A connection that dropped messages at its
 full queue asks for them again once it has room (``resend``), and meanwhile the owner
-**holds** its retries for the user (``hold``), so that a connection that does not drain
-is not offered the same messages every ``ack_timeout``.
+**holds** its retries to that connection's node (``hold``), so that a connection that
+does not drain is not offered the same messages every ``ack_timeout``; the user's other
+nodes get their retries as before.
 
 **Sequence numbers** are per user and increase: a new message gets
 ``max(last_seq + 1, now in microseconds)``. Tying them to the clock keeps them
@@ -44,6 +45,10 @@ from typing import Any, NamedTuple
 
 from .frames import MAX_SEQ
 from .names import is_user
+
+#: who asked an owner to hold its retries: a node holding a connection of the user, and
+#: that connection's session (``Mailboxes.hold``)
+Holder = tuple[str, str]
 
 
 class Stored(NamedTuple):
@@ -147,8 +152,6 @@ class _Box:
     #: seq -> when to send again, for those sent at least once from this process (a
     #: dict of numbers, which the garbage collector need not walk, unlike a set)
     retry_at: dict[int, float] = field(default_factory=dict)
-    #: no retries before this: a connection of the user will ask for what it missed
-    hold_until: float = 0.0
     #: devices of the user -> when last seen
     devices: dict[str, float] = field(default_factory=dict)
     #: devices of the user -> when last seen as the store last got it
@@ -191,6 +194,9 @@ class Mailboxes:
         self._boxes: dict[str, _Box] = {}
         self._unswept: list[str] = []  # users the sweep has yet to look at this round
         self._pending = 0  # messages in all mailboxes
+        #: user -> holder -> until when its retries to the holder's node are held; only
+        #: users with a hold (checked on every push: empty, it costs one lookup)
+        self._holds: dict[str, dict[Holder, float]] = {}
         self.counters: Counter[str] = Counter()
 
     # ---- reading --------------------------------------------------------------------------
@@ -324,12 +330,20 @@ class Mailboxes:
 
     # ---- delivering (the owner) -----------------------------------------------------------
 
-    def to_send(self, user: str, now: float, *, reconnect: bool = False) -> list[Stored]:
-        """What to send ``user`` now: due retries, or (on a new session) all pending;
-        never a message whose TTL is up."""
+    def to_send(self, user: str, now: float, *, reconnect: bool = False,
+                held: bool = False) -> list[Stored]:
+        """What to send ``user`` now: those never sent and due retries, or (on a new
+        session) all pending; never a message whose TTL is up. ``held``: for a node whose
+        retries are held (``hold``), only those never sent (unless ``reconnect``)."""
         box = self._boxes.get(user)
         if box is None:
             return []
+        if held and not reconnect:
+            retry_at = box.retry_at  # every message sent once is in it (forget pops it)
+            if len(retry_at) >= len(box.pending):
+                return []  # all sent once: nothing new (a held user's tick, every second)
+            return [as_stored(plain) for seq, plain in box.ordered().items()
+                    if seq not in retry_at and plain[_EXPIRES] > now]
         out = []
         for seq, plain in box.ordered().items():
             if plain[_EXPIRES] <= now:  # gone at the next sweep: never sent late
@@ -378,12 +392,39 @@ class Mailboxes:
         self.counters["attempts"] += len(out)
         return out
 
-    def hold(self, user: str, until: float) -> None:
-        """No retries for ``user`` before ``until`` (0: from now on again): a connection
-        that missed messages at its full queue will ask for them (``resend``)."""
-        box = self._boxes.get(user)
-        if box is not None:
-            box.hold_until = until
+    def hold(self, user: str, holder: Holder, until: float) -> None:
+        """No retries of ``user``'s messages to ``holder``'s node before ``until`` (0:
+        release): that connection missed messages at its full queue and will ask for them
+        (``resend``). Per connection: each is released on its own (its node's retries
+        resume once none of its connections holds them), and other nodes are not held."""
+        holds = self._holds.get(user)
+        if until <= 0.0:
+            if holds is not None:
+                holds.pop(holder, None)
+                if not holds:
+                    del self._holds[user]
+        elif user in self._boxes:  # nothing waits for a user without a mailbox
+            if holds is None:
+                holds = self._holds[user] = {}
+            holds[holder] = until
+
+    def held(self, user: str, now: float) -> tuple[Holder, ...]:
+        """Who holds ``user``'s retries at ``now`` (holds past their time are forgotten)."""
+        holds = self._holds.get(user)
+        if not holds:
+            return ()
+        for holder in [h for h, until in holds.items() if until <= now]:
+            del holds[holder]
+        if not holds:
+            del self._holds[user]
+        return tuple(holds)
+
+    def expire_holds(self, now: float) -> None:
+        """Forget holds past their time (a holder's word that never came): memory stays
+        bounded by the connections that hold, each for at most the time it asked."""
+        for user in [u for u, holds in self._holds.items()
+                     if min(holds.values()) <= now]:
+            self.held(user, now)
 
     def expire(self, now: float, users: Iterable[str] | None = None) -> list[Stored]:
         """Remove expired and dead-lettered (too many attempts) messages, and forget
@@ -432,11 +473,12 @@ class Mailboxes:
     def retry_users(self, now: float, users: Iterable[str]) -> list[str]:
         """Of ``users`` (those with sessions), those with a message whose ack is overdue,
         or that was never sent from here (a handover or a replica's copy, for a node
-        that owns the user now); not those whose retries are held (``hold``)."""
+        that owns the user now). Held retries are due too: a holder not held gets them,
+        a held one only what was never sent (``to_send(held=True)``)."""
         due = []
         for user in users:
             box = self._boxes.get(user)
-            if box is not None and box.pending and box.hold_until <= now and (
+            if box is not None and box.pending and (
                     len(box.retry_at) < len(box.pending)
                     or any(when <= now for when in box.retry_at.values())):
                 due.append(user)
@@ -444,6 +486,7 @@ class Mailboxes:
 
     def drop_user(self, user: str) -> list[Stored]:
         """Forget ``user``'s mailbox here (it was handed over); returns what was in it."""
+        self._holds.pop(user, None)
         box = self._boxes.pop(user, None)
         if box is None:
             return []

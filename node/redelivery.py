@@ -9,20 +9,30 @@ does not write it again. So the holder tells the owner what happened:
 * ``tried``: a connection ended; these messages were written on it and its client did
   not ack them. Each counts one attempt (after ``max_attempts`` a message is
   dead-lettered), unless the node ended the connection itself (``NOT_TRIED``).
-* ``hold``: a connection started dropping QoS 1 messages at its full queue (and again
-  every ``clients.HOLD_RENEW`` while it goes on). The owner holds its retries for the
-  user for up to ``HOLD``: offering a connection that does not drain the same messages
-  every ack timeout only had them dropped again (77,992 drops for 8,000 messages).
+* ``hold``: a connection (named by its session) started dropping QoS 1 messages at its
+  full queue (and again every ``clients.HOLD_RENEW`` while it goes on). The owner holds
+  its retries **to that node** for up to ``HOLD``: offering a connection that does not
+  drain the same messages every ack timeout only had them dropped again (77,992 drops
+  for 8,000 messages). Retries to the user's other nodes go on (a device stuck on one
+  node must not leave the user's other devices without their retries), and a message
+  never sent goes to every node, held or not: a held node gets one offer per message.
+  ``hold`` with ``on`` false releases it: the connection ended before it asked for all
+  it missed (whatever the reason: a connection closed as slow is the usual one).
 * ``resend``: the connection's queue has emptied into its socket; the owner sends these
-  messages it missed again, to that node only, and keeps holding its retries while the
-  connection has ``more`` to ask for (they are not attempts either).
+  messages it missed again, to that node only, and keeps holding while the connection
+  has ``more`` to ask for; without ``more`` that connection's hold is released (not
+  another's: each connection holds on its own, and a node's retries resume once none
+  of its connections holds them). Resends are not attempts either.
 
 A slow or stuck reader is thus offered each message about once while it does not read,
 gets them all, in step with its reading, when it reads again, and never uses up their
-attempts: they wait for their TTL like a user's who is offline.
+attempts: they wait for their TTL like a user's who is offline. A hold costs the owner
+one entry per connection that asked (only for a session registered with it from that
+node), forgotten on release, when the session is no longer registered, or after
+``HOLD`` (``Mailboxes.expire_holds``, every tick).
 
 The three frames are the ``redelivery`` feature (``peer_proto.REDELIVERY``): a holder
-sends them only to an owner whose hello listed it.
+sends them only to an owner whose hello listed it (docs/push.md lists their fields).
 """
 
 from __future__ import annotations
@@ -36,11 +46,12 @@ from .peer_proto import REDELIVERY
 from .routing import DeliverLocal, SendPeer
 
 if TYPE_CHECKING:
+    from .clients import ClientSession
     from .delivery import Delivery
 
-#: how long an owner holds its retries for a user one of whose connections missed
-#: messages at its full queue: if the connection's word is lost, the retries take over
-#: after this
+#: how long an owner holds its retries to a node one of whose connections of the user
+#: missed messages at its full queue: if the connection's word is lost, the retries take
+#: over after this
 HOLD = 300.0
 #: a connection that ended for one of these is not counted as having failed at what it
 #: was written: the node ended it (a kick; the node stopping), or closed it because its
@@ -56,30 +67,33 @@ class Redelivery:
 
     # ---- at the node holding the connection ---------------------------------------------
 
-    def full(self, user: str) -> None:
-        """A connection of ``user`` here drops QoS 1 messages at its full queue: it will
-        ask for them once it has room; the owner holds its retries meanwhile."""
+    def full(self, session: ClientSession) -> None:
+        """``session`` here drops QoS 1 messages at its full queue: it will ask for them
+        once it has room; the owner holds its retries to this node meanwhile."""
+        self._tell(session.user, session.session, {"t": "hold", "user": session.user,
+                                                   "session": session.session})
+
+    def room(self, session: ClientSession, seqs: list[int], more: bool) -> None:
+        """``session`` here has room for these messages it missed: the owner sends them
+        again (to this node); ``more``: it will ask for others after them."""
+        user = session.user
         owner = self.delivery.ring.owner(user)
         if owner == self.delivery.me:
-            self._hold(user)
+            self._resend(owner, user, session.session, seqs, more)
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send(owner, {"t": "hold", "user": user})
+            self.delivery.links.send(owner, {"t": "resend", "user": user,
+                                             "session": session.session, "seqs": seqs,
+                                             "more": more})
 
-    def room(self, user: str, seqs: list[int], more: bool) -> None:
-        """A connection of ``user`` here has room for these messages it missed: the owner
-        sends them again (to this node); ``more``: it will ask for others after them."""
-        delivery = self.delivery
-        owner = delivery.ring.owner(user)
-        if owner == delivery.me:
-            self._resend(delivery.me, user, seqs, more)
-        elif owner is not None and self._takes(owner):
-            delivery.links.send(owner, {"t": "resend", "user": user, "seqs": seqs,
-                                        "more": more})
-
-    def closed(self, user: str, written: list[int], reason: str) -> None:
-        """A connection of ``user`` here ended: what it wrote that its client did not ack
-        counts as one attempt each at the owner (unless the node ended it)."""
-        if not written or reason in NOT_TRIED:
+    def closed(self, session: ClientSession, written: list[int]) -> None:
+        """``session`` here ended: its hold (if it asked for one and not yet for all it
+        missed) is released, whatever the reason; what it wrote that its client did not
+        ack counts as one attempt each at the owner (unless the node ended it)."""
+        user = session.user
+        if session.missed is not None:
+            self._tell(user, session.session, {"t": "hold", "user": user,
+                                               "session": session.session, "on": False})
+        if not written or session.closed_reason in NOT_TRIED:
             return
         owner = self.delivery.ring.owner(user)
         if owner == self.delivery.me:
@@ -87,6 +101,14 @@ class Redelivery:
         elif owner is not None and self._takes(owner):
             self.delivery.links.send_later(owner, {"t": "tried", "user": user,
                                                    "seqs": written})
+
+    def _tell(self, user: str, session: str, frame: Frame) -> None:
+        """A ``hold`` (or its release) of ``session`` for ``user``'s owner."""
+        owner = self.delivery.ring.owner(user)
+        if owner == self.delivery.me:
+            self._hold(owner, user, session, frame.get("on", True))
+        elif owner is not None and self._takes(owner):
+            self.delivery.links.send(owner, frame)
 
     def _takes(self, owner: str) -> bool:
         """Whether ``owner`` takes these frames; an older one (a rolling upgrade) retries
@@ -100,8 +122,14 @@ class Redelivery:
         kind, user = frame.get("t"), frame.get("user")
         if not isinstance(user, str) or not is_user(user):
             return False
+        session = frame.get("session")
+        if kind != "tried" and not isinstance(session, str):
+            return False
         if kind == "hold":
-            self._hold(user)
+            on = frame.get("on", True)
+            if not isinstance(on, bool):
+                return False
+            self._hold(node, user, session, on)  # type: ignore[arg-type]
             return True
         seqs = frame.get("seqs")
         if not isinstance(seqs, list):
@@ -110,21 +138,30 @@ class Redelivery:
         if kind == "tried":
             self._tried(user, seqs)
         else:
-            self._resend(node, user, seqs, frame.get("more") is True)
+            self._resend(node, user, session, seqs,  # type: ignore[arg-type]
+                         frame.get("more") is True)
         return True
 
-    def _hold(self, user: str) -> None:
-        if self.delivery.ring.owner(user) == self.delivery.me:
-            self.delivery.mailboxes.hold(user, time.time() + HOLD)
+    def _hold(self, node: str, user: str, session: str, on: bool) -> None:
+        """Hold (``on``) or release the retries to ``node`` for ``session`` there: held
+        only for a session registered here from that node (one entry per connection)."""
+        delivery = self.delivery
+        if delivery.ring.owner(user) != delivery.me:
+            return
+        if not on:
+            delivery.mailboxes.hold(user, (node, session), 0.0)
+        elif session in delivery.router.register.get(user, {}).get(node, ()):
+            delivery.mailboxes.hold(user, (node, session), time.time() + HOLD)
 
-    def _resend(self, node: str, user: str, seqs: list[int], more: bool) -> None:
+    def _resend(self, node: str, user: str, session: str, seqs: list[int], more: bool
+                ) -> None:
         """Send ``seqs`` of ``user`` again to ``node``, which missed them (not counted as
-        attempts); hold the retries while it has ``more`` to ask for."""
+        attempts); hold its retries while ``session`` there has ``more`` to ask for."""
         delivery = self.delivery
         if delivery.ring.owner(user) != delivery.me:
             return  # a new owner sends everything to the user's connections anyway
+        self._hold(node, user, session, more)
         now = time.time()
-        delivery.mailboxes.hold(user, now + HOLD if more else 0.0)
         actions: list[Any] = []
         for stored in delivery.mailboxes.resend(user, seqs, now):
             message = stored.to_client()

@@ -338,25 +338,76 @@ def test_a_kept_copy_is_the_pending_messages_and_no_work_for_the_collector() -> 
     assert boxes.kept("nobody") == ()
 
 
-def test_a_held_user_is_not_retried_and_what_a_connection_missed_is_sent_again() -> None:
+def test_a_held_holder_is_not_retried_and_what_a_connection_missed_is_sent_again() -> None:
     """A connection that dropped messages at its full queue asks for them itself once it
-    has room: meanwhile the owner's retries are held, so a reader that does not drain is
-    not offered the same messages every ack timeout."""
+    has room: meanwhile the owner's retries to its node are held, so a reader that does
+    not drain is not offered the same messages every ack timeout."""
     boxes = Mailboxes(Limits(ack_timeout=10))
     a, b, c = fill(boxes, "u", 3)
     for stored in (a, b, c):
         boxes.sent(stored, NOW)
-    boxes.hold("u", NOW + 300)
-    boxes.hold("nobody", NOW + 300)  # no mailbox: nothing to hold
-    assert boxes.retry_users(NOW + 20, ["u"]) == []
-    assert boxes.retry_users(NOW + 300, ["u"]) == ["u"]  # if its word is lost
+    phone = ("node-2", "s1")
+    boxes.hold("u", phone, NOW + 300)
+    boxes.hold("nobody", phone, NOW + 300)  # no mailbox: nothing to hold
+    assert boxes.held("u", NOW + 20) == (phone,) and boxes.held("nobody", NOW) == ()
+    assert boxes.held("u", NOW + 300) == ()  # if its word is lost (and forgotten)
+    boxes.hold("u", phone, NOW + 300)
+    assert boxes.to_send("u", NOW + 20, held=True) == []  # all sent once: held
     assert [s.seq for s in boxes.resend("u", [c.seq, 999, a.seq], NOW + 20)] == [c.seq, a.seq]
     assert boxes.counters["resent"] == 2 and boxes.counters["redelivered"] == 0
-    boxes.hold("u", 0.0)
+    boxes.hold("u", phone, 0.0)
+    assert boxes.held("u", NOW + 20) == ()
     assert boxes.retry_users(NOW + 20, ["u"]) == ["u"]
     assert [s.seq for s in boxes.to_send("u", NOW + 20)] == [b.seq]  # c, a: sent again
     assert boxes.resend("nobody", [a.seq], NOW) == []
     assert all(s.attempts == 0 for s in boxes.pending("u"))
+
+
+def test_a_new_message_for_a_held_holder_brings_no_retry_with_it() -> None:
+    """Review of #17, 2.1: the hold stopped working as soon as a message came, since
+    what was sent for it carried every due retry too; under steady traffic a stuck
+    connection was offered every pending message once per ack timeout. A held holder
+    gets only what was never sent (all of it on a new session)."""
+    boxes = Mailboxes(Limits(ack_timeout=10))
+    a = fill(boxes, "u", 1)[0]
+    boxes.sent(a, NOW)
+    boxes.hold("u", ("node-2", "s1"), NOW + 300)
+    assert boxes.retry_users(NOW + 20, ["u"]) == ["u"]  # a is due: to holders not held
+    b = boxes.new("u", "b", "b", NOW + 20, ttl=60)
+    boxes.put(b)
+    assert [s.seq for s in boxes.to_send("u", NOW + 20, held=True)] == [b.seq]
+    assert [s.seq for s in boxes.to_send("u", NOW + 20)] == [a.seq, b.seq]
+    assert [s.seq for s in boxes.to_send("u", NOW + 20, held=True, reconnect=True)] == [
+        a.seq, b.seq]
+    short = boxes.new("u", "short", "b", NOW + 20, ttl=1)
+    boxes.put(short)
+    assert [s.seq for s in boxes.to_send("u", NOW + 21, held=True)] == [b.seq]  # TTL up
+
+
+def test_holds_are_per_connection_and_expire() -> None:
+    """Review of #17, 2.2: the hold was per user, so one device's stuck connection held
+    the retries to the user's other devices, and one connection finishing its resends
+    released a hold another still needed. Each connection (node, session) holds and
+    releases its own; a hold past its time is forgotten, so they take no memory after."""
+    boxes = Mailboxes()
+    fill(boxes, "u", 1)
+    fill(boxes, "v", 1)
+    phone, tablet = ("node-2", "s1"), ("node-2", "s2")
+    boxes.hold("u", phone, NOW + 300)
+    boxes.hold("u", tablet, NOW + 100)
+    boxes.hold("v", ("node-3", "s3"), NOW + 50)
+    assert set(boxes.held("u", NOW)) == {phone, tablet}
+    boxes.hold("u", tablet, 0.0)  # the tablet asked for all it missed
+    assert boxes.held("u", NOW) == (phone,)  # the phone still holds node-2's retries
+    boxes.hold("u", tablet, 0.0)  # released twice: nothing more
+    boxes.hold("u", phone, NOW + 400)  # renewed
+    boxes.expire_holds(NOW + 60)
+    assert boxes._holds == {"u": {phone: NOW + 400}}
+    boxes.expire_holds(NOW + 400)
+    assert boxes._holds == {}
+    boxes.hold("u", phone, NOW + 300)
+    boxes.drop_user("u")  # handed over: its holds go with it
+    assert boxes._holds == {} and boxes.held("u", NOW) == ()
 
 
 def test_a_message_whose_ttl_is_up_is_not_sent_again_either() -> None:

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,9 +20,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from cli.send import _listen
 from node.app import Node
+from node.clients import ClientSession
+from node.redelivery import NOT_TRIED, Redelivery
 from node.token import mint
 from tests.node.helpers import wait_until
-from tests.push.test_push_nodes import SECRET, cluster, owner_of, registered
+from tests.push.test_slow_clients import poll
+from tests.push.test_push_nodes import (
+    SECRET, cluster, connected, next_message, owner_of, registered,
+)
 
 BODY = "x" * 4096
 
@@ -148,6 +154,108 @@ async def test_a_reader_that_stops_reading_gets_every_message_when_it_reads_agai
         # retry per message
         assert holder.clients.counters["client_queue_full_drops"] < 2 * count
         assert boxes.counters["resent"] > 0
+
+
+@pytest.mark.parametrize("stuck_on_owner", [False, True])
+async def test_a_device_stuck_on_one_node_holds_no_retries_to_another_node(
+        stuck_on_owner: bool) -> None:
+    """Review of #17, 2.2: the owner held its retries per user, so a phone stuck on one
+    node (its queue full: every QoS 1 message dropped, the owner told to hold) left the
+    user's desktop on another node without retries for up to 300 s: here a copy for the
+    desktop is lost on its way (as on a peer link reset) and only a retry brings it. The
+    hold is per connection, for retries to its node only; it is released when that
+    connection ends, and the stuck phone is offered the message once."""
+    async with cluster(["a", "b"], ack_timeout=1.0) as nodes:
+        owner = owner_of(nodes, "kim")
+        other = next(n for n in nodes if n is not owner)
+        stuck_node, desk_node = (owner, other) if stuck_on_owner else (other, owner)
+        async with connected(stuck_node, "kim", device="phone") as (_phone, hello), \
+                connected(desk_node, "kim", device="desk") as (desk, _):
+            assert hello["t"] == "welcome"
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: registered(nodes, "kim", 2))
+            phone = next(s for s in stuck_node.clients.sessions_of("kim")
+                         if s.device == "phone")
+            phone.limit = 0  # a queue that stays full: a reader that stopped reading
+            lost: list[int] = []
+            deliver = desk_node.clients.deliver
+
+            def lose_the_first(user: str, obj: Any) -> int:
+                if not lost and isinstance(obj, dict) and obj.get("qos") == 1:
+                    lost.append(obj["seq"])
+                    return 0
+                return deliver(user, obj)
+            desk_node.clients.deliver = lose_the_first  # type: ignore[method-assign]
+            sent = await send_many(nodes[0], "kim", 1)
+            with trio.fail_after(5):  # the phone dropped it (and told the owner to hold)
+                await wait_until(nodes, lambda: bool(lost and phone.missed is not None))
+            message = await next_message(desk)  # the retry (within 5 s)
+            assert message["id"] in sent and message["seq"] == lost[0]
+            boxes = owner.delivery.mailboxes
+            assert boxes.held("kim", time.time()) == ((stuck_node.config.name,
+                                                      phone.session),)
+            assert phone.dropped == 1  # offered once: its node's retries are held
+        with trio.fail_after(5):  # the phone's connection ended: its hold with it
+            await wait_until(nodes, lambda: not boxes.held("kim", time.time()))
+
+
+async def test_new_messages_for_a_held_connection_bring_no_retries_with_them() -> None:
+    """Review of #17, 2.1: what the owner sent for each new message carried every due
+    retry too, held or not, so under steady traffic a stuck connection was still offered
+    every pending message once per ack timeout. A held node gets each message once."""
+    async with cluster(["a", "b"], ack_timeout=0.05) as nodes:
+        owner = owner_of(nodes, "lou")  # the phone on it: the hold is taken at once
+        async with connected(owner, "lou", device="phone") as (_ws, hello):
+            assert hello["t"] == "welcome"
+            with trio.fail_after(5):
+                await wait_until(nodes, lambda: registered(nodes, "lou", 1))
+            phone = owner.clients.sessions_of("lou")[0]
+            phone.limit = 0  # a queue that stays full: a reader that stopped reading
+            for _ in range(4):
+                await send_many(nodes[0], "lou", 1)
+                assert phone.missed is not None  # held from the first on
+                due = time.time() + 0.05
+                with trio.fail_after(5):  # what was sent is due again, for a retry
+                    await poll(lambda: time.time() > due)  # noqa: B023 (called here)
+            assert phone.dropped == 4  # each once (it was 1 + 2 + 3 + 4 = 10 offers)
+
+
+@pytest.mark.parametrize("reason", ["slow", "kicked", "closed", "client_closed"])
+def test_a_connection_that_missed_messages_releases_its_hold_however_it_ends(
+        reason: str) -> None:
+    """Review of #17, 2.2: a connection's end told the owner nothing when the node had
+    ended it (a stuck reader closed as slow, a kick, a stop), so its hold lasted 300 s.
+    It is released whatever the reason (and attempts still count only for the others);
+    one that asked for everything it missed has released it already."""
+    frames: list[tuple[str, dict]] = []
+    links = SimpleNamespace(lists=lambda _node, _feature: True,
+                            send=lambda node, frame: frames.append((node, frame)),
+                            send_later=lambda node, frame: frames.append((node, frame)))
+    delivery = SimpleNamespace(me="h", ring=SimpleNamespace(owner=lambda _user: "o"),
+                               links=links)
+    redelivery = Redelivery(delivery)  # type: ignore[arg-type]
+    session = ClientSession("s1", "u", "phone", "r", set(), limit=0,
+                            on_full=redelivery.full,
+                            on_room=redelivery.room)
+    assert not session.offer({"t": "msg", "qos": 1, "seq": 7, "id": "m", "body": "b"})
+    assert frames == [("o", {"t": "hold", "user": "u", "session": "s1"})]
+    session.closed_reason = reason
+    redelivery.closed(session, [5])
+    release = {"t": "hold", "user": "u", "session": "s1", "on": False}
+    tried = [("o", {"t": "tried", "user": "u", "seqs": [5]})]
+    assert frames[1:] == [("o", release)] + (tried if reason not in NOT_TRIED else [])
+    frames.clear()
+    drained = ClientSession("s2", "u", "desk", "r", set(), limit=1,
+                            on_full=redelivery.full, on_room=redelivery.room)
+    for seq in (1, 2):
+        drained.offer({"t": "msg", "qos": 1, "seq": seq, "id": "m", "body": "b"})
+    drained.wrote(drained.take(256))  # room: asks for all it missed (no more)
+    assert frames[-1] == ("o", {"t": "resend", "user": "u", "session": "s2", "seqs": [2],
+                                "more": False})
+    frames.clear()
+    drained.closed_reason = reason
+    redelivery.closed(drained, [])
+    assert frames == []  # released with its last resend
 
 
 async def test_a_connection_that_ends_unread_counts_one_attempt_and_loses_nothing() -> None:
