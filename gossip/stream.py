@@ -143,7 +143,8 @@ class StreamReader:
         return body.codes if body is not None else 0
 
     def inflate(self, budget: int) -> StreamMessage | None:
-        """Decode up to ``budget`` more LZW codes; the message once the last is in."""
+        """One step: up to ``budget`` more LZW codes, or once they are all decoded up to
+        :data:`PARSE_STEP` bytes of the inflated message; the message once it is whole."""
         assert self._body is not None and self._body.inflater is not None
         message = self._body.inflate(budget)
         if message is not None:
@@ -227,6 +228,8 @@ class StreamReader:
 
 _TYPE, _OBJECT, _HEADER, _STATES, _RAW = range(5)
 _FIRST_BUFFER = 4096
+#: bytes of an inflated message parsed per step (what one socket read hands a plain stream)
+PARSE_STEP = 65536
 
 
 class _Body:
@@ -246,8 +249,11 @@ class _Body:
         self._in_steps = in_steps
         #: bytes its compress message inflated to (one at most, within the stream's limit)
         self.inflated = 0
-        #: its compress message's decompression, while it runs
+        #: its compress message's decompression, while it runs (or its output is parsed)
         self.inflater: Inflater | None = None
+        self._plain: memoryview | None = None
+        self._inner: _Body | None = None
+        self._parsed = 0
         #: LZW codes decoded
         self.codes = 0
         # the buffer starts small and doubles as bytes come (msgpack would take up to
@@ -366,19 +372,32 @@ class _Body:
         return message
 
     def inflate(self, budget: int | None) -> StreamMessage | None:
+        """Decode up to ``budget`` LZW codes, or once all are decoded parse up to
+        :data:`PARSE_STEP` bytes of the inflated message (all at once if None)."""
         inflater = self.inflater
         assert inflater is not None
-        try:
-            plain = inflater.run(budget)
-        finally:
-            self.codes = inflater.codes
-        if plain is None:
-            return None
+        if self._plain is None:
+            try:
+                plain = inflater.run(budget)
+            finally:
+                self.codes = inflater.codes
+            if plain is None:
+                return None
+            self.inflated = len(plain)
+            self._plain = memoryview(plain)
+            self._inner = _Body(self._limits, len(plain), complete=False, may_inflate=False)
+            if budget is not None:
+                return None  # the parse is the next step
+        assert self._inner is not None
+        end = len(self._plain) if budget is None else self._parsed + PARSE_STEP
+        message = self._inner.feed(bytes(self._plain[self._parsed : end]))
+        self._parsed = min(end, len(self._plain))
+        if message is None:
+            if self._parsed < len(self._plain):
+                return None
+            raise DecodeError("stream message truncated", "truncated")
         self.inflater = None
-        self.inflated = len(plain)
-        inner = _Body(self._limits, len(plain), complete=True, may_inflate=False)
-        message = inner.feed(plain)
-        assert message is not None
+        self._plain = self._inner = None
         return message
 
     def _finish(self) -> StreamMessage:

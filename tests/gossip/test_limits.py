@@ -296,19 +296,23 @@ def test_a_stream_of_clear_codes_is_refused_at_the_second_code(monkeypatch) -> N
 
 @pytest.mark.parametrize("keyed", [False, True])
 def test_a_stream_inflates_in_steps_of_a_bounded_number_of_codes(keyed: bool) -> None:
-    push_pull = PushPull(False, _states(300), random.Random(5).randbytes(20_000))
+    user_state = random.Random(5).randbytes(20_000) + b"s" * 300_000
+    push_pull = PushPull(False, _states(300), user_state)
     envelope = Envelope(codec.Keyring([b"k" * 16]) if keyed else None, compress=True)
     data = stream.encode_stream(stream.encode_push_pull(push_pull), envelope)
     reader = StreamReader(envelope, inflate_in_steps=True)
     assert reader.feed(data) is None and reader.inflating
-    steps = 0
+    steps = parse_steps = 0
     message = None
     while message is None:
         before = reader.codes
         message = reader.inflate(1000)
         assert reader.codes - before <= 1000
         steps += 1
+        parse_steps += reader.codes == before
     assert message == push_pull and not reader.inflating
     assert steps > 10 and reader.codes > 10_000
+    # then the inflated message is parsed a bounded slice at a time
+    assert parse_steps == -(-reader.inflated // stream.PARSE_STEP) > 1
     with pytest.raises(DecodeError):
         reader.feed(b"x")  # nothing may follow the message
