@@ -43,9 +43,11 @@ MAX_DECOMPRESSED = 40 * 1024 * 1024
 #: :func:`encode_packet`), so a compress message is opened only there, never inside a
 #: compound or another compress; and what it compresses is at most its UDP buffer
 #: (``UDPBufferSize``: 1,400 bytes by default in memberlist, serf and us). A cluster on
-#: jumbo frames raises ``udp_buffer_size`` and the budget follows it. The decoder costs
-#: about half a microsecond per LZW code and a code yields at least a byte, so this
-#: also bounds the CPU a datagram can cost.
+#: jumbo frames raises ``udp_buffer_size`` and the budget follows it. The LZW decoder
+#: refuses a compress message longer than an honest encoding of this many bytes
+#: (:func:`gossip.lzw.max_input`: 3,075 bytes for 2,048) before reading a code and
+#: decodes at most :func:`gossip.lzw.max_codes` codes (2,050) at about half a
+#: microsecond each, so this also bounds the CPU a datagram can cost.
 MAX_PACKET_INFLATE = 2048
 #: Largest push-pull memberlist v0.6.0 accepts.
 MAX_PUSH_PULL_NODES = 1_048_576
@@ -309,10 +311,18 @@ def decompress_payload(body: bytes, max_output: int = MAX_DECOMPRESSED) -> bytes
 
 
 def decompress_map(raw: object, max_output: int = MAX_DECOMPRESSED) -> bytes:
+    out = inflater_of(raw, max_output).run()
+    assert out is not None
+    return out
+
+
+def inflater_of(raw: object, max_output: int) -> lzw.Inflater:
+    """A decompression of an unpacked ``compress`` body, to run at once or in steps;
+    input longer than an honest encoding of ``max_output`` bytes is refused here."""
     message = from_map(Compress, raw)
     if message.algo != 0:
         raise DecodeError(f"unknown compression algorithm {message.algo}")
-    return lzw.decompress(message.buf, max_output)
+    return lzw.Inflater(message.buf, max_output)
 
 
 #: below this many bytes LZW cannot win back the compress message's own overhead

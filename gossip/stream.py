@@ -12,6 +12,12 @@ bytes received however slowly they come. What it may hold is bounded before it i
 read: :class:`StreamLimits` (bytes and node states, sized from the cluster), then
 what the stream's own headers declare (an encrypted frame's length; a push-pull's node
 count and user state length), and one decompression, at most the stream's byte limit.
+
+A decompression's CPU is bounded by its output (:mod:`gossip.lzw`), but a stream's
+limit is megabytes: seconds of pure-Python decoding. A reader made with
+``inflate_in_steps=True`` therefore stops when its compress message is whole
+(:attr:`StreamReader.inflating`) and lets the shell run :meth:`StreamReader.inflate`
+a bounded number of codes at a time, yielding to the event loop in between.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from dataclasses import dataclass
 
 from .codec import (
     ENCRYPTION_OVERHEAD, MAX_PUSH_PULL_NODES, MAX_STREAM_SIZE, Envelope, NeedData,
-    StreamUnpacker, decompress_map, encode_body, from_map, label_header,
+    StreamUnpacker, encode_body, from_map, inflater_of, label_header,
 )
 from .errors import DecodeError
 from .wire import (
     CLASS_OF, Compress, Message, MessageType, Ping, PushNodeState, PushPull, PushPullHeader,
     User, UserMsgHeader,
 )
+from .lzw import Inflater
 
 StreamMessage = Ping | Message | PushPull
 
@@ -91,14 +98,19 @@ class StreamReader:
 
     Raises :class:`DecodeError` as soon as the bytes cannot be a valid message, and
     when more bytes arrive (or a header declares more) than the limits allow.
+
+    ``inflate_in_steps``: a compress message is not inflated inside :meth:`feed`; once it
+    is whole, ``feed`` returns None with :attr:`inflating` set, and :meth:`inflate` is
+    called until it returns the message (no more bytes are fed meanwhile).
     """
 
     def __init__(
         self, envelope: Envelope, max_size: int = MAX_STREAM_SIZE,
-        limits: StreamLimits | None = None,
+        limits: StreamLimits | None = None, inflate_in_steps: bool = False,
     ) -> None:
         self._envelope = envelope
         self._limits = limits or StreamLimits(max_size)
+        self._in_steps = inflate_in_steps
         self._max_size = self._limits.max_bytes
         self._label = envelope.label.encode()
         self._received = 0
@@ -119,8 +131,28 @@ class StreamReader:
         """Bytes decompression produced (the shell charges them as received bytes)."""
         return self._body.inflated if self._body is not None else 0
 
+    @property
+    def inflating(self) -> bool:
+        """The compress message is whole and waits for :meth:`inflate`."""
+        return self._body is not None and self._body.inflater is not None
+
+    @property
+    def codes(self) -> int:
+        """LZW codes decoded so far (0 without a compress message)."""
+        body = self._body
+        return body.codes if body is not None else 0
+
+    def inflate(self, budget: int) -> StreamMessage | None:
+        """One step: up to ``budget`` more LZW codes, or once they are all decoded up to
+        :data:`PARSE_STEP` bytes of the inflated message; the message once it is whole."""
+        assert self._body is not None and self._body.inflater is not None
+        message = self._body.inflate(budget)
+        if message is not None:
+            self._done = True
+        return message
+
     def feed(self, data: bytes) -> StreamMessage | None:
-        if self._done:
+        if self._done or self.inflating:
             raise DecodeError("data after the stream's message")
         self._received += len(data)
         if self._received > self._max_size:
@@ -190,12 +222,14 @@ class StreamReader:
         return bytes(head[at:])
 
     def _new_body(self, size: int, complete: bool) -> _Body:
-        self._body = _Body(self._limits, size, complete)
+        self._body = _Body(self._limits, size, complete, in_steps=self._in_steps)
         return self._body
 
 
 _TYPE, _OBJECT, _HEADER, _STATES, _RAW = range(5)
 _FIRST_BUFFER = 4096
+#: bytes of an inflated message parsed per step (what one socket read hands a plain stream)
+PARSE_STEP = 65536
 
 
 class _Body:
@@ -206,13 +240,22 @@ class _Body:
     (a decrypted frame or a decompressed body), so running short is an error."""
 
     def __init__(
-        self, limits: StreamLimits, size: int, complete: bool, may_inflate: bool = True
+        self, limits: StreamLimits, size: int, complete: bool, may_inflate: bool = True,
+        in_steps: bool = False,
     ) -> None:
         self._limits = limits
         self._complete = complete
         self._may_inflate = may_inflate
+        self._in_steps = in_steps
         #: bytes its compress message inflated to (one at most, within the stream's limit)
         self.inflated = 0
+        #: its compress message's decompression, while it runs (or its output is parsed)
+        self.inflater: Inflater | None = None
+        self._plain: memoryview | None = None
+        self._inner: _Body | None = None
+        self._parsed = 0
+        #: LZW codes decoded
+        self.codes = 0
         # the buffer starts small and doubles as bytes come (msgpack would take up to
         # 1 MiB at once); it never holds more than ``size``
         self._unpacker = StreamUnpacker(size, _FIRST_BUFFER)
@@ -238,7 +281,7 @@ class _Body:
         if data:
             self._unpacker.feed(data)
         message = self._advance()
-        if message is None and self._complete:
+        if message is None and self._complete and self.inflater is None:
             raise DecodeError("stream message truncated", "truncated")
         return message
 
@@ -320,12 +363,41 @@ class _Body:
         self._raw_length = header.user_state_len
         self._stage = _STATES
 
-    def _decompressed(self, raw: object) -> StreamMessage:
-        plain = decompress_map(raw, self._limits.max_bytes)
-        self.inflated = len(plain)
-        inner = _Body(self._limits, len(plain), complete=True, may_inflate=False)
-        message = inner.feed(plain)
+    def _decompressed(self, raw: object) -> StreamMessage | None:
+        self.inflater = inflater_of(raw, self._limits.max_bytes)
+        if self._in_steps:
+            return None
+        message = self.inflate(None)
         assert message is not None
+        return message
+
+    def inflate(self, budget: int | None) -> StreamMessage | None:
+        """Decode up to ``budget`` LZW codes, or once all are decoded parse up to
+        :data:`PARSE_STEP` bytes of the inflated message (all at once if None)."""
+        inflater = self.inflater
+        assert inflater is not None
+        if self._plain is None:
+            try:
+                plain = inflater.run(budget)
+            finally:
+                self.codes = inflater.codes
+            if plain is None:
+                return None
+            self.inflated = len(plain)
+            self._plain = memoryview(plain)
+            self._inner = _Body(self._limits, len(plain), complete=False, may_inflate=False)
+            if budget is not None:
+                return None  # the parse is the next step
+        assert self._inner is not None
+        end = len(self._plain) if budget is None else self._parsed + PARSE_STEP
+        message = self._inner.feed(bytes(self._plain[self._parsed : end]))
+        self._parsed = min(end, len(self._plain))
+        if message is None:
+            if self._parsed < len(self._plain):
+                return None
+            raise DecodeError("stream message truncated", "truncated")
+        self.inflater = None
+        self._plain = self._inner = None
         return message
 
     def _finish(self) -> StreamMessage:

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
+import trio.testing
 
 from gossip.codec import Envelope, encode, encode_packet
 from gossip.keyring import Keyring
-from gossip.stream import StreamReader, encode_stream
-from gossip.wire import Ack, Ping
+from gossip.stream import StreamReader, encode_push_pull, encode_stream
+from gossip.wire import Ack, MessageType, Ping, PushNodeState, PushPull
 from membership import service
 from membership.service import Membership, serve_membership
 from node.config import Config
@@ -108,3 +109,34 @@ async def test_a_node_with_another_key_says_why_it_cannot_join(caplog) -> None:
     assert len(join) == 1 and len(refused) == 1
     packet = [line for line in lines if "packet_refused reason=key" in line]
     assert "peer=127.0.0.1:" in packet[0] and "--encrypt" in packet[0]
+
+
+async def test_a_compressed_stream_is_inflated_in_steps_with_the_loop_free_between() -> None:
+    states = tuple(PushNodeState(f"node-{i}", b"\x7f\x00\x00\x01", 7946, b"", 1, 0, bytes(6))
+                   for i in range(100))
+    rng = random.Random(2)  # 16 letters: LZW halves them, with many short codes
+    user_state = bytes(rng.choice(b"abcdefghijklmnop") for _ in range(100_000))
+    push_pull = PushPull(False, states, user_state)
+    data = encode_stream(encode_push_pull(push_pull), Envelope(compress=True))
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    await send.send_all(data)
+    ticks = 0
+
+    async def ticker() -> None:  # runs once each time the event loop gets a turn
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    reader = StreamReader(Envelope(), inflate_in_steps=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()
+        before = ticks
+        message = await service._read_message(receive, reader, trio.CapacityLimiter(1))
+        during = ticks - before
+        nursery.cancel_scope.cancel()
+    assert message == push_pull
+    steps = -(-reader.codes // service.INFLATE_STEP)
+    assert data[0] == MessageType.COMPRESS and steps >= 5  # a compress message
+    assert during >= steps - 1  # no step ran into the next without the loop in between
