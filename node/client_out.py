@@ -142,7 +142,7 @@ class ClientOutput:
     def send_close(self, client: Connection, code: int, reason: str = "") -> None:
         """Our close frame, once; nothing is written after it."""
         if not client.close_sent:
-            self.send(client, ws.close_frame(code, reason[:120]), closing=True)
+            self.send(client, ws.close_frame(code, reason), closing=True)  # reason cut there
             client.close_sent = True
 
     def _slow(self, client: Connection, why: str) -> None:
