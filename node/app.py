@@ -221,7 +221,7 @@ class Node:
         self.delivery.redelivery.room(session.user, seqs, more)
 
     def _session_closed(self, session: ClientSession) -> None:
-        self.delivery.redelivery.closed(session.user, list(session.written or ()),
+        self.delivery.redelivery.closed(session.user, session.tried(),
                                         session.closed_reason)
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
