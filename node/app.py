@@ -221,7 +221,7 @@ class Node:
         self.delivery.redelivery.room(session, seqs, more)
 
     def _session_closed(self, session: ClientSession) -> None:
-        self.delivery.redelivery.closed(session, list(session.written or ()))
+        self.delivery.redelivery.closed(session, session.tried())
         self._carry_out(self.router.disconnected(session.session))
         self.fanout.presence(session, online=False)
         self.resumes.park(session)

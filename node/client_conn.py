@@ -63,12 +63,15 @@ class Connection:
         "heard",
         "in_flight",
         "inbox",
+        "later",
+        "later_noted",
         "machine",
         "out",
         "parser",
         "partial",
         "pending",
         "pong",
+        "queue_partial",
         "remote",
         "room",
         "scope",
@@ -91,6 +94,14 @@ class Connection:
         #: bytes at the start of ``out`` that end a frame the socket has begun: what lies
         #: beyond them waits behind a write, and is what ``OUT_LIMIT`` bounds
         self.partial = 0
+        #: the rest of a batch of the session's queue that went in several frames (each
+        #: with the QoS 1 messages it carries): written one at a time, each once the
+        #: socket took the one before; ``later_noted``: their QoS 1 messages in all
+        self.later: list[tuple[bytes, int]] = []
+        self.later_noted = 0
+        #: the frame the socket is taking (``partial``) is one of the queue's: its QoS 1
+        #: messages count as written once it has left ``out`` (``ClientSession.on_socket``)
+        self.queue_partial = False
         self.slow = False  # closed for not reading (client_out.py, ``_slow``)
         self.draining = False  # a task waits to write ``out``
         self.closed = False
@@ -111,6 +122,8 @@ class Connection:
         output (hundreds of MB under a ping flood) stayed with the process."""
         self.out = bytearray()
         self.partial = 0
+        self.later = []
+        self.later_noted = 0
         self.inbox = deque()
         self.pong = None
         self.pending = []

@@ -2,14 +2,23 @@
 
 * **writes do not wait**: :meth:`~node.clients.ClientSession.offer` queues an object
   and, on the first, marks the session (``mark``); one **flusher** task packs each
-  marked session's queue into one frame and hands it to the kernel. Only a connection
+  marked session's queue into a frame and hands it to the kernel, **one frame at a
+  time**: the next only once the socket took all of the one before (a batch that goes
+  in several frames keeps the rest on the connection, ``later``). Only a connection
   whose socket is full gets a task that waits to write more (``_drain``); meanwhile its
   queue fills, then drops QoS 0 objects (counted).
 * **a client that does not read is closed** (``CLOSE_SLOW``, counted as
   ``clients_closed_slow``, logged once): when what waits behind the frame its socket
-  is taking (answers written on the spot: WebSocket pongs, refusals) passes
-  ``OUT_LIMIT``, or when its socket has taken nothing for two heartbeats while output
-  waits. Everything else it is sent waits in its session's bounded queue.
+  is taking passes ``OUT_LIMIT`` — only what is written on the spot can be there
+  (WebSocket pongs, refusals before the hello, the close frame): a frame of the queue
+  is written only into an empty ``out`` — or when its socket has taken nothing for two
+  heartbeats while output waits. Everything else it is sent waits in its session's
+  bounded queue.
+* **a QoS 1 message counts as written** (``ClientSession.on_socket``; an attempt if the
+  connection ends unacked) once its frame has left ``out`` whole for the socket.
+* **a kick** (``ClientSession.kick``) is never dropped at a full queue: it is written
+  once the queue is, or at once behind what the socket is taking if the socket takes
+  nothing more now; then the node's close frame, and the conversation is cancelled.
 
 What the socket did not take yet waits in the connection's ``out`` (``client_conn.py``);
 ``client_server.py`` reads the connections and calls ``send``, ``pong``, ``flush``,
@@ -21,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from typing import Any
 
 import trio
 
@@ -29,11 +39,12 @@ from .client_conn import Connection
 from .client_proto import CLOSE_NORMAL, Limits
 
 logger = logging.getLogger(__name__)
-#: bytes a connection may have waiting behind the frame its socket is taking (the queue is
-#: only packed into a frame once the socket took the last one, so only what is written on
-#: the spot lands there: pongs, error frames before a hello, the close frame); beyond it,
-#: the client is not reading and is closed. A reader that is slow but moving never gets
-#: near it: its messages wait in the session's queue, which drops (counted) when full
+#: bytes a connection may have waiting behind the frame its socket is taking (a frame of
+#: the queue is only written once the socket took the last one whole, so only what is
+#: written on the spot lands there: pongs, error frames before a hello, the close frame);
+#: beyond it, the client is not reading and is closed. A reader that is slow but moving
+#: never gets near it, whatever its socket buffers: its messages wait in the session's
+#: queue (which drops, counted, when full) or in the rest of a batch (``later``)
 OUT_LIMIT = 256 * 1024
 #: heartbeats a connection's socket may take nothing while output waits for it before the
 #: client is closed as not reading (as long as the node waits for a silent client to speak)
@@ -80,31 +91,76 @@ class ClientOutput:
                 await trio.lowlevel.checkpoint()
 
     def flush(self, client: Connection) -> None:
-        """Write what the client's session has queued, a batch per frame, as long as its
-        socket takes it."""
+        """Write what the client's session has queued, one frame at a time, as long as
+        its socket takes each whole; then its kick, if one came."""
         session, machine = client.session, client.machine
         if session is None or machine is None:
             return
-        while session.queue and not client.out and not client.closed and not client.close_sent:
-            # noted before the write: an ack may be read before it returns
-            batch = session.wrote(session.take(self.limits.max_batch))
-            if not batch:
-                continue
-            frames = machine.frames(batch)  # bounded in bytes too (client_proto.OUT_FRAME)
-            if frames is None:  # logged; noted as written: end it, so no later ack covers it
-                batch = [{"t": "kick", "reason": "a message could not be encoded"}]
-                frames = [machine.encode(batch) or ""]
-            for data in frames:
-                self.send(client, ws.message(data))
-            kick = next((obj for obj in batch if type(obj) is dict and obj.get("t") == "kick"),
-                        None)
-            if kick is not None:
-                session.closed_reason = "kicked"
-                self.send_close(client, CLOSE_NORMAL, str(kick.get("reason", "kicked")))
-                if client.scope is not None:
-                    client.scope.cancel()
-                session.queue.clear()
+        while not client.out and not client.closed and not client.close_sent:
+            if client.later:  # the rest of a batch that went in several frames
+                data, noted = client.later.pop(0)
+                client.later_noted -= noted
+            elif session.queue:
+                # its QoS 1 messages noted as written (what the connection carries already is
+                # dropped), on the socket once their frame has left ``out`` whole
+                batch = session.wrote(session.take(self.limits.max_batch))
+                if not batch:
+                    continue
+                frames = machine.frames(batch)  # bounded in bytes too (client_proto.OUT_FRAME)
+                if frames is None:  # logged; noted as written: end it, so no later ack covers it
+                    session.kick = {"t": "kick", "reason": "a message could not be encoded"}
+                    break
+                data = ws.message(frames[0][0])
+                if len(frames) > 1:
+                    self._keep_rest(client, batch, frames)
+            else:
+                break
+            self.send(client, data)
+            if client.closed:
                 return
+            if client.out:  # its QoS 1 messages are written once it has left ``out``
+                client.queue_partial = True
+            else:
+                session.on_socket(client.later_noted)
+        if session.kick is not None:
+            self._kick(client)
+
+    @staticmethod
+    def _keep_rest(client: Connection, batch: list[Any],
+                   frames: list[tuple[bytes | str, int]]) -> None:
+        """The frames after the first of a batch, for ``flush`` to write one at a time,
+        each with how many QoS 1 messages (noted by ``wrote``) it carries."""
+        start = frames[0][1]
+        for data, count in frames[1:]:
+            noted = sum(1 for obj in batch[start:start + count]
+                        if type(obj) is dict and obj.get("qos") == 1
+                        and isinstance(obj.get("seq"), int))
+            client.later.append((ws.message(data), noted))
+            client.later_noted += noted
+            start += count
+
+    def _kick(self, client: Connection) -> None:
+        """End the conversation with the session's kick (``flush`` calls it once all
+        queued before it is written, or once the socket takes nothing more for the
+        moment: a kick must reach a client that does not read fast, behind what its
+        socket is taking). What is still queued is not written (its QoS 1 messages stay
+        with their owner)."""
+        session, machine = client.session, client.machine
+        if (session is None or machine is None or session.kick is None or client.closed
+                or client.close_sent):
+            return
+        kick = session.kick
+        session.closed_reason = "kicked"
+        session.queue.clear()
+        client.later.clear()
+        client.later_noted = 0
+        data = machine.encode([kick]) or machine.encode(
+            [{"t": "kick", "reason": "kicked"}]) or ""
+        # small (an API kick's reason is at most 200 characters): never "not reading"
+        self.send(client, ws.message(data), closing=True)
+        self.send_close(client, CLOSE_NORMAL, str(kick.get("reason", "kicked")))
+        if client.scope is not None:
+            client.scope.cancel()
 
     def pong(self, client: Connection) -> None:
         """Answer the last ping read, if it is not answered yet."""
@@ -142,7 +198,7 @@ class ClientOutput:
     def send_close(self, client: Connection, code: int, reason: str = "") -> None:
         """Our close frame, once; nothing is written after it."""
         if not client.close_sent:
-            self.send(client, ws.close_frame(code, reason[:120]), closing=True)
+            self.send(client, ws.close_frame(code, reason), closing=True)  # reason cut there
             client.close_sent = True
 
     def _slow(self, client: Connection, why: str) -> None:
@@ -184,6 +240,10 @@ class ClientOutput:
                     continue
                 del client.out[:sent]
                 client.partial = max(0, client.partial - sent)
+                if client.queue_partial and not client.partial:  # a queue frame left whole
+                    client.queue_partial = False
+                    if client.session is not None:
+                        client.session.on_socket(client.later_noted)
                 if not client.out:
                     self.flush(client)
         except (OSError, trio.ClosedResourceError):

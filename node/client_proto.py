@@ -286,27 +286,28 @@ class ClientConnection:
 
     # ---- sending ------------------------------------------------------------------------
 
-    def frames(self, objects: list[dict[str, Any] | bytes]) -> list[bytes | str] | None:
+    def frames(self, objects: list[dict[str, Any] | bytes]
+               ) -> list[tuple[bytes | str, int]] | None:
         """``objects`` in order, in frames of at most ``limits.out_frame`` bytes (an object
-        larger than that alone in its own); one frame when they fit, as almost always
-        (the whole is encoded first: splitting costs only when needed). None (logged) as
-        ``encode``."""
+        larger than that alone in its own), each with how many of ``objects`` it holds;
+        one frame when they fit, as almost always (the whole is encoded first: splitting
+        costs only when needed). None (logged) as ``encode``."""
         data = self.encode(objects)
         most = self.limits.out_frame
         if data is None or len(objects) == 1 or _size(data) <= most:
-            return None if data is None else [data]
+            return None if data is None else [(data, len(objects))]
         parts = [self.encode([obj]) for obj in objects]  # the whole encoded: so does each
-        frames: list[bytes | str] = []
+        frames: list[tuple[bytes | str, int]] = []
         group: list[Any] = []
         size = 0
         for part in parts:
             length = _size(part)  # type: ignore[arg-type]
             if group and size + length + 8 > most:  # 8: the array's header or brackets
-                frames.append(self._joined(group))
+                frames.append((self._joined(group), len(group)))
                 group, size = [], 0
             group.append(part)
             size += length + 1
-        frames.append(self._joined(group))
+        frames.append((self._joined(group), len(group)))
         return frames
 
     def _joined(self, parts: list[Any]) -> bytes | str:

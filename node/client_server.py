@@ -12,7 +12,8 @@ here 33 KiB and five tasks per idle connection, and a task switch plus a lock pe
   the rest (the closing handshake, the end of the stream, a violation that ends the
   connection) back to the connection's task;
 * **writes do not wait**: one flusher for the node packs each session's queue into a
-  frame and hands it to the kernel, and **a client that does not read is closed**
+  frame and hands it to the kernel, a frame at a time, and **a client that does not
+  read is closed**
   (4008): the output side, in ``client_out.py``.
 
 The sessions themselves, by user and by topic, live in ``clients.py``.

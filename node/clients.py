@@ -62,15 +62,21 @@ class Written:
     not written again here; it is acked again instead (``wrote``). Only the last one the
     client named can be named by a resume (it read everything acked before it, and what
     it read since is still unacked here), so remembering the last ``READ_KEPT`` is safe;
-    they also spare the client most duplicates."""
+    they also spare the client most duplicates.
 
-    __slots__ = ("_members", "_order", "_read", "_read_order")
+    The last ``unsent`` of the list are noted but not on the socket yet: their frame has
+    not left the node's buffer whole (``ClientSession.on_socket``). A connection that
+    ends counts an attempt only for the others (``tried``): its client cannot have
+    failed at a message it was never given."""
+
+    __slots__ = ("_members", "_order", "_read", "_read_order", "unsent")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
         self._members: set[int] = set()
         self._read_order: deque[int] = deque()
         self._read: set[int] = set()
+        self.unsent = 0
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order)
@@ -87,7 +93,17 @@ class Written:
             return False
         self._order.append(seq)
         self._members.add(seq)
+        self.unsent += 1
         return True
+
+    def on_socket(self, waiting: int) -> None:
+        """All but the last ``waiting`` noted are on the socket."""
+        self.unsent = min(waiting, len(self._order))
+
+    def tried(self) -> list[int]:
+        """The unacked ones that went to the socket, in order."""
+        order = list(self._order)
+        return order[:len(order) - self.unsent]
 
     def has_read(self, seq: int) -> bool:
         return seq in self._read
@@ -122,6 +138,7 @@ class Written:
             taken.append(first)
             if first == seq:
                 self.read(taken)
+                self.unsent = min(self.unsent, len(self._order))  # if it acked unseen ones
                 return taken
 
 
@@ -172,7 +189,8 @@ class ClientSession:
     device: str
     remote: str
     subscriptions: set[str]
-    #: called with the session when an object starts waiting in an empty ``queue``
+    #: called with the session when an object starts waiting in an empty ``queue``, and
+    #: when a kick comes
     notify: Callable[[ClientSession], None] = lambda _session: None
     limit: int = CLIENT_QUEUE
     connected_at: float = field(default_factory=time.time)
@@ -182,6 +200,10 @@ class ClientSession:
     closed: bool = False
     #: what waits to be written to the client, oldest first
     queue: deque[Queued] = field(default_factory=deque)
+    #: a ``kick`` object to end the connection with: it never waits in (or is dropped
+    #: at) the queue; the output writes it after the queue, or at once if the client
+    #: does not read what it has (``client_out.py``)
+    kick: Object | None = None
     #: QoS 1 messages written on this connection and not yet acked, and those its client
     #: has read (made on the first: most connections of a push service only ever idle)
     written: Written | None = None
@@ -214,7 +236,8 @@ class ClientSession:
 
     def wrote(self, batch: list[Queued]) -> list[Queued]:
         """Note the QoS 1 messages of ``batch`` as written (call it just before the
-        write); returns what to write: ``batch`` without those already on the way."""
+        write; they count as on the socket once ``on_socket`` says so); returns what to
+        write: ``batch`` without those already on the way."""
         out = []
         read = []
         for obj in batch:
@@ -241,6 +264,17 @@ class ClientSession:
             self.on_read(self, read)
         return out
 
+    def on_socket(self, waiting: int) -> None:
+        """Every QoS 1 message noted by ``wrote`` but the last ``waiting`` has left the
+        node for the socket (its frame went whole)."""
+        if self.written is not None:
+            self.written.on_socket(waiting)
+
+    def tried(self) -> list[int]:
+        """The QoS 1 messages of this connection that reached its socket and were not
+        acked, in the order written: what counts one attempt each when it ends."""
+        return self.written.tried() if self.written is not None else []
+
     def acked_through(self, seq: int) -> list[int]:
         """The client acked ``seq``: what this connection wrote up to it (it was read in
         order, so the client has all of it), taken off the list."""
@@ -253,7 +287,15 @@ class ClientSession:
 
     def offer(self, obj: Queued) -> bool:
         """Queue ``obj`` for the client; False (and counted) when its queue is full (a
-        QoS 1 message is then asked for again once there is room)."""
+        QoS 1 message is then asked for again once there is room). A kick does not
+        queue (``kick``): it ends the connection however full its queue is."""
+        if type(obj) is dict and obj.get("t") == "kick":
+            if self.closed:
+                return False
+            if self.kick is None:
+                self.kick = obj
+            self.notify(self)
+            return True
         if self.closed or len(self.queue) >= self.limit:
             self.dropped += 1
             if not self.closed and type(obj) is dict and obj.get("qos") == 1:

@@ -26,6 +26,8 @@ MAX_REQUEST = 8192
 #: pieces of KiBs): without a cap, empty continuation frames cost the parser a list
 #: entry and a parse each without ever reaching the size limit
 MAX_FRAGMENTS = 1024
+#: bytes of a close reason (a control frame's 125, less the code's two)
+MAX_CLOSE_REASON = 123
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _SHORT, _LONG = struct.Struct(">BBH"), struct.Struct(">BBQ")
 _CLOSE_CODE = struct.Struct(">H")
@@ -132,7 +134,16 @@ def message(data: bytes | str) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(CLOSE, _CLOSE_CODE.pack(code) + reason.encode()[:123])
+    """Our close frame: ``reason`` as UTF-8, cut to the ``MAX_CLOSE_REASON`` bytes a
+    control frame leaves it at a character's start (a client refuses a close frame
+    whose reason is not valid UTF-8; RFC 6455 5.5.1); a lone surrogate becomes "?"."""
+    data = reason.encode("utf-8", "replace")
+    if len(data) > MAX_CLOSE_REASON:
+        cut = MAX_CLOSE_REASON
+        while data[cut] & 0xC0 == 0x80:  # inside a character: cut before its first byte
+            cut -= 1
+        data = data[:cut]
+    return frame(CLOSE, _CLOSE_CODE.pack(code) + data)
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:

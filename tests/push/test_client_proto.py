@@ -202,19 +202,21 @@ def test_frames_to_the_client_are_bounded_in_bytes_and_keep_the_order(text: bool
     frame."""
     connection = opened(text, out_frame=10_000)
     small = [{"t": "pong", "ref": str(n)} for n in range(200)]
-    assert len(connection.frames(small) or []) == 1  # type: ignore[arg-type]
+    assert [count for _, count in connection.frames(small) or []] == [200]  # type: ignore[arg-type]
     big = [{"t": "msg", "seq": n, "body": "é" * 1500} for n in range(20)]  # 3 KB of UTF-8
     big[7]["body"] = "x" * 30_000  # alone in its frame
     queued: list = [*big[:3], msgpack.packb({"t": "msg", "seq": 99, "body": "packed"}),
                     *big[3:]]
     frames = connection.frames(queued)
     assert frames is not None and len(frames) > 5
+    assert sum(count for _, count in frames) == len(queued)
     got = []
-    for frame in frames:
+    for frame, count in frames:
         payload = frame.encode() if isinstance(frame, str) else frame
         value = json.loads(frame) if text else msgpack.unpackb(frame)
         objects = value if isinstance(value, list) else [value]
         assert len(payload) <= 10_000 or len(objects) == 1
+        assert len(objects) == count  # how many of the objects it holds
         got.extend(objects)
     assert [o["seq"] for o in got] == [0, 1, 2, 99, *range(3, 20)]
     assert got[8]["body"] == "x" * 30_000 and got[0]["body"] == "é" * 1500

@@ -14,10 +14,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +30,7 @@ from node import client_out
 from node.app import Node
 from node.client_conn import Connection
 from node.client_out import CLOSE_SLOW, OUT_LIMIT
+from node.client_server import ClientServer
 from node.fanout import Unavailable
 from node.token import mint
 from tests.push.test_client_server import SECRET, client_node, connect, hello, receive, token
@@ -113,6 +115,19 @@ class Stalled:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def small_send_buffers(monkeypatch: pytest.MonkeyPatch, size: int = 65536) -> None:
+    """The node's side of every client socket accepted from now on gets a send buffer
+    of ``size`` bytes (loopback's take megabytes; a client far away has the effect of
+    small ones)."""
+    start = ClientServer._start
+
+    def small(server: ClientServer, nursery: trio.Nursery, sock: socket.socket,
+              remote: str) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        start(server, nursery, sock, remote)
+    monkeypatch.setattr(ClientServer, "_start", small)
 
 
 def server_frame(data: bytes) -> tuple[tuple[int, bytes], bytes] | None:
@@ -308,6 +323,75 @@ async def test_error_frames_to_a_client_that_does_not_read(
         await cut_while(node, lambda i: stalled.send_some(bad), served)
         await ends_slow(node, stalled, served, caplog)
         assert node.clients.counters["client_error_bad_request"] > 0
+
+
+# ---- a kick, and what counts as written ---------------------------------------------------
+
+async def test_a_kick_reaches_a_client_whose_queue_is_full(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found in review: a kick was queued like any object, so a client whose queue was
+    full (one that reads slowly, or not for a while) lost it, and was closed 4008 later
+    as not reading instead. A kick never waits in the queue: when the socket takes
+    nothing more it is written behind what the socket is taking, then the close (1000)."""
+    async with slow_setup(caplog, client_queue=16) as (node, stalled, served):
+        [session] = node.clients.sessions_of("slow")
+        with trio.fail_after(5):
+            for _ in range(MOST):
+                if len(session.queue) >= 16:
+                    break
+                node.send_message("slow", BODY)
+                await trio.lowlevel.checkpoint()
+        assert len(session.queue) == 16
+        node.kick("slow", "bye")
+        frames, code = await stalled.read_to_close()
+        assert code == 1000 and frames[-1][1][2:] == b"bye"
+        assert json.loads(frames[-2][1]) == {"t": "kick", "reason": "bye"}
+        assert slow_closes(node) == 0
+        await served("after")
+
+
+async def test_an_attempt_counts_only_what_left_the_node_for_the_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a connection that ended (its client gone) counted an attempt for
+    every QoS 1 message noted as written, those still in the node's buffer behind a
+    full socket too, which its client never had. Only messages whose frame left the
+    node whole for the socket are reported as tried."""
+    monkeypatch.setattr(client_out, "WRITE_STALL_HEARTBEATS", 2)  # no 4008 meanwhile
+    small_send_buffers(monkeypatch)
+    async with client_node() as node:
+        reported: list[tuple[str, list[int]]] = []  # what the owner counts as tried
+        tried = node.delivery.mailboxes.tried
+
+        def spy(user: str, seqs: Iterable[int]) -> Any:
+            reported.append((user, list(seqs)))
+            return tried(user, reported[-1][1])
+        monkeypatch.setattr(node.delivery.mailboxes, "tried", spy)
+        stalled = await Stalled.open(node, hello_frame("tia"))
+        await welcomed(stalled)
+        connection = connection_of(stalled)
+        [session] = node.clients.sessions_of("tia")
+        for _ in range(5):  # one frame each, taken by the socket whole
+            await node.send("tia", BODY, qos=1)
+        answered: list[object] = []
+        for _ in range(50):  # 200 KB at once (no task each): one frame the socket begins
+            node.delivery.send_soon("tia", BODY, None, None, answered.append)
+        with trio.fail_after(10):
+            await poll(lambda: len(answered) == 50 and connection.out)
+        assert all(isinstance(answer, dict) for answer in answered)
+        # the seqs in the frame the socket is taking (of its objects not begun)
+        held = b"".join([bytes(connection.out), *(data for data, _ in connection.later)])
+        unsent = {int(seq) for seq in re.findall(rb'"seq":(\d+)', held)}
+        written = list(session.written or ())
+        assert unsent and set(written) >= unsent
+        stalled.close()  # the client goes
+        with trio.fail_after(5):
+            await poll(lambda: reported)
+        [(user, seqs)] = reported
+        assert user == "tia" and session.closed_reason == "client_closed"
+        assert seqs and seqs == written[:len(seqs)]
+        assert not unsent & set(seqs)
+        boxes = node.delivery.mailboxes
+        assert {s.seq for s in boxes.pending("tia") if s.attempts} == set(seqs)
 
 
 # ---- WebSocket pongs ------------------------------------------------------------------------

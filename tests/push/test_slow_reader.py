@@ -24,10 +24,10 @@ from node.clients import ClientSession
 from node.redelivery import NOT_TRIED, Redelivery
 from node.token import mint
 from tests.node.helpers import wait_until
-from tests.push.test_slow_clients import poll
 from tests.push.test_push_nodes import (
     SECRET, cluster, connected, next_message, owner_of, registered,
 )
+from tests.push.test_slow_clients import poll, small_send_buffers
 
 BODY = "x" * 4096
 
@@ -72,9 +72,10 @@ async def read_messages(ws: WebSocketConnection, ids: set[str], want: set[str]) 
             await ws.send_message(json.dumps({"t": "ack", "seq": last}))
 
 
-async def send_many(node: Node, user: str, count: int) -> set[str]:
-    """``count`` QoS 1 messages of 4 KB for ``user`` through ``node``, all at once (no task
-    each); the ids of those acknowledged to their sender (all, or the test fails)."""
+async def send_many(node: Node, user: str, count: int, body: str = BODY) -> set[str]:
+    """``count`` QoS 1 messages of ``body`` (4 KB) for ``user`` through ``node``, all at
+    once (no task each); the ids of those acknowledged to their sender (all, or the test
+    fails)."""
     ids: set[str] = set()
     answered = 0
     done = trio.Event()
@@ -87,7 +88,7 @@ async def send_many(node: Node, user: str, count: int) -> set[str]:
         if answered == count:
             done.set()
     for _ in range(count):
-        node.delivery.send_soon(user, BODY, None, None, reply)
+        node.delivery.send_soon(user, body, None, None, reply)
     with trio.fail_after(30):
         await done.wait()
     assert len(ids) == count, f"{count - len(ids)} sends refused"
@@ -301,6 +302,34 @@ async def test_a_backlog_of_4_kb_messages_reaches_a_client_at_default_limits() -
                 raise AssertionError(f"closed after {len(ids)} of 300: {exc.reason}") from None
             assert want <= ids  # (and perhaps some of the last whose ack was on its way)
             want = await send_many(nodes[0], "bea", 300)  # the next backlog
+
+
+@pytest.mark.parametrize(("count", "size"), [(300, 4096), (256, 60_000)])
+async def test_a_backlog_reaches_a_client_whose_socket_buffers_are_small(
+        count: int, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the node wrote every frame of a batch at once (a batch of 256
+    objects of 4 KB is four frames of 256 KiB); what the socket did not take piled up
+    behind the first, past the 256 KiB a connection may have waiting, and a client that
+    read as fast as it could was closed 4008 as not reading, at every reconnect. Tests
+    on loopback passed only because its socket buffers take megabytes: here the node's
+    send buffer is 64 KiB and the client's receive buffer 8 KiB, as a client far away
+    has in effect. The node writes one frame of its queue at a time, the next once the
+    socket took it."""
+    small_send_buffers(monkeypatch)
+    async with cluster(["a"], client_rate=100_000.0, client_burst=100_000) as nodes:
+        node = nodes[0]
+        want = await send_many(node, "zed", count, "y" * size)
+        ids: set[str] = set()
+        try:
+            async with reader(node, "zed", receive_buffer=8192) as ws:
+                assert json.loads(await ws.get_message())["t"] == "welcome"
+                with trio.fail_after(30):
+                    await read_messages(ws, ids, want)
+        except ConnectionClosed as exc:
+            raise AssertionError(f"closed after {len(ids)} of {count}: {exc.reason}"
+                                 ) from None
+        assert ids == want
+        assert node.clients.counters["clients_closed_slow"] == 0
 
 
 async def test_grapevine_listen_reads_a_backlog_of_4_kb_messages_on_one_connection(

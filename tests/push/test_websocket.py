@@ -83,6 +83,30 @@ def test_server_frames_use_the_shortest_length_form() -> None:
     assert ws.close_frame(1000, "bye") == b"\x88\x05\x03\xe8bye"
 
 
+@given(st.text(max_size=200), st.sampled_from([1000, 1008, 4008]))
+def test_a_close_reason_is_cut_at_a_character_boundary(reason: str, code: int) -> None:
+    """Found in review: the reason was cut at 123 bytes, perhaps inside a character; a
+    client must fail a close frame whose reason is not UTF-8 (RFC 6455 8.1), and a lone
+    surrogate (JSON allows one) did not encode at all. The longest valid UTF-8 prefix
+    that fits is kept (a lone surrogate becomes "?")."""
+    data = ws.close_frame(code, reason)
+    masked = data[:1] + bytes((data[1] | 0x80,)) + bytes(4) + data[2:]  # as a client's
+    assert ws.FrameParser(125).feed(masked) == [(ws.CLOSE, data[2:])]
+    assert ws.close_code(data[2:]) == code  # it checks the reason is UTF-8
+    kept = data[4:].decode()
+    whole = reason.encode("utf-8", "replace").decode()
+    assert whole.startswith(kept) and len(data[4:]) <= ws.MAX_CLOSE_REASON
+    if kept != whole:  # the next character would not have fitted
+        assert len((kept + whole[len(kept)]).encode()) > ws.MAX_CLOSE_REASON
+
+
+def test_a_long_close_reason_keeps_whole_characters() -> None:
+    for reason, kept in (("é" * 100, 122), ("x" + "é" * 100, 123), ("€" * 60, 123),
+                         ("😀" * 40, 120), ("a" * 200, 123), ("\ud800ok", 3)):
+        payload = ws.close_frame(1000, reason)[4:]
+        assert len(payload) == kept and payload.decode()
+
+
 @given(st.lists(st.tuples(st.sampled_from([ws.TEXT, ws.BINARY]), st.binary(max_size=70000)),
                 max_size=4),
        st.integers(1, 5000), st.binary(min_size=4, max_size=4))
