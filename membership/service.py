@@ -35,8 +35,8 @@ from gossip.stream import StreamLimits, StreamReader, encode_stream
 from gossip.keyring import Keyring
 from gossip.transport import Transport, advertise_address, open_transport
 from gossip.wire import Err
-from node.config import Config
 
+from .config import MembershipConfig
 from .member import Address, EventKind, Member, MemberEvent
 from .refusals import HINTS, Hold, Inbound, JoinRound, Refusals
 from .streams import StreamPurpose
@@ -181,7 +181,7 @@ def split_host_port(text: str) -> Address:
 
 
 async def serve_membership(
-    config: Config,
+    config: MembershipConfig,
     *,
     keyring: Keyring | None = None,
     rng: random.Random | None = None,
@@ -235,7 +235,7 @@ async def _read_packets(
 
 
 def _stream_handler(
-    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config, inbound: Inbound,
+    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: MembershipConfig, inbound: Inbound,
     refusals: Refusals,
 ) -> Callable[[trio.SocketStream], object]:
     async def handle_stream(stream: trio.SocketStream) -> None:

@@ -46,8 +46,8 @@ from gossip import codec  # noqa: E402
 from gossip.codec import encode, encode_body, make_compound  # noqa: E402
 from gossip.stream import MIN_STREAM_NODES, StreamLimits  # noqa: E402
 from gossip.wire import PushNodeState, Suspect  # noqa: E402
+from membership.config import MembershipConfig  # noqa: E402
 from membership.swim import Swim  # noqa: E402
-from node.config import Config  # noqa: E402
 
 KEY = b"k" * 16
 _CHILD = r"""
@@ -55,11 +55,11 @@ import json, os, random, sys
 import trio
 sys.path.insert(0, sys.argv[1])
 from gossip.keyring import Keyring
+from membership.config import MembershipConfig
 from membership.service import serve_membership
-from node.config import Config
 
 async def main(out, keyed):
-    config = Config.lan("victim", bind_addr="127.0.0.1", bind_port=0)
+    config = MembershipConfig.lan("victim", bind_addr="127.0.0.1", bind_port=0)
     keyring = Keyring([b"k" * 16]) if keyed else None
     async with trio.open_nursery() as nursery:
         node = await nursery.start(lambda task_status: serve_membership(
@@ -114,7 +114,7 @@ def _valid_compound(rng: random.Random) -> bytes:
 
 def datagrams(seconds: float) -> dict[str, Any]:
     rng = random.Random(1)
-    swim = Swim(Config.lan("n0"), ("10.0.0.1", 7946), None, rng, 0.0)
+    swim = Swim(MembershipConfig.lan("n0"), ("10.0.0.1", 7946), None, rng, 0.0)
     bomb_part = codec.compress_message(b"\x00" * 512 * 1024)
     bomb = make_compound([bomb_part] * min(255, 65000 // (len(bomb_part) + 2)))
     worst = _worst_allowed(swim, rng)
