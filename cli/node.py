@@ -21,8 +21,9 @@ import trio
 
 from gossip.keyring import Keyring, parse_key
 from membership.config import PROFILES
-from node.app import Node, run_node
+from node.app import run_node
 from node.config import Config
+from node.node import Node
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, env, host_port
 

@@ -28,6 +28,7 @@ sends them only to an owner whose hello listed it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .frames import seqs_of
@@ -36,7 +37,10 @@ from .peer_proto import REDELIVERY
 from .routing import DeliverLocal, SendPeer
 
 if TYPE_CHECKING:
-    from .delivery import Delivery
+    from .config import Config
+    from .mailbox import Mailboxes
+    from .peer_link import PeerLinks
+    from .ring import HashRing
 
 #: how long an owner holds its retries for a user one of whose connections missed
 #: messages at its full queue: if the connection's word is lost, the retries take over
@@ -51,47 +55,49 @@ Frame = dict[str, Any]
 
 
 class Redelivery:
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
+    def __init__(self, config: Config, *, ring: HashRing, links: PeerLinks,
+                 mailboxes: Mailboxes, carry_out: Callable[[list[Any]], None]) -> None:
+        self._me = config.name
+        self._ring = ring
+        self._links = links
+        self._mailboxes = mailboxes  # the mailboxes held here
+        self._carry_out = carry_out  # the node's: deliver here, or send to a peer
 
     # ---- at the node holding the connection ---------------------------------------------
 
     def full(self, user: str) -> None:
         """A connection of ``user`` here drops QoS 1 messages at its full queue: it will
         ask for them once it has room; the owner holds its retries meanwhile."""
-        owner = self.delivery.ring.owner(user)
-        if owner == self.delivery.me:
+        owner = self._ring.owner(user)
+        if owner == self._me:
             self._hold(user)
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send(owner, {"t": "hold", "user": user})
+            self._links.send(owner, {"t": "hold", "user": user})
 
     def room(self, user: str, seqs: list[int], more: bool) -> None:
         """A connection of ``user`` here has room for these messages it missed: the owner
         sends them again (to this node); ``more``: it will ask for others after them."""
-        delivery = self.delivery
-        owner = delivery.ring.owner(user)
-        if owner == delivery.me:
-            self._resend(delivery.me, user, seqs, more)
+        owner = self._ring.owner(user)
+        if owner == self._me:
+            self._resend(self._me, user, seqs, more)
         elif owner is not None and self._takes(owner):
-            delivery.links.send(owner, {"t": "resend", "user": user, "seqs": seqs,
-                                        "more": more})
+            self._links.send(owner, {"t": "resend", "user": user, "seqs": seqs, "more": more})
 
     def closed(self, user: str, written: list[int], reason: str) -> None:
         """A connection of ``user`` here ended: what it wrote that its client did not ack
         counts as one attempt each at the owner (unless the node ended it)."""
         if not written or reason in NOT_TRIED:
             return
-        owner = self.delivery.ring.owner(user)
-        if owner == self.delivery.me:
+        owner = self._ring.owner(user)
+        if owner == self._me:
             self._tried(user, written)
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send_later(owner, {"t": "tried", "user": user,
-                                                   "seqs": written})
+            self._links.send_later(owner, {"t": "tried", "user": user, "seqs": written})
 
     def _takes(self, owner: str) -> bool:
         """Whether ``owner`` takes these frames; an older one (a rolling upgrade) retries
         every ``ack_timeout`` as before and counts no attempt of ours."""
-        return self.delivery.links.lists(owner, REDELIVERY)
+        return self._links.lists(owner, REDELIVERY)
 
     # ---- at the owner -------------------------------------------------------------------
 
@@ -114,26 +120,25 @@ class Redelivery:
         return True
 
     def _hold(self, user: str) -> None:
-        if self.delivery.ring.owner(user) == self.delivery.me:
-            self.delivery.mailboxes.hold(user, time.time() + HOLD)
+        if self._ring.owner(user) == self._me:
+            self._mailboxes.hold(user, time.time() + HOLD)
 
     def _resend(self, node: str, user: str, seqs: list[int], more: bool) -> None:
         """Send ``seqs`` of ``user`` again to ``node``, which missed them (not counted as
         attempts); hold the retries while it has ``more`` to ask for."""
-        delivery = self.delivery
-        if delivery.ring.owner(user) != delivery.me:
+        if self._ring.owner(user) != self._me:
             return  # a new owner sends everything to the user's connections anyway
         now = time.time()
-        delivery.mailboxes.hold(user, now + HOLD if more else 0.0)
+        self._mailboxes.hold(user, now + HOLD if more else 0.0)
         actions: list[Any] = []
-        for stored in delivery.mailboxes.resend(user, seqs, now):
+        for stored in self._mailboxes.resend(user, seqs, now):
             message = stored.to_client()
-            if node == delivery.me:
+            if node == self._me:
                 actions.append(DeliverLocal(user, message))
             else:
                 actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
-        delivery._carry_out(actions)
+        self._carry_out(actions)
 
     def _tried(self, user: str, seqs: list[int]) -> None:
-        if self.delivery.ring.owner(user) == self.delivery.me:
-            self.delivery.mailboxes.tried(user, seqs)
+        if self._ring.owner(user) == self._me:
+            self._mailboxes.tried(user, seqs)

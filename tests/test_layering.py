@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 PACKAGES = ("gossip", "membership", "node", "cli")
 SHELLS = {
     "gossip/transport.py", "membership/service.py", "membership/refusals.py",
-    "node/app.py", "node/peer_link.py",
+    "node/app.py", "node/node.py", "node/peer_link.py",
     "node/store.py", "node/http_api.py", "node/delivery.py", "node/clients.py",
     "node/fanout.py", "node/webhook.py", "node/store_requests.py", "node/handover.py",
     "node/resume.py", "node/slices.py", "node/stalls.py", "node/client_accept.py",

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket, \
-    wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket, wrap_client_stream
 
 from cli.send import _listen
-from node.app import Node
+from node.node import Node
 from node.token import mint
 from tests.node.helpers import wait_until
 from tests.push.test_push_nodes import SECRET, cluster, owner_of, registered
