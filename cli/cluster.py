@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.config import PROFILES
+from membership.config import PROFILES
 from node.token import mint
 
 from . import netns

@@ -20,8 +20,10 @@ import time
 import trio
 
 from gossip.keyring import Keyring, parse_key
-from node.app import Node, run_node
-from node.config import PROFILES, Config
+from membership.config import PROFILES
+from node.app import run_node
+from node.config import Config
+from node.node import Node
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, env, host_port
 

@@ -19,9 +19,9 @@ from typing import Protocol
 from gossip.codec import META_MAX_SIZE, encode, ip_from_bytes
 from gossip.errors import DecodeError
 from gossip.wire import Alive, Dead, PushNodeState, Suspect
-from node.config import Config
 
 from .awareness import Awareness
+from .config import MembershipConfig
 from .member import Address, Member, MemberState, NodeName
 from .merge import (
     MAX_INCARNATION, AliveVerdict, compatible, judge_alive, plausible_about_me,
@@ -41,7 +41,7 @@ IMPLAUSIBLE_LOG_EVERY = 60.0
 class NewsHost(Protocol):
     """What the rules need from the machine that owns them."""
 
-    config: Config
+    config: MembershipConfig
     table: MemberTable
     timers: Deadlines
     awareness: Awareness

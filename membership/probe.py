@@ -26,9 +26,9 @@ from typing import Protocol
 
 from gossip.codec import encode, ip_from_bytes, ip_to_bytes
 from gossip.wire import Ack, IndirectPing, Nack, Ping, Suspect
-from node.config import Config
 
 from .awareness import Awareness
+from .config import MembershipConfig
 from .member import Address, Member, MemberEvent, MemberState
 from .table import MemberTable
 from .timers import Deadlines
@@ -42,7 +42,7 @@ RELAY = "relay"
 class ProbeHost(Protocol):
     """What the prober needs from the machine that owns it."""
 
-    config: Config
+    config: MembershipConfig
     table: MemberTable
     timers: Deadlines
     awareness: Awareness

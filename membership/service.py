@@ -42,8 +42,8 @@ from gossip.stream import StreamLimits, StreamMessage, StreamReader, encode_stre
 from gossip.keyring import Keyring
 from gossip.transport import Transport, advertise_address, open_transport
 from gossip.wire import Err
-from node.config import Config
 
+from .config import MembershipConfig
 from .member import Address, EventKind, Member, MemberEvent
 from .refusals import HINTS, Hold, Inbound, JoinRound, Refusals
 from .streams import StreamPurpose
@@ -191,7 +191,7 @@ def split_host_port(text: str) -> Address:
 
 
 async def serve_membership(
-    config: Config,
+    config: MembershipConfig,
     *,
     keyring: Keyring | None = None,
     rng: random.Random | None = None,
@@ -251,8 +251,8 @@ async def _read_packets(
 
 
 def _stream_handler(
-    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: Config, inbound: Inbound,
-    refusals: Refusals, *, inflations: trio.CapacityLimiter,
+    swim: Swim, inbox: trio.MemorySendChannel[_Input], config: MembershipConfig,
+    inbound: Inbound, refusals: Refusals, *, inflations: trio.CapacityLimiter,
 ) -> Callable[[trio.SocketStream], object]:
     async def handle_stream(stream: trio.SocketStream) -> None:
         async with stream:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring
 from gossip.simnet import LinkProfile, SimNetwork
-from node.config import Config
 
+from .config import MembershipConfig
 from .member import Address, EventKind, MemberEvent, MemberState
 from .swim import SendPacket, SendStream, Swim
 
@@ -71,7 +71,7 @@ class SimCluster:
         n: int,
         seed: int,
         *,
-        config: Callable[[str], Config] = Config.lan,
+        config: Callable[[str], MembershipConfig] = MembershipConfig.lan,
         link: LinkProfile | None = None,
         keys: Iterable[bytes] = (),
         join: bool = True,

@@ -18,8 +18,8 @@ from typing import Protocol
 from gossip.codec import Envelope, encode, ip_to_bytes
 from gossip.stream import encode_push_pull, encode_stream
 from gossip.wire import Ack, Ping, PushNodeState, PushPull
-from node.config import Config
 
+from .config import MembershipConfig
 from .member import Address, Member, MemberState, NodeName
 from .table import MemberTable
 from .timers import Deadlines
@@ -59,7 +59,7 @@ class _Stream:
 
 
 class StreamHost(Protocol):
-    config: Config
+    config: MembershipConfig
     table: MemberTable
     timers: Deadlines
     envelope: Envelope

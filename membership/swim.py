@@ -32,9 +32,9 @@ from gossip.queue import BroadcastQueue, retransmit_limit
 from gossip.wire import (
     Ack, Alive, Dead, Err, IndirectPing, Nack, Ping, PushNodeState, PushPull, Suspect, User,
 )
-from node.config import Config
 
 from .awareness import Awareness
+from .config import MembershipConfig
 from .member import Address, EventKind, Member, MemberEvent, MemberState, NodeName
 from .merge import MAX_INCARNATION
 from .news import SUSPICION, News
@@ -82,7 +82,7 @@ class Swim:
 
     def __init__(
         self,
-        config: Config,
+        config: MembershipConfig,
         address: Address,
         keyring: Keyring | None,
         rng: random.Random,

@@ -96,13 +96,16 @@ class Delivery:
         self._groups: dict[tuple[str, ...], _Group | None] = {}
         self._nursery: trio.Nursery | None = None
         self._requests = StoreRequests(links, config.replicate_timeout * 2)
-        self.handover = Handover(self)
         #: the copies on the replicas: asked for here, and kept here for other owners
         self.replication = Replication(config, ring=ring, links=links, store=store,
                                        mailboxes=self.mailboxes, push=self.push,
                                        ring_changed=self.ring_changed)
+        self.handover = Handover(config, ring=ring, mailboxes=self.mailboxes, store=store,
+                                 replication=self.replication,
+                                 push=partial(self.push, reconnect=True))
         #: what the connections of users wrote and missed (at their nodes and owners)
-        self.redelivery = Redelivery(self)
+        self.redelivery = Redelivery(config, ring=ring, router=router, links=links,
+                                     mailboxes=self.mailboxes, carry_out=carry_out)
         #: None when this node may store as owner, else why not (the node sets it)
         self.ready: Callable[[], str | None] = lambda: None
         self._ids = ids

@@ -9,6 +9,7 @@ once the new holders have them on disk (``docs/push.md``). Part of the QoS 1 she
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -19,7 +20,11 @@ from .replication import stored_bytes
 from .slices import in_slices
 
 if TYPE_CHECKING:
-    from .delivery import Delivery
+    from .config import Config
+    from .mailbox import Mailboxes
+    from .replication import Replication
+    from .ring import HashRing
+    from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +35,15 @@ RETRY = 1.0  # seconds before a round that a holder did not confirm is tried aga
 
 
 class Handover:
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
+    def __init__(self, config: Config, *, ring: HashRing, mailboxes: Mailboxes, store: Store,
+                 replication: Replication, push: Callable[[str], None]) -> None:
+        self._me = config.name
+        self._replicas = config.replicas
+        self._ring = ring
+        #: the mailboxes held here, on this disk
+        self._mailboxes, self._store = mailboxes, store
+        self._replication = replication  # copies mailboxes to other nodes
+        self._push = push  # offer a user's mailbox anew (at its owner, when it came here)
         self._wanted = trio.Event()
         self._copied: dict[str, frozenset[str]] = {}  # user -> holders that have its box
         #: one object for each set of holders: a million users share a few (a set each
@@ -53,7 +65,7 @@ class Handover:
 
     def _holders(self, user: str) -> frozenset[str]:
         return self._shared(
-            frozenset(self.delivery.ring.replicas(user, self.delivery.config.replicas)))
+            frozenset(self._ring.replicas(user, self._replicas)))
 
     def _shared(self, nodes: frozenset[str]) -> frozenset[str]:
         return self._sets.setdefault(nodes, nodes)
@@ -66,8 +78,7 @@ class Handover:
         device would take the acks of the user's other devices as enough, and a message
         would never reach the device it forgot. Returns False if some new holder did not
         confirm its copy."""
-        delivery = self.delivery
-        boxes, me = delivery.mailboxes, delivery.me
+        boxes, me = self._mailboxes, self._me
         self._sets = {}  # those of nodes long gone need not be kept
         # user -> its holders, and those of them to copy to: shared sets, not a tuple
         # per user (what a round keeps is no work for the garbage collector)
@@ -107,7 +118,7 @@ class Handover:
                 else:
                     boxes.drop_user(user)
                 self._copied.pop(user, None)  # if it comes back here, copy it again
-                delivery.store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
+                self._store.write_soon(deletes=[(s.user, s.seq) for s in dropped])
                 if dropped:
                     handed_over[0] += 1
                     handed_over[1] += len(dropped)
@@ -115,8 +126,8 @@ class Handover:
                                  [s.seq for s in dropped], ",".join(sorted(holders)))
                 continue
             self._copied[user] = holders
-            if delivery.ring.owner(user) == me:
-                delivery.push(user, reconnect=True)
+            if self._ring.owner(user) == me:
+                self._push(user)
         if handed_over[0]:
             logger.info("mailboxes_handed_over users=%d messages=%d complete=%s",
                         handed_over[0], handed_over[1], str(complete).lower())
@@ -129,7 +140,7 @@ class Handover:
         (a ``Budget`` each, the devices of each user in it counted: a user's messages may
         span several); a user is confirmed once all of its are."""
         done = confirmed.setdefault(node, set())
-        devices_bytes = self.delivery.replication.devices_bytes
+        devices_bytes = self._replication.devices_bytes
         messages: list[Stored] = []
         batch: set[str] = set()
         budget = Budget()
@@ -161,6 +172,6 @@ class Handover:
 
     async def _copy(self, node: str, messages: list[Stored], users: set[str]) -> bool:
         ok: list[str] = []
-        self.delivery.mailboxes.counters["handover_requests"] += 1
-        await self.delivery.replication.copy(node, messages, ok, users=users)
+        self._mailboxes.counters["handover_requests"] += 1
+        await self._replication.copy(node, messages, ok, users=users)
         return bool(ok)

@@ -48,12 +48,13 @@ from gossip.keyring import format_key, parse_key
 
 from .client_proto import send_problem
 from .frames import LONE_SURROGATE, lone_surrogate
+from .metrics import node_registry
 from .names import MAX_TOPIC_SIZE, check_topic, check_user
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
 
 if TYPE_CHECKING:
-    from .app import Node
+    from .node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class HttpApi:
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self._metrics = node_registry(node)
         #: ``api_requests_shed`` (over ``MAX_REQUESTS``), ``api_slow_bodies`` (408)
         self.counters: dict[str, int] = {"api_requests_shed": 0, "api_slow_bodies": 0,
                                          "api_connections_shed": 0, "api_connection_errors": 0}
@@ -112,7 +114,7 @@ class HttpApi:
             await _respond(send, 200, b"ok\n", b"text/plain")
             return
         if path == "/metrics" and method == "GET":
-            body = generate_latest(self._node.metrics_registry)
+            body = generate_latest(self._metrics)
             await _respond(send, 200, body, b"text/plain; version=0.0.4")
             return
         if self._serving >= MAX_REQUESTS:

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from membership.member import MemberState
 
 if TYPE_CHECKING:
-    from .app import Node
+    from .node import Node
     from .stalls import LoopWatch
 
 

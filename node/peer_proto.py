@@ -31,7 +31,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import is_node_name
+from membership.config import is_node_name
+
 from .frames import FrameError, pack, unpack_message, unpacker
 
 PEER_PROTOCOL = 1

@@ -38,6 +38,7 @@ sends them only to an owner whose hello listed it (docs/push.md lists their fiel
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .frames import seqs_of
@@ -47,7 +48,11 @@ from .routing import DeliverLocal, SendPeer
 
 if TYPE_CHECKING:
     from .clients import ClientSession
-    from .delivery import Delivery
+    from .config import Config
+    from .mailbox import Mailboxes
+    from .peer_link import PeerLinks
+    from .ring import HashRing
+    from .routing import Router
 
 #: how long an owner holds its retries to a node one of whose connections of the user
 #: missed messages at its full queue: if the connection's word is lost, the retries take
@@ -62,8 +67,14 @@ Frame = dict[str, Any]
 
 
 class Redelivery:
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
+    def __init__(self, config: Config, *, ring: HashRing, router: Router, links: PeerLinks,
+                 mailboxes: Mailboxes, carry_out: Callable[[list[Any]], None]) -> None:
+        self._me = config.name
+        self._ring = ring
+        self._router = router  # who has registered which sessions of a user, at its owner
+        self._links = links
+        self._mailboxes = mailboxes  # the mailboxes held here
+        self._carry_out = carry_out  # the node's: deliver here, or send to a peer
 
     # ---- at the node holding the connection ---------------------------------------------
 
@@ -77,11 +88,11 @@ class Redelivery:
         """``session`` here has room for these messages it missed: the owner sends them
         again (to this node); ``more``: it will ask for others after them."""
         user = session.user
-        owner = self.delivery.ring.owner(user)
-        if owner == self.delivery.me:
+        owner = self._ring.owner(user)
+        if owner == self._me:
             self._resend(owner, user, session.session, seqs, more)
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send(owner, {"t": "resend", "user": user,
+            self._links.send(owner, {"t": "resend", "user": user,
                                              "session": session.session, "seqs": seqs,
                                              "more": more})
 
@@ -95,25 +106,25 @@ class Redelivery:
                                                "session": session.session, "on": False})
         if not written or session.closed_reason in NOT_TRIED:
             return
-        owner = self.delivery.ring.owner(user)
-        if owner == self.delivery.me:
+        owner = self._ring.owner(user)
+        if owner == self._me:
             self._tried(user, written)
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send_later(owner, {"t": "tried", "user": user,
+            self._links.send_later(owner, {"t": "tried", "user": user,
                                                    "seqs": written})
 
     def _tell(self, user: str, session: str, frame: Frame) -> None:
         """A ``hold`` (or its release) of ``session`` for ``user``'s owner."""
-        owner = self.delivery.ring.owner(user)
-        if owner == self.delivery.me:
+        owner = self._ring.owner(user)
+        if owner == self._me:
             self._hold(owner, user, session, frame.get("on", True))
         elif owner is not None and self._takes(owner):
-            self.delivery.links.send(owner, frame)
+            self._links.send(owner, frame)
 
     def _takes(self, owner: str) -> bool:
         """Whether ``owner`` takes these frames; an older one (a rolling upgrade) retries
         every ``ack_timeout`` as before and counts no attempt of ours."""
-        return self.delivery.links.lists(owner, REDELIVERY)
+        return self._links.lists(owner, REDELIVERY)
 
     # ---- at the owner -------------------------------------------------------------------
 
@@ -145,32 +156,30 @@ class Redelivery:
     def _hold(self, node: str, user: str, session: str, on: bool) -> None:
         """Hold (``on``) or release the retries to ``node`` for ``session`` there: held
         only for a session registered here from that node (one entry per connection)."""
-        delivery = self.delivery
-        if delivery.ring.owner(user) != delivery.me:
+        if self._ring.owner(user) != self._me:
             return
         if not on:
-            delivery.mailboxes.hold(user, (node, session), 0.0)
-        elif session in delivery.router.register.get(user, {}).get(node, ()):
-            delivery.mailboxes.hold(user, (node, session), time.time() + HOLD)
+            self._mailboxes.hold(user, (node, session), 0.0)
+        elif session in self._router.register.get(user, {}).get(node, ()):
+            self._mailboxes.hold(user, (node, session), time.time() + HOLD)
 
     def _resend(self, node: str, user: str, session: str, seqs: list[int], more: bool
                 ) -> None:
         """Send ``seqs`` of ``user`` again to ``node``, which missed them (not counted as
         attempts); hold its retries while ``session`` there has ``more`` to ask for."""
-        delivery = self.delivery
-        if delivery.ring.owner(user) != delivery.me:
+        if self._ring.owner(user) != self._me:
             return  # a new owner sends everything to the user's connections anyway
         self._hold(node, user, session, more)
         now = time.time()
         actions: list[Any] = []
-        for stored in delivery.mailboxes.resend(user, seqs, now):
+        for stored in self._mailboxes.resend(user, seqs, now):
             message = stored.to_client()
-            if node == delivery.me:
+            if node == self._me:
                 actions.append(DeliverLocal(user, message))
             else:
                 actions.append(SendPeer(node, {"t": "deliver", "user": user, "msg": message}))
-        delivery._carry_out(actions)
+        self._carry_out(actions)
 
     def _tried(self, user: str, seqs: list[int]) -> None:
-        if self.delivery.ring.owner(user) == self.delivery.me:
-            self.delivery.mailboxes.tried(user, seqs)
+        if self._ring.owner(user) == self._me:
+            self._mailboxes.tried(user, seqs)

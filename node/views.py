@@ -11,7 +11,7 @@ from membership.member import Member
 from .ring import HashRing
 
 if TYPE_CHECKING:
-    from .app import Node
+    from .node import Node
 
 VERSION = "0.1.0"
 

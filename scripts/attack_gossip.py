@@ -58,8 +58,8 @@ from gossip.stream import (  # noqa: E402
     MIN_STREAM_NODES, StreamLimits, encode_push_pull, encode_stream,
 )
 from gossip.wire import Compress, PushNodeState, PushPull, Suspect  # noqa: E402
+from membership.config import MembershipConfig  # noqa: E402
 from membership.swim import Swim  # noqa: E402
-from node.config import Config  # noqa: E402
 
 KEY = b"k" * 16
 _CHILD = r"""
@@ -67,8 +67,8 @@ import json, os, random, signal, sys
 import trio
 sys.path.insert(0, sys.argv[1])
 from gossip.keyring import Keyring
+from membership.config import MembershipConfig
 from membership.service import serve_membership
-from node.config import Config
 
 longest = 0.0
 
@@ -88,7 +88,7 @@ async def reset_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             longest = 0.0
 
 async def main(out, keyed):
-    config = Config.lan("victim", bind_addr="127.0.0.1", bind_port=0)
+    config = MembershipConfig.lan("victim", bind_addr="127.0.0.1", bind_port=0)
     keyring = Keyring([b"k" * 16]) if keyed else None
     async with trio.open_nursery() as nursery:
         node = await nursery.start(lambda task_status: serve_membership(
@@ -152,7 +152,7 @@ def _valid_compound(rng: random.Random) -> bytes:
 
 def datagrams(seconds: float) -> dict[str, Any]:
     rng = random.Random(1)
-    swim = Swim(Config.lan("n0"), ("10.0.0.1", 7946), None, rng, 0.0)
+    swim = Swim(MembershipConfig.lan("n0"), ("10.0.0.1", 7946), None, rng, 0.0)
     bomb_part = codec.compress_message(b"\x00" * 512 * 1024)
     bomb = make_compound([bomb_part] * min(255, 65000 // (len(bomb_part) + 2)))
     worst = _worst_allowed(swim, rng)

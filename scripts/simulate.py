@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gossip.simnet import LinkProfile
+from membership.config import MembershipConfig
 from membership.member import MemberState
 from membership.sim import SimCluster
-from node.config import Config
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         for seed in (int(x) for x in args.seeds.split(",")):
             started = time.perf_counter()
             cluster = SimCluster(
-                n, seed, config=lambda name: Config.for_profile(args.profile, name),
+                n, seed, config=lambda name: MembershipConfig.for_profile(args.profile, name),
                 link=LinkProfile(loss=args.loss), start_spread=args.spread,
             )
             check = max(0.05, n / 2000)

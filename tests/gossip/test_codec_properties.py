@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from gossip import codec
 from gossip.codec import Envelope, decode_packet, encode, encode_packet
-from gossip.stream import StreamReader
 from gossip.errors import DecodeError
 from gossip.keyring import Keyring
+from gossip.stream import StreamReader
 from gossip.wire import Ack, Alive, Dead, IndirectPing, Nack, Ping, Suspect
+from membership.config import MembershipConfig
 from membership.swim import Swim
-from node.config import Config
 
 VALID = [
     encode(Ping(1, "n0", b"\x0a\x00\x00\x02", 7946, "n1")),
@@ -30,7 +30,7 @@ settings.register_profile("codec", deadline=None, suppress_health_check=[HealthC
 
 def _swim(keys: tuple[bytes, ...] = ()) -> Swim:
     keyring = Keyring(keys, random.Random(0).randbytes) if keys else None
-    return Swim(Config.lan("n0"), ("10.0.0.1", 7946), keyring, random.Random(0), 0.0)
+    return Swim(MembershipConfig.lan("n0"), ("10.0.0.1", 7946), keyring, random.Random(0), 0.0)
 
 
 def _dropped(swim: Swim) -> int:

@@ -15,8 +15,8 @@ from gossip.codec import Envelope, decode_packet, encode, make_compound
 from gossip.errors import DecodeError
 from gossip.stream import MAX_NODE_STATE, StreamLimits, StreamReader
 from gossip.wire import Alive, PushNodeState, PushPull
+from membership.config import MembershipConfig
 from membership.swim import Swim
-from node.config import Config
 
 
 class _Inflation:
@@ -64,7 +64,7 @@ def _bomb_datagram() -> bytes:
 
 def test_a_datagram_of_many_compressed_parts_is_refused_before_the_work(monkeypatch) -> None:
     inflation = _Inflation(monkeypatch)
-    swim = Swim(Config.lan("n0"), ("10.0.0.1", 7946), None, random.Random(0), 0.0)
+    swim = Swim(MembershipConfig.lan("n0"), ("10.0.0.1", 7946), None, random.Random(0), 0.0)
     swim.receive_packet(1.0, ("10.0.0.9", 7946), _bomb_datagram())
     # a compress part inside a compound is never opened (no honest peer sends one)
     assert inflation.willing == 0
@@ -202,7 +202,7 @@ def test_honest_compressed_datagrams_still_decode() -> None:
     assert len(make_compound(many[:120])) > codec.MAX_PACKET_INFLATE
     with pytest.raises(DecodeError):
         decode_packet(jumbo, Envelope())
-    swim = Swim(Config.lan("n0", udp_buffer_size=8900), ("10.0.0.1", 7946), None,
+    swim = Swim(MembershipConfig.lan("n0", udp_buffer_size=8900), ("10.0.0.1", 7946), None,
                 random.Random(0), 0.0)
     assert len(decode_packet(jumbo, swim.envelope).messages) == 120
 

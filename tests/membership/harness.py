@@ -6,14 +6,17 @@ import random
 from collections.abc import Callable
 
 from gossip.errors import DecodeError
+from membership.config import MembershipConfig
 from membership.swim import SendPacket, SendStream, Swim
-from node.config import Config
 
 Address = tuple[str, int]
 
 
 class Wires:
-    def __init__(self, n: int, config: Callable[[str], Config] = Config.lan, now: float = 0.0):
+    def __init__(
+        self, n: int, config: Callable[[str], MembershipConfig] = MembershipConfig.lan,
+        now: float = 0.0,
+    ):
         self.now = now
         self.swims: list[Swim] = []
         self.cut: set[Address] = set()  # addresses whose traffic is lost both ways

@@ -17,15 +17,15 @@ from gossip.keyring import Keyring
 from gossip.stream import StreamReader, encode_push_pull, encode_stream
 from gossip.wire import Ack, MessageType, Ping, PushNodeState, PushPull
 from membership import service
+from membership.config import MembershipConfig
 from membership.service import Membership, serve_membership
-from node.config import Config
 
 
 @asynccontextmanager
 async def gossip_node(
     name: str, keys: tuple[bytes, ...] = (), join: tuple[str, ...] = ()
 ) -> AsyncIterator[Membership]:
-    config = Config.lan(name, bind_addr="127.0.0.1", bind_port=0, join=join,
+    config = MembershipConfig.lan(name, bind_addr="127.0.0.1", bind_port=0, join=join,
                         join_retry_interval=0.2)
     keyring = Keyring(keys) if keys else None
     async with trio.open_nursery() as nursery:

@@ -8,9 +8,9 @@ import pytest
 
 from gossip.codec import Envelope, decode_packet, encode, encode_packet
 from gossip.wire import Ack, Alive, Dead, IndirectPing, Nack, Ping, Suspect
+from membership.config import MembershipConfig
 from membership.member import EventKind, MemberState
 from membership.swim import SendPacket, Swim, SwimMisuse
-from node.config import Config
 
 from .harness import Wires
 
@@ -196,7 +196,7 @@ def test_incompatible_push_pull_is_refused_and_counted() -> None:
 
 
 def test_join_retries_with_backoff_until_a_seed_answers() -> None:
-    wires = Wires(2, config=lambda name: Config.lan(name, join_retry_interval=1.0))
+    wires = Wires(2, config=lambda name: MembershipConfig.lan(name, join_retry_interval=1.0))
     joiner, seed = wires.swims[1], wires.swims[0]
     wires.cut.add(seed.address)
     joiner.join(wires.now, [seed.address])
@@ -246,7 +246,7 @@ def test_update_tags_gossips_a_new_incarnation() -> None:
 
 def test_same_seed_same_outputs() -> None:
     def run() -> list[bytes]:
-        swim = Swim(Config.lan("n0"), ("10.0.0.1", 7946), None, random.Random(5), 0.0)
+        swim = Swim(MembershipConfig.lan("n0"), ("10.0.0.1", 7946), None, random.Random(5), 0.0)
         swim.receive_packet(0.0, ("10.0.0.2", 7946), encode(
             Alive(1, "n1", b"\x0a\x00\x00\x02", 7946, b"", bytes((1, 5, 2, 2, 5, 5)))))
         out = []

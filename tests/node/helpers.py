@@ -9,10 +9,11 @@ from typing import Any
 import trio
 
 from membership.member import MemberState
-from node.app import Node, run_node
+from node.app import run_node
 from node.clients import LocalClients
 from node.config import Config
 from node.delivery import Delivery
+from node.node import Node
 from node.ring import HashRing
 from node.routing import MessageIds, Router
 from node.store import Store

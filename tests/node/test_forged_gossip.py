@@ -9,7 +9,7 @@ from gossip.codec import encode
 from gossip.wire import Dead, Suspect
 from membership.member import MemberState
 from membership.merge import INCARNATION_SLACK, MAX_INCARNATION
-from node.app import Node
+from node.node import Node
 
 from .helpers import local_config, start_node, states, wait_until
 

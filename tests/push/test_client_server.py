@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,8 +16,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
-from node.app import Node
 from node.client_server import TEARDOWNS
+from node.node import Node
 from node.token import mint
 from tests.node.helpers import local_config, start_node
 from tests.push.test_handover import Turns

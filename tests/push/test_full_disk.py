@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import pytest
 import trio
 
-from node.app import Node
 from node.mailbox import Stored
+from node.node import Node
 from node.store import Store
 from tests.node.helpers import http, wait_until
 from tests.push.test_push_nodes import cluster, device, next_message, owner_of

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from node import peer_opening
-from node.app import Node
+from node.node import Node
 from node.peer_proto import MAX_PEER_FRAME, FrameReader, encode_frames, hello, proof
 from tests.fuzzing import Budget, Values, fuzz_seeds
 from tests.push.test_peer_input import FIELDS, GOOD, KINDS, NUMBERS, TEXTS

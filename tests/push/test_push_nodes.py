@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -18,7 +18,8 @@ import trio.testing
 from trio_websocket import WebSocketConnection, open_websocket
 
 from gossip.keyring import Keyring
-from node.app import Node, run_node
+from node.app import run_node
+from node.node import Node
 from node.peer_proto import FrameReader, encode_frames, hello
 from node.ring import HashRing
 from node.routing import Unavailable

@@ -27,11 +27,11 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from node import client_out
-from node.app import Node
 from node.client_conn import Connection
 from node.client_out import CLOSE_SLOW, OUT_LIMIT
 from node.client_server import ClientServer
 from node.fanout import Unavailable
+from node.node import Node
 from node.token import mint
 from tests.push.test_client_server import SECRET, client_node, connect, hello, receive, token
 from tests.push.test_websocket import client_frame

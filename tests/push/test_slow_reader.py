@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket, \
-    wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket, wrap_client_stream
 
 from cli.send import _listen
-from node.app import Node
 from node.clients import ClientSession
+from node.node import Node
 from node.redelivery import NOT_TRIED, Redelivery
 from node.token import mint
 from tests.node.helpers import wait_until
@@ -232,9 +231,9 @@ def test_a_connection_that_missed_messages_releases_its_hold_however_it_ends(
     links = SimpleNamespace(lists=lambda _node, _feature: True,
                             send=lambda node, frame: frames.append((node, frame)),
                             send_later=lambda node, frame: frames.append((node, frame)))
-    delivery = SimpleNamespace(me="h", ring=SimpleNamespace(owner=lambda _user: "o"),
-                               links=links)
-    redelivery = Redelivery(delivery)  # type: ignore[arg-type]
+    redelivery = Redelivery(
+        SimpleNamespace(name="h"), ring=SimpleNamespace(owner=lambda _user: "o"),  # type: ignore[arg-type]
+        router=None, links=links, mailboxes=None, carry_out=print)  # type: ignore[arg-type]
     session = ClientSession("s1", "u", "phone", "r", set(), limit=0,
                             on_full=redelivery.full,
                             on_room=redelivery.room)

@@ -12,10 +12,10 @@ import pytest
 
 from gossip.queue import retransmit_limit
 from gossip.simnet import LinkProfile
+from membership.config import MembershipConfig
 from membership.member import EventKind, MemberState
 from membership.sim import SimCluster
 from membership.suspicion import suspicion_timeout
-from node.config import Config
 from tests.conftest import seeds
 
 A, S, D, L = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
@@ -25,14 +25,14 @@ def where(cluster: SimCluster) -> str:
     return f"seed={cluster.seed} t={cluster.now:.3f}"
 
 
-def convergence_bound(config: Config, n: int) -> float:
+def convergence_bound(config: MembershipConfig, n: int) -> float:
     """Join convergence: two early anti-entropy rounds plus a full epidemic of gossip."""
     return 3 * config.probe_interval + config.gossip_interval * retransmit_limit(
         config.retransmit_mult, n
     ) * 2
 
 
-def detection_bound(config: Config, n: int) -> float:
+def detection_bound(config: MembershipConfig, n: int) -> float:
     """A crash is noticed within a few probe rounds and the confirmed suspicion timeout."""
     minimum = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
     return 4 * config.probe_interval + minimum + convergence_bound(config, n)
@@ -44,7 +44,7 @@ def failed_names(cluster: SimCluster) -> set[str]:
 
 @pytest.mark.parametrize("profile", ["lan", "local", "wan"])
 def test_fifty_nodes_converge_after_join(profile: str, seed: int) -> None:
-    factory = lambda name: Config.for_profile(profile, name)  # noqa: E731
+    factory = lambda name: MembershipConfig.for_profile(profile, name)  # noqa: E731
     cluster = SimCluster(50, seed, config=factory)
     bound = convergence_bound(factory("x"), 50)
     took = cluster.run_until_true(cluster.converged, bound, check_every=0.05)
@@ -57,7 +57,7 @@ def test_a_crashed_node_is_dead_everywhere_within_the_bound(seed: int) -> None:
     cluster.run_until(cluster.now + 3)
     crashed_at = cluster.now
     cluster.crash(17)
-    bound = detection_bound(Config.lan("x"), 50)
+    bound = detection_bound(MembershipConfig.lan("x"), 50)
     took = cluster.run_until_true(lambda: cluster.everyone_sees("node-17", [D]), bound)
     assert took is not None, f"node-17 alive somewhere after {bound:.1f} s ({where(cluster)})"
     assert failed_names(cluster) == {"node-17"}, where(cluster)
@@ -110,7 +110,7 @@ def test_lifeguard_keeps_a_starved_node_from_being_declared_dead(seed: int) -> N
 
 @seeds(1, 2)
 def test_the_cluster_reconverges_after_a_partition_heals(seed: int) -> None:
-    config = Config.lan("x")
+    config = MembershipConfig.lan("x")
     cluster = SimCluster(20, seed)
     assert cluster.run_until_true(cluster.converged, 10) is not None, where(cluster)
     left = [n.address for n in cluster.nodes[:10]]
@@ -149,7 +149,7 @@ def test_encrypted_cluster_converges_and_detects(seed: int) -> None:
     cluster = SimCluster(10, seed, keys=[b"k" * 32])
     assert cluster.run_until_true(cluster.converged, 10) is not None, where(cluster)
     cluster.crash(4)
-    bound = detection_bound(Config.lan("x"), 10)
+    bound = detection_bound(MembershipConfig.lan("x"), 10)
     took = cluster.run_until_true(lambda: cluster.everyone_sees("node-4", [D]), bound)
     assert took is not None, where(cluster)
 
@@ -165,7 +165,7 @@ def test_a_node_restarted_at_a_new_address_is_accepted_at_once(seed: int) -> Non
             {m.name: m.address for m in n.swim.members()}.get("node-6") == new_address
             for n in cluster.live()
         ) and cluster.converged()
-    took = cluster.run_until_true(moved, convergence_bound(Config.lan("x"), 10))
+    took = cluster.run_until_true(moved, convergence_bound(MembershipConfig.lan("x"), 10))
     assert took is not None, f"the new address did not win ({where(cluster)})"
     assert "node-6" not in failed_names(cluster), where(cluster)
 
@@ -188,7 +188,7 @@ def test_a_graceful_leave_reaches_everyone_before_the_process_exits(seed: int) -
 @pytest.mark.slow
 def test_five_hundred_nodes_converge_and_detect() -> None:
     cluster = SimCluster(500, 1, start_spread=2.0)
-    config = Config.lan("x")
+    config = MembershipConfig.lan("x")
     took = cluster.run_until_true(cluster.converged, 2 + convergence_bound(config, 500), 0.5)
     assert took is not None, where(cluster)
     cluster.crash(250)
