@@ -11,22 +11,21 @@ import argparse
 import errno
 import functools
 import gc
-import logging
 import signal
-import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import trio
-
-from gossip.keyring import Keyring, parse_key
-from node.app import Node, run_node
-from node.config import PROFILES, Config
+from node.config import PROFILES
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, env, host_port
 
-logger = logging.getLogger("cli.node")
+if TYPE_CHECKING:  # the node itself is imported when it runs, not to parse flags
+    import trio
 
+    from gossip.keyring import Keyring
+    from node.app import Node
+    from node.config import Config
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("node", help="run one node", description=__doc__)
@@ -118,6 +117,11 @@ def _env_list(name: str) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
     """Build the one Config; raise ValueError with a message naming the flag."""
+    from gossip.keyring import Keyring, parse_key
+    from node.config import Config
+
+    import socket
+
     name = args.name or socket.gethostname()
     try:
         bind_host, bind_port = host_port(args.bind, default_host="0.0.0.0")
@@ -201,6 +205,8 @@ def _flag_for(message: str) -> str:
 
 
 def configure_logging(level: str, name: str) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     formatter = logging.Formatter(
         f"ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s node={name} logger=%(name)s "
@@ -215,6 +221,13 @@ def configure_logging(level: str, name: str) -> None:
 
 
 async def serve(config: Config, keyring: Keyring | None) -> None:
+    import logging
+
+    import trio
+
+    from node.app import run_node
+
+    logger = logging.getLogger("cli.node")
     async with trio.open_nursery() as nursery:
 
         async def run_then_stop(task_status: trio.TaskStatus[Node]) -> None:
@@ -250,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     configure_logging(args.log_level, config.name)
     failure: OSError | None = None
+    import trio
+
+    import node.app  # noqa: F401  (before the collector freezes what start-up made)
+
     _tune_gc()
     try:
         trio.run(functools.partial(serve, config, keyring))
