@@ -134,7 +134,8 @@ def _running(pid: int | None) -> bool:
     except OSError:
         return False
     zombie = stat.rpartition(")")[2].split()[0] == "Z"
-    return b"cli" in cmdline and b"node" in cmdline and not zombie
+    ours = b"node" in cmdline and (b"cli" in cmdline or b"grapevine" in cmdline)
+    return ours and not zombie
 
 
 def _exited(pid: int) -> str | None:

@@ -14,6 +14,7 @@ import gc
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.config import PROFILES
@@ -256,7 +257,31 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def show_as_grapevine() -> None:
+    """Show this process as ``grapevine node ...`` in ps and top, however it was started
+    (the console script runs as ``python .../bin/grapevine``, ``cluster up`` as ``python
+    -m cli``; an argv[0] of ``grapevine`` would make Python look itself up on PATH and
+    lose its venv). Linux reads a command line from the memory the arguments came in,
+    which the process may overwrite within their length, and the name from
+    /proc/self/comm. Only for a process started as ``... node`` (not a test calling
+    ``main``); where /proc will not have it, the title stays as it was."""
+    if sys.argv[1:2] != ["node"]:
+        return
+    words = ["grapevine", *sys.argv[1:]]
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat 48, 49)
+        title = "\0".join(words).encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            memory.seek(start)
+            memory.write(title.ljust(end - start, b"\0"))
+        Path("/proc/self/comm").write_text(words[0])
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
+    show_as_grapevine()
     try:
         config, keyring = config_from_args(args)
     except ValueError as exc:
