@@ -37,7 +37,6 @@ from .delivery import Delivery
 from .fanout import Fanout
 from .frames import is_seq, pack_message
 from .http_api import serve_http_api
-from .metrics import node_registry
 from .peer_link import PeerLinks
 from .resume import Resumes
 from .ring import HashRing, live_nodes, ring_members
@@ -93,7 +92,6 @@ class Node:
         self._routing_changed = trio.Event()
         self._routing_waiters = 0
         self.stalls = LoopWatch(GcWatch(), stall=stall_for(config.probe_timeout))
-        self.metrics_registry = node_registry(self)
         self._started = trio.current_time()
         self._stop = trio.Event()
         self._joined_once = False

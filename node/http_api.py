@@ -42,12 +42,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
 from .client_proto import send_problem
 from .frames import LONE_SURROGATE, lone_surrogate
+from .metrics import exposition
 from .names import MAX_TOPIC_SIZE, check_topic, check_user
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
@@ -112,7 +112,7 @@ class HttpApi:
             await _respond(send, 200, b"ok\n", b"text/plain")
             return
         if path == "/metrics" and method == "GET":
-            body = generate_latest(self._node.metrics_registry)
+            body = exposition(self._node)
             await _respond(send, 200, body, b"text/plain; version=0.0.4")
             return
         if self._serving >= MAX_REQUESTS:
