@@ -21,19 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from membership.config import PROFILES
-from node.token import mint
 
-from . import netns
 from .common import EXIT_OK, CliError, api_request, host_port, print_json, print_table
+
+if TYPE_CHECKING:  # what a command runs is imported when it runs: --help stays cheap
+    from . import netns
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = ".grapevine/cluster"
@@ -43,6 +42,8 @@ SIGNALS = ("KILL", "TERM", "INT", "STOP", "CONT")
 def new_secret() -> str:
     """A random secret (192 bits) that is safe to paste after a flag: hex, so it never
     starts with "-", which argparse would take for an option (``--secret -x…`` fails)."""
+    import secrets
+
     return secrets.token_hex(24)
 
 
@@ -133,7 +134,8 @@ def _running(pid: int | None) -> bool:
     except OSError:
         return False
     zombie = stat.rpartition(")")[2].split()[0] == "Z"
-    return b"cli" in cmdline and b"node" in cmdline and not zombie
+    ours = b"node" in cmdline and (b"cli" in cmdline or b"grapevine" in cmdline)
+    return ours and not zombie
 
 
 def _exited(pid: int) -> str | None:
@@ -161,6 +163,8 @@ def _node_file(node: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _lab(state: dict[str, Any]) -> netns.Lab | None:
+    from . import netns
+
     return netns.Lab.from_json(state["netns"]) if state.get("netns") else None
 
 
@@ -184,6 +188,10 @@ def _node_args(state: dict[str, Any], index: int, seeds: list[str]) -> list[str]
 
 
 def _spawn(state: dict[str, Any], node: dict[str, Any]) -> None:
+    import subprocess
+
+    from . import netns
+
     Path(node["dir"]).mkdir(parents=True, exist_ok=True)
     Path(node["dir"], "node.json").unlink(missing_ok=True)
     root = str(Path(__file__).resolve().parent.parent)
@@ -234,6 +242,8 @@ def _print_node(node: dict[str, Any]) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from . import netns
+
     if args.n < 1:
         raise CliError("N must be at least 1", 2)
     if args.netns:
@@ -300,6 +310,8 @@ def _start_all(state: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _remove_lab(state: dict[str, Any]) -> None:
+    from . import netns
+
     lab = _lab(state)
     if lab:
         netns.teardown(lab)
@@ -345,6 +357,8 @@ def _cluster_view(state: dict[str, Any]) -> dict[str, str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from . import netns
+
     state = _load(args.dir)
     view, lab = _cluster_view(state), _lab(state)
     rows = []
@@ -398,6 +412,8 @@ def _stop(nodes: list[dict[str, Any]], grace: float = 10.0) -> None:
 
 
 def _set_link(args: argparse.Namespace, *, up: bool) -> int:
+    from . import netns
+
     state = _load(args.dir)
     node = _find(state, args.name)
     lab = _lab(state)
@@ -463,6 +479,8 @@ def run_down(args: argparse.Namespace) -> int:
 def run_token(args: argparse.Namespace) -> int:
     state = _load(args.dir)
     try:
+        from node.token import mint
+
         print(mint(state["token_secret"].encode(), args.user, time.time()))
     except ValueError as exc:
         raise CliError(f"USER: {exc}", 2) from None

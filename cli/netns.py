@@ -25,7 +25,7 @@ from .common import EXIT_USAGE, CliError
 
 def _pyroute2() -> Any:
     """pyroute2, imported on first use: 0.15 s that only --netns clusters should pay."""
-    import pyroute2.netns  # noqa: PLC0415
+    import pyroute2.netns
 
     return pyroute2
 

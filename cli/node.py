@@ -11,24 +11,22 @@ import argparse
 import errno
 import functools
 import gc
-import logging
 import signal
-import socket
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-from gossip.keyring import Keyring, parse_key
 from membership.config import PROFILES
-from node.app import run_node
-from node.config import Config
-from node.node import Node
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, env, host_port
 
-logger = logging.getLogger("cli.node")
+if TYPE_CHECKING:  # the node itself is imported when it runs, not to parse flags
+    import trio
 
+    from gossip.keyring import Keyring
+    from node.node import Node
+    from node.config import Config
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("node", help="run one node", description=__doc__)
@@ -120,6 +118,11 @@ def _env_list(name: str) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[Config, Keyring | None]:
     """Build the one Config; raise ValueError with a message naming the flag."""
+    from gossip.keyring import Keyring, parse_key
+    from node.config import Config
+
+    import socket
+
     name = args.name or socket.gethostname()
     try:
         bind_host, bind_port = host_port(args.bind, default_host="0.0.0.0")
@@ -203,6 +206,8 @@ def _flag_for(message: str) -> str:
 
 
 def configure_logging(level: str, name: str) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     formatter = logging.Formatter(
         f"ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s node={name} logger=%(name)s "
@@ -217,6 +222,13 @@ def configure_logging(level: str, name: str) -> None:
 
 
 async def serve(config: Config, keyring: Keyring | None) -> None:
+    import logging
+
+    import trio
+
+    from node.app import run_node
+
+    logger = logging.getLogger("cli.node")
     async with trio.open_nursery() as nursery:
 
         async def run_then_stop(task_status: trio.TaskStatus[Node]) -> None:
@@ -245,13 +257,41 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def show_as_grapevine() -> None:
+    """Show this process as ``grapevine node ...`` in ps and top, however it was started
+    (the console script runs as ``python .../bin/grapevine``, ``cluster up`` as ``python
+    -m cli``; an argv[0] of ``grapevine`` would make Python look itself up on PATH and
+    lose its venv). Linux reads a command line from the memory the arguments came in,
+    which the process may overwrite within their length, and the name from
+    /proc/self/comm. Only for a process started as ``... node`` (not a test calling
+    ``main``); where /proc will not have it, the title stays as it was."""
+    if sys.argv[1:2] != ["node"]:
+        return
+    words = ["grapevine", *sys.argv[1:]]
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat 48, 49)
+        title = "\0".join(words).encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            memory.seek(start)
+            memory.write(title.ljust(end - start, b"\0"))
+        Path("/proc/self/comm").write_text(words[0])
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
+    show_as_grapevine()
     try:
         config, keyring = config_from_args(args)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     configure_logging(args.log_level, config.name)
     failure: OSError | None = None
+    import trio
+
+    import node.app  # noqa: F401  (before the collector freezes what start-up made)
+
     _tune_gc()
     try:
         trio.run(functools.partial(serve, config, keyring))

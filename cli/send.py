@@ -9,17 +9,15 @@ import sys
 import time
 from collections import OrderedDict
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from node.token import mint
-
-from .client import CONNECTION_LOST, Session, hold
 from .common import (
     EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, add_api_arguments, api_request, env,
     host_port_arg, print_json,
 )
+
+if TYPE_CHECKING:  # listen's client is imported when it runs: send stays cheap
+    from .client import Session
 
 SEEN_IDS = 10_000  # message ids remembered to drop duplicates, like a client SDK would
 
@@ -96,6 +94,10 @@ def _post_and_print(args: argparse.Namespace, path: str, body: dict[str, Any], k
 
 
 def run_listen(args: argparse.Namespace) -> int:
+    import trio
+
+    from node.token import mint
+
     if args.token:
         token = args.token
     elif args.user and args.secret:
@@ -118,6 +120,10 @@ class _Done(Exception):
 
 
 async def _listen(args: argparse.Namespace, token: str) -> int:
+    import trio
+
+    from .client import CONNECTION_LOST, Session, hold
+
     state: dict[str, Any] = {"count": 0, "seen": OrderedDict()}
     session = Session(token, args.device)
     handle = partial(_frame, args=args, state=state, session=session)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from node.token import mint
-
 from .common import EXIT_OK, CliError, EXIT_USAGE, env
 
 
@@ -33,6 +31,8 @@ def run_token(args: argparse.Namespace) -> int:
         raise CliError("--secret is required (or $GRAPEVINE_TOKEN_SECRET)", EXIT_USAGE)
     if args.ttl < 0:
         raise CliError(f"--ttl: {args.ttl:g} is negative", EXIT_USAGE)
+    from node.token import mint
+
     try:
         token = mint(args.secret.encode(), args.user, time.time(), args.ttl or None,
                      service=args.service)

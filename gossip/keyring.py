@@ -16,11 +16,12 @@ import base64
 import binascii
 import os
 from collections.abc import Callable, Iterable
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from .errors import DecodeError
+
+if TYPE_CHECKING:  # imported by the first keyring: a node without keys never loads it
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -51,6 +52,10 @@ class Keyring:
     def __init__(
         self, keys: Iterable[bytes], nonce_source: Callable[[int], bytes] = os.urandom
     ) -> None:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+        self._aes_gcm, self._invalid_tag = AESGCM, InvalidTag
         self._keys: list[bytes] = []
         self._ciphers: dict[bytes, AESGCM] = {}
         self._nonce_source = nonce_source
@@ -73,7 +78,7 @@ class Keyring:
             raise ValueError(f"key is {len(key)} bytes; it must be 16, 24 or 32")
         if key not in self._ciphers:
             self._keys.append(key)
-            self._ciphers[key] = AESGCM(key)
+            self._ciphers[key] = self._aes_gcm(key)
 
     def use(self, key: bytes) -> None:
         """Make an installed key the primary."""
@@ -107,7 +112,7 @@ class Keyring:
         for key in self._keys:
             try:
                 plain = self._ciphers[key].decrypt(nonce, sealed, aad)
-            except InvalidTag:
+            except self._invalid_tag:
                 continue
             return plain if version == 1 else _unpad(plain)
         raise DecodeError("no installed key opens the payload", "key")

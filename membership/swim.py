@@ -318,8 +318,9 @@ class Swim:
             self._prober.start(now)
         elif key == GOSSIP:
             self._last_gossip = now
-            self.timers.schedule(GOSSIP, now + self.config.gossip_interval)
             self._gossip(now)
+            if self._queue:  # with nothing to say, no tick until ``broadcast`` queues news
+                self.timers.schedule(GOSSIP, now + self.config.gossip_interval)
         elif key in (PUSH_PULL, RECONNECT, JOIN_RETRY):
             self._streams.fire(now, key, when)  # type: ignore[arg-type]
         elif key == LEAVE_TIMEOUT:

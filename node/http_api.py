@@ -42,13 +42,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from prometheus_client import generate_latest
 
 from gossip.keyring import format_key, parse_key
 
 from .client_proto import send_problem
 from .frames import LONE_SURROGATE, lone_surrogate
-from .metrics import node_registry
+from .metrics import exposition
 from .names import MAX_TOPIC_SIZE, check_topic, check_user
 from .routing import Unavailable
 from .views import member_json, ring_json, status_json
@@ -84,7 +83,6 @@ class HttpApi:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._metrics = node_registry(node)
         #: ``api_requests_shed`` (over ``MAX_REQUESTS``), ``api_slow_bodies`` (408)
         self.counters: dict[str, int] = {"api_requests_shed": 0, "api_slow_bodies": 0,
                                          "api_connections_shed": 0, "api_connection_errors": 0}
@@ -114,7 +112,7 @@ class HttpApi:
             await _respond(send, 200, b"ok\n", b"text/plain")
             return
         if path == "/metrics" and method == "GET":
-            body = generate_latest(self._metrics)
+            body = exposition(self._node)
             await _respond(send, 200, body, b"text/plain; version=0.0.4")
             return
         if self._serving >= MAX_REQUESTS:

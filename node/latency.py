@@ -16,8 +16,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import HistogramMetricFamily
+if TYPE_CHECKING:  # imported at the first scrape (metrics.py)
+    from prometheus_client.core import HistogramMetricFamily
 
 #: upper bounds of the buckets, seconds: 0.25 ms (an fsync of a fast disk) to 10 s
 BOUNDS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
@@ -99,6 +101,8 @@ class Histogram:
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         """Everything since start, as a Prometheus histogram."""
+        from prometheus_client.core import HistogramMetricFamily  # noqa: PLC0415
+
         counts = self._recent()
         counts = [a + b for a, b in zip(self._total.buckets, counts, strict=True)]
         seconds = self._total.sum + self._before.sum + self._now.sum

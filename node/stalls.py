@@ -4,9 +4,16 @@ pauses, for operators (``/v1/status`` "stalls", ``/metrics``, one log line per s
 A node whose event loop is held for about half a second leaves gossip unanswered long
 enough for its peers to suspect it. A loop over every user, a slow callback, a garbage
 collection over a large heap, the process being stopped (SIGSTOP, a paused VM) all look
-the same from outside; from inside, :class:`LoopWatch` wakes every ``EVERY`` seconds and
-measures how late it woke, and :class:`GcWatch` times every collection, so a stall's log
-line says how much of it was the collector.
+the same from outside; from inside, :class:`LoopWatch` wakes every stall threshold (a
+quarter of a second, less for the local profile) and measures how late it woke, and
+:class:`GcWatch` times every collection, so a stall's log line says how much of it was
+the collector.
+
+Waking once per threshold is enough for the watch's purpose: a stall of length S that
+covers one of its wake-ups makes it at least S minus the period late, so every stall of
+twice the threshold (the probe timeout, for the lan and local profiles: the stall that
+gets a node suspected) is logged, and shorter ones are when they cover a wake-up; an idle
+node wakes for nothing else as often.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import trio
 
 logger = logging.getLogger(__name__)
 
-EVERY = 0.1  # seconds between the watch's wake-ups: ten a second, nothing per message
 #: this late is a stall, logged (a client waited that long for anything): a quarter of a
 #: second, or half the probe timeout if that is shorter (``stall_for``)
 STALL = 0.25
@@ -76,10 +82,10 @@ class GcWatch:
 class LoopWatch:
     """The event loop's lag: how late a timer fires. ``run`` in the node's nursery."""
 
-    def __init__(self, collector: GcWatch, *, every: float = EVERY, stall: float = STALL,
-                 window: float = WINDOW) -> None:
+    def __init__(self, collector: GcWatch, *, every: float | None = None,
+                 stall: float = STALL, window: float = WINDOW) -> None:
         self.collector = collector
-        self.every = every
+        self.every = stall if every is None else every  # seconds between wake-ups
         self.stall = stall
         self.window = window
         self.stalls = 0

@@ -192,3 +192,17 @@ def test_made_secrets_can_follow_a_flag() -> None:
         args = parser.parse_args(
             ["listen", "--client", "127.0.0.1:1", "--user", "u", "--secret", secret])
         assert args.secret == secret
+
+
+def test_commands_import_only_what_they_run() -> None:
+    """`grapevine --help` and `send` cost argparse, not the node: building every
+    command's parser leaves trio, the node, hypercorn and the HTTP client unimported."""
+    probe = (
+        "import sys; from cli.main import build_parser; build_parser(); "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('trio', 'hypercorn', 'http', 'cryptography', 'msgpack', 'node', 'gossip', "
+        "'membership', 'sqlite3', 'trio_websocket'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    assert done.stdout.split() == ["node", "node.config"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -264,8 +265,8 @@ def test_news_is_gossiped_at_once_but_extra_rounds_are_rate_bounded() -> None:
     swim = wires.swims[0]
     swim.drain_outbox()
     interval = swim.config.gossip_interval
-    regular = swim.timers.when("gossip")
-    now = regular - interval / 2  # the last round was half an interval ago
+    assert swim.timers.when("gossip") is None  # nothing to say: no gossip tick wakes it
+    now = wires.now + interval / 2  # the last round was at least half an interval ago
     swim.receive_packet(now, ("10.0.0.2", 7946), encode(Suspect(1, "n3", "n1")))
     assert swim.timers.when("gossip") == now  # news: gossip right away
     swim.tick(now)
@@ -274,6 +275,28 @@ def test_news_is_gossiped_at_once_but_extra_rounds_are_rate_bounded() -> None:
     ), "the suspicion was not gossiped at once"
     swim.receive_packet(now, ("10.0.0.2", 7946), encode(Suspect(1, "n2", "n1")))
     assert swim.timers.when("gossip") == pytest.approx(now + interval / 4)
+
+
+def test_gossip_ticks_while_there_is_news_and_stops_once_it_is_spent() -> None:
+    """memberlist gossips every interval and sends nothing when its queue is empty; an
+    idle node here does not wake for those empty rounds, and news is sent at the same
+    moments as with them (at once, then every interval until retransmitted enough)."""
+    wires = Wires(4)
+    wires.join_all()
+    swim = wires.swims[0]
+    swim.drain_outbox()
+    interval = swim.config.gossip_interval
+    now = wires.now + interval
+    swim.receive_packet(now, ("10.0.0.2", 7946), encode(Suspect(1, "n3", "n1")))
+    rounds = []
+    while (due := swim.timers.when("gossip")) is not None and len(rounds) < 100:
+        swim.tick(due)
+        rounds.append(due)
+        assert any(isinstance(m, Suspect) for _dst, ms in _packets(swim) for m in ms)
+    assert 1 < len(rounds) < 100  # news goes out more than once, then the ticks stop
+    assert rounds[0] == now
+    assert [b - a for a, b in itertools.pairwise(rounds)] == pytest.approx(
+        [interval] * (len(rounds) - 1))
 
 
 def test_events_name_the_accuser() -> None:

@@ -64,3 +64,19 @@ def test_restart_rejoins_with_a_higher_incarnation(five: Path) -> None:
     apis = {n["name"]: n["api"] for n in nodes(five)}
     took = poll(lambda: all(set(members(api).values()) == {"alive"} for api in apis.values()), 30)
     assert took is not None
+
+
+def test_a_node_shows_as_grapevine_node_in_ps(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    result = grapevine("cluster", "up", "1", "--dir", str(directory), "--base-port", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        [node] = nodes(directory)
+        proc = Path(f"/proc/{node['pid']}")
+        args = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert args[:4] == [b"grapevine", b"node", b"--name", b"node-1"]
+        assert (proc / "comm").read_text().strip() == "grapevine"
+        status = grapevine("cluster", "status", "--dir", str(directory))
+        assert "running" in status.stdout  # cluster still knows its node by its new title
+    finally:
+        grapevine("cluster", "down", "--dir", str(directory))

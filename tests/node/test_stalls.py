@@ -72,3 +72,10 @@ def test_a_stall_is_half_the_probe_timeout_and_at_most_a_quarter_second() -> Non
     assert stall_for(0.2) == pytest.approx(0.1)
     assert stall_for(0.5) == pytest.approx(0.25)
     assert stall_for(3.0) == pytest.approx(0.25)
+
+
+def test_the_watch_wakes_once_per_stall_threshold() -> None:
+    """A stall of twice the threshold always covers a wake-up and makes it a threshold
+    late; waking more often would only cost an idle node wake-ups."""
+    assert LoopWatch(GcWatch(), stall=stall_for(0.2)).every == pytest.approx(0.1)
+    assert LoopWatch(GcWatch(), stall=stall_for(0.5)).every == pytest.approx(0.25)
