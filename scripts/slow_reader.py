@@ -167,7 +167,13 @@ async def slow_reader(nodes: list[dict[str, Any]], secret: str,
         async def ping() -> None:
             while True:
                 await trio.sleep(args.ping_every)
-                await ws.send_message('{"t":"ping"}')
+                try:
+                    await ws.send_message('{"t":"ping"}')
+                except ConnectionClosed:  # the node cut the client for not reading (4008)
+                    print("slow reader: the node closed the connection "
+                          f"({ws.closed.code if ws.closed else '?'}); reading reopens it",
+                          flush=True)
+                    return
         async with trio.open_nursery() as pings:
             pings.start_soon(ping)
             began = trio.current_time()
