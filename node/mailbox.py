@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -364,13 +364,9 @@ class Mailboxes:
     def resend(self, user: str, seqs: Iterable[int], now: float) -> list[Stored]:
         """Of ``seqs``, those still waiting and not expired, to send again to a connection
         that missed them (``sent``, but not counted as redelivered)."""
-        box = self._boxes.get(user)
-        if box is None:
-            return []
         out = []
-        for seq in seqs:
-            plain = box.pending.get(seq)
-            if plain is not None and plain[_EXPIRES] > now:
+        for box, seq, plain in self._waiting(user, seqs):
+            if plain[_EXPIRES] > now:
                 box.retry_at[seq] = now + self.limits.ack_timeout
                 out.append(as_stored(plain))
         self.counters["resent"] += len(out)
@@ -379,18 +375,24 @@ class Mailboxes:
     def tried(self, user: str, seqs: Iterable[int]) -> list[Stored]:
         """A connection ended after writing these and before its client acked them: one
         attempt more each (those still waiting, with their new counts)."""
+        out = []
+        for box, seq, plain in self._waiting(user, seqs):
+            updated = as_stored(plain)._replace(attempts=plain[_ATTEMPTS] + 1)
+            box.pending[seq] = _plain(updated)
+            out.append(updated)
+        self.counters["attempts"] += len(out)
+        return out
+
+    def _waiting(self, user: str, seqs: Iterable[int]) -> Iterator[tuple[_Box, int, _Plain]]:
+        """The mailbox, seq and plain tuple of each of ``seqs`` still waiting for ``user``
+        (a connection names what it missed or was written: some may be gone since)."""
         box = self._boxes.get(user)
         if box is None:
-            return []
-        out = []
+            return
         for seq in seqs:
             plain = box.pending.get(seq)
             if plain is not None:
-                updated = as_stored(plain)._replace(attempts=plain[_ATTEMPTS] + 1)
-                box.pending[seq] = _plain(updated)
-                out.append(updated)
-        self.counters["attempts"] += len(out)
-        return out
+                yield box, seq, plain
 
     def hold(self, user: str, holder: Holder, until: float) -> None:
         """No retries of ``user``'s messages to ``holder``'s node before ``until`` (0:
