@@ -34,7 +34,7 @@ import trio
 
 from . import websocket as ws
 from .client_accept import accept_loop, listen
-from .client_conn import Connection, Gone, QuietReader
+from .client_conn import NO_FRAMES, Connection, Gone, QuietReader
 from .client_out import ClientOutput
 from .client_proto import (
     CLOSE_NORMAL, ClientConnection, Hello, Limits, Ping, Request, SendTo, Subscribe,
@@ -225,7 +225,7 @@ class ClientServer:
             self.output.send(client, ws.accept_response(request.key))
             client.machine = ClientConnection(self._secret, time.time(), self.limits)
             if request.rest:
-                client.inbox.extend(client.parser.feed(request.rest))
+                client.inbox = deque(client.parser.feed(request.rest))
             return True
 
     async def _read(self, client: Connection, session: ClientSession, machine: ClientConnection,
@@ -383,7 +383,9 @@ class ClientServer:
                 finally:  # else this frame, in the exception's traceback, holds it: a cycle
                     del failed
             while client.inbox:
-                opcode, payload = client.inbox.popleft()
+                opcode, payload = client.inbox.popleft()  # type: ignore[union-attr]
+                if not client.inbox:
+                    client.inbox = NO_FRAMES  # parked with none: no empty deque kept
                 if opcode in (ws.TEXT, ws.BINARY):
                     self.output.pong(client)
                     return payload
@@ -395,6 +397,7 @@ class ClientServer:
                 elif opcode == ws.CLOSE:
                     raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
             self.output.pong(client)
+            client.inbox = NO_FRAMES
             data = await self._receive(client)
             if not data:
                 raise Gone("client_closed")
