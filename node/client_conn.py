@@ -121,6 +121,11 @@ class Connection:
         #: what the reader met that ends the connection: raised by ``_message``
         self.failed: BaseException | None = None
 
+    def parse(self, data: bytes) -> None:
+        """Frames of ``data`` into the inbox (empty: ``NO_FRAMES``, never an empty deque)."""
+        frames = self.parser.feed(data)
+        self.inbox = deque(frames) if frames else NO_FRAMES
+
     def release(self) -> None:
         """The connection has ended: let go of its buffers and of its session. The
         session's ``notify`` refers back to the connection, a cycle only Python's cyclic

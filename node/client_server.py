@@ -225,7 +225,7 @@ class ClientServer:
             self.output.send(client, ws.accept_response(request.key))
             client.machine = ClientConnection(self._secret, time.time(), self.limits)
             if request.rest:
-                client.inbox = deque(client.parser.feed(request.rest))
+                client.parse(request.rest)
             return True
 
     async def _read(self, client: Connection, session: ClientSession, machine: ClientConnection,
@@ -397,11 +397,10 @@ class ClientServer:
                 elif opcode == ws.CLOSE:
                     raise Gone("client_closed", ws.close_code(payload))  # type: ignore[arg-type]
             self.output.pong(client)
-            client.inbox = NO_FRAMES
             data = await self._receive(client)
             if not data:
                 raise Gone("client_closed")
-            client.inbox = deque(client.parser.feed(data))
+            client.parse(data)
 
     def _control(self, client: Connection) -> None:
         """A ping or pong from the client: hearing from it, like any frame, and one
